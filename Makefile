@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv and install on first use.
+PY ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# On the project's CPU machines torch==2.13.0 is a fast local wheel; GPU users override this with their CUDA build
+# (make TORCH=torch ...) or install torch in the venv first.
+TORCH ?= torch==2.13.0
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet "$(TORCH)"
+	$(PYTHON) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+test: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash bench/run_all.sh
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,49 @@
+"""Shared entry-point plumbing: YAML recipe + CLI overrides that are loud on typos, and user errors without tracebacks."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+from edugpt.errors import EduGPTError
+
+# Exit status for a user's mistake (argparse uses 2 for usage errors too).
+USER_ERROR_EXIT = 2
+
+
+def run(main: Callable[[], Any]) -> None:
+    """Run an entry point's `main()`; turn an `EduGPTError` into one line on stderr and exit status 2."""
+    try:
+        main()
+    except EduGPTError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+
+
+def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
+    """Parse `--config recipe.yaml` plus command-line overrides into the given dataclasses, as TRL scripts do.
+
+    Unknown keys in the YAML are an error listing the valid ones (TrlParser with `fail_with_unknown_args=True`);
+    unknown command-line flags are argparse's usual usage error.
+    """
+    from trl import TrlParser
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in args:
+        index = args.index("--config")
+        if index + 1 >= len(args):
+            raise EduGPTError("--config needs a path to a YAML recipe, e.g. --config configs/smoke.yaml.")
+        path = args[index + 1]
+        if not os.path.isfile(path):
+            raise EduGPTError(f"config file {path!r} does not exist; pass one of the YAML recipes in configs/.")
+    parser = TrlParser(list(dataclass_types))
+    try:
+        return tuple(parser.parse_args_and_config(args=args, fail_with_unknown_args=True))
+    except ValueError as err:
+        if "Unknown arguments from config file" not in str(err) and "must contain a YAML mapping" not in str(err):
+            raise
+        valid = sorted({f.name for cls in dataclass_types for f in fields(cls) if f.init})
+        raise EduGPTError(f"{err}. Valid keys are: {', '.join(valid)}.") from None
