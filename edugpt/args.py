@@ -1,0 +1,94 @@
+"""Argument dataclasses for `train_hf.py`: the model shape, the prepared data, and the script's own extras.
+
+Training options are the stock `transformers.TrainingArguments` (output_dir, max_steps, save_steps, ...); these three
+dataclasses hold only what Trainer has no name for. All are filled by `edugpt.cli.parse_config` from a YAML recipe
+plus command-line overrides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edugpt.errors import EduGPTError
+from edugpt.tokenizer import GPT2_VOCAB_SIZE
+
+
+@dataclass
+class ModelArguments:
+    """Shape of a GPT-2 (`GPT2LMHeadModel`) trained from scratch. Names are `GPT2Config`'s."""
+
+    n_layer: int = field(default=16, metadata={"help": "Number of transformer blocks."})
+    n_head: int = field(default=16, metadata={"help": "Attention heads per block; must divide n_embd."})
+    n_embd: int = field(default=1024, metadata={"help": "Width of the residual stream."})
+    n_positions: int = field(default=1024, metadata={"help": "Longest sequence the position embedding covers."})
+    vocab_size: int = field(default=GPT2_VOCAB_SIZE, metadata={"help": "Embedding rows; GPT-2's tokenizer has 50257."})
+    dropout: float = field(default=0.0, metadata={"help": "Residual, embedding and attention dropout (0 for pretraining)."})
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "'sdpa' (fused scaled_dot_product_attention) or 'eager'."}
+    )
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise EduGPTError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.n_embd % self.n_head:
+            raise EduGPTError(
+                f"n_embd ({self.n_embd}) is not divisible by n_head ({self.n_head}); pick an n_head that divides "
+                f"n_embd (e.g. {self.n_embd // 64 or 1} heads of 64)."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise EduGPTError(f"dropout must be in [0, 1), got {self.dropout}.")
+
+
+@dataclass
+class DataArguments:
+    """Where the prepared (tokenized, packed) dataset lives, and how much of its validation split to evaluate."""
+
+    dataset_dir: str | None = field(
+        default=None, metadata={"help": "Directory written by prepare_data.py (manifest.json + train/ + validation/)."}
+    )
+    seq_len: int | None = field(
+        default=None,
+        metadata={"help": "Expected block length; must match the manifest (leave unset to take the manifest's)."},
+    )
+    eval_max_batches: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate on at most this many batches of the validation split per device (None: all)."},
+    )
+
+    def __post_init__(self):
+        if self.eval_max_batches is not None and self.eval_max_batches < 1:
+            raise EduGPTError(f"eval_max_batches must be >= 1 or unset, got {self.eval_max_batches}.")
+
+
+@dataclass
+class ScriptArguments:
+    """What `train_hf.py` adds around Trainer: samples, in-loop HellaSwag, MFU."""
+
+    tokenizer: str = field(default="gpt2", metadata={"help": "Tokenizer saved with every checkpoint (GPT-2's BPE)."})
+    sample_steps: int = field(
+        default=1000, metadata={"help": "Generate samples every N optimizer steps (also at step 0 and the end; 0: off)."}
+    )
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["Once upon a time"], metadata={"help": "Prompts continued in samples.md."}
+    )
+    sample_max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per sample."})
+    sample_top_k: int = field(default=50, metadata={"help": "Top-k sampling (0: greedy decoding)."})
+    sample_seed: int = field(default=42, metadata={"help": "Seed of the sampler; samples never touch the training RNG."})
+    hellaswag_steps: int = field(default=0, metadata={"help": "Score HellaSwag every N steps (0: off)."})
+    hellaswag_limit: int | None = field(default=None, metadata={"help": "Score only the first N HellaSwag items."})
+    hellaswag_file: str | None = field(
+        default=None, metadata={"help": "Local HellaSwag validation JSONL (default: the Hub dataset via lm-eval)."}
+    )
+    hellaswag_batch_size: int = field(default=16, metadata={"help": "Batch size of the in-loop HellaSwag scorer."})
+    mfu_peak_flops: float | None = field(
+        default=None,
+        metadata={"help": "Peak FLOP/s of one device for MFU (default: looked up from the GPU's name; none on CPU)."},
+    )
+
+    def __post_init__(self):
+        for name in ("sample_steps", "hellaswag_steps", "sample_max_new_tokens", "sample_top_k"):
+            if getattr(self, name) < 0:
+                raise EduGPTError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.mfu_peak_flops is not None and self.mfu_peak_flops <= 0:
+            raise EduGPTError(f"mfu_peak_flops must be positive FLOP/s (e.g. 989e12 for an H100), got {self.mfu_peak_flops}.")

@@ -1,0 +1,355 @@
+"""Trainer callbacks of `train_hf.py`: throughput/MFU, metrics.jsonl, the samples table, plots, SIGTERM, NaN guard.
+
+The training loop stays Trainer's; each concern here is a `TrainerCallback`. Order matters in one place:
+`ThroughputCallback` must run before the reporting callbacks (console, tensorboard, wandb) so that the numbers it
+adds to a log record reach them; `install_callbacks` puts it first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.md"
+SAMPLES_HEADER = "| Step | Output |\n|------|--------|\n"
+
+
+class MetricsLog:
+    """`output_dir/metrics.jsonl`: one JSON object per line, each with "step" and "tokens"; written by rank 0 only."""
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def append(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records newer than `step`: a run resumed from checkpoint-`step` logs them again."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [record for record in self.read() if record.get("step", 0) <= step]
+        _atomic_write(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl file (a torn last line from a killed run is skipped)."""
+    records = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return records
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _is_main(state) -> bool:
+    return state.is_world_process_zero
+
+
+class ThroughputCallback(TrainerCallback):
+    """Adds `tokens_per_second` (all devices, training time only) and `mfu` to every training log record.
+
+    Time is counted from the moment the previous step's callbacks finished (see `StepClockCallback`, which runs
+    last) to this step's `on_step_end`: data loading, forward, backward and the optimizer step are in; evaluation,
+    checkpointing, samples and HellaSwag are out. MFU = tokens/s * FLOPs per token / (peak FLOP/s * devices).
+    """
+
+    def __init__(self, flops_per_token: float, peak_flops: float | None, world_size: int = 1):
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.world_size = world_size
+        self.clock = StepClockCallback()
+        self._seconds = 0.0
+        self._tokens_at_last_log = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._seconds = 0.0
+        self._tokens_at_last_log = state.num_input_tokens_seen
+        self.clock.mark()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._seconds += time.perf_counter() - self.clock.last
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs:
+            return
+        tokens = state.num_input_tokens_seen - (self._tokens_at_last_log or 0)
+        if self._seconds > 0 and tokens > 0:
+            tokens_per_second = tokens / self._seconds
+            logs["tokens_per_second"] = round(tokens_per_second, 1)
+            if self.peak_flops:
+                logs["mfu"] = round(tokens_per_second * self.flops_per_token / (self.peak_flops * self.world_size), 4)
+        self._seconds = 0.0
+        self._tokens_at_last_log = state.num_input_tokens_seen
+
+
+class StepClockCallback(TrainerCallback):
+    """Registered last: remembers when the previous step's callbacks (eval, save, samples, ...) finished."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def mark(self):
+        self.last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.mark()
+
+    on_log = on_evaluate = on_save = on_train_begin = on_step_end
+
+
+class MetricsJsonlCallback(TrainerCallback):
+    """Appends every log record (train, eval, HellaSwag) to metrics.jsonl with its step and tokens seen."""
+
+    def __init__(self, metrics: MetricsLog):
+        self.metrics = metrics
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > 0 and _is_main(state):
+            self.metrics.truncate_after(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not _is_main(state):
+            return
+        self.metrics.append({"step": state.global_step, "tokens": state.num_input_tokens_seen, **logs})
+
+
+class SamplesCallback(TrainerCallback):
+    """Continues each prompt at step 0, every `every_steps` and at the end; rows go to samples.md and metrics.jsonl.
+
+    Generation runs with a fixed seed inside `torch.random.fork_rng` and in eval mode, then restores the model's
+    mode: the training RNG stream and dropout are exactly as if no sample had been drawn (resume stays bit-exact).
+    """
+
+    def __init__(self, tokenizer, prompts, every_steps, max_new_tokens, top_k, seed, samples_path, metrics: MetricsLog):
+        self.tokenizer = tokenizer
+        self.prompts = list(prompts)
+        self.every_steps = every_steps
+        self.max_new_tokens = max_new_tokens
+        self.top_k = top_k
+        self.seed = seed
+        self.samples_path = Path(samples_path)
+        self.metrics = metrics
+        self._last_step = None
+
+    def generate(self, model, prompt: str) -> str:
+        import torch
+
+        device = next(model.parameters()).device
+        encoded = self.tokenizer(prompt, return_tensors="pt").to(device)
+        was_training = model.training
+        cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=cuda_devices), torch.no_grad():
+                torch.manual_seed(self.seed)
+                output = model.generate(
+                    **encoded,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=self.top_k > 0,
+                    top_k=self.top_k if self.top_k > 0 else None,
+                    pad_token_id=self.tokenizer.eos_token_id,
+                )
+        finally:
+            model.train(was_training)
+        return self.tokenizer.decode(output[0])
+
+    def sample(self, state, model) -> None:
+        if self._last_step == state.global_step:
+            return
+        self._last_step = state.global_step
+        for prompt in self.prompts:
+            text = self.generate(model, prompt)  # every rank generates: an FSDP-sharded model needs all of them
+            if not _is_main(state):
+                continue
+            logger.info("sample at step %d: %s", state.global_step, text)
+            if not self.samples_path.exists():
+                self.samples_path.parent.mkdir(parents=True, exist_ok=True)
+                self.samples_path.write_text(SAMPLES_HEADER)
+            with open(self.samples_path, "a") as f:
+                f.write(f"| {state.global_step} | {markdown_cell(text)} |\n")
+            self.metrics.append(
+                {"step": state.global_step, "tokens": state.num_input_tokens_seen, "sample/prompt": prompt, "sample/text": text}
+            )
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            if _is_main(state) and self.samples_path.exists():
+                self.samples_path.unlink()  # a fresh run starts a fresh table
+            self.sample(state, model)
+        elif _is_main(state) and self.samples_path.exists():
+            truncate_samples(self.samples_path, state.global_step)
+            self._last_step = state.global_step  # sampled when the checkpoint was written
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every_steps and state.global_step % self.every_steps == 0:
+            self.sample(state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step >= state.max_steps:  # finished, not preempted or stopped on a NaN
+            self.sample(state, model)
+
+
+def markdown_cell(text: str) -> str:
+    """`text` on one line of a Markdown table: newlines as spaces, pipes and angle brackets escaped."""
+    return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def truncate_samples(path: Path, step: int) -> None:
+    """Keep the samples.md rows of steps <= `step` (a resumed run writes the later ones again)."""
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        cells = line.split("|")
+        if len(cells) > 2 and cells[1].strip().isdigit() and int(cells[1]) > step:
+            continue
+        kept.append(line)
+    _atomic_write(path, "".join(kept))
+
+
+class PlotCallback(TrainerCallback):
+    """Redraws images/train-loss.png after each evaluation and at the end; images/hellaswag.png when scored."""
+
+    def __init__(self, output_dir: str | Path, metrics: MetricsLog):
+        self.images = Path(output_dir) / "images"
+        self.metrics = metrics
+
+    def draw(self, state) -> None:
+        from edugpt import plots
+
+        if not _is_main(state):
+            return
+        records = self.metrics.read()
+        plots.plot_losses(records, self.images / "train-loss.png")
+        if any("hellaswag/acc" in record for record in records):
+            plots.plot_hellaswag(records, self.images / "hellaswag.png")
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.draw(state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "hellaswag/acc" in logs:
+            self.draw(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.draw(state)
+
+
+def _any_rank(flag: bool, device) -> bool:
+    """True if `flag` is set on any process (every rank must take the same save/stop decision, or NCCL hangs)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    tensor = torch.tensor(int(flag), device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+class SigtermCallback(TrainerCallback):
+    """On SIGTERM (cloud preemption): finish the current step, save a checkpoint there, stop; the script exits 0.
+
+    The handler only sets a flag; the save happens at the step boundary through Trainer's own `should_save`.
+    """
+
+    def __init__(self):
+        self.received = False
+        self.stopped_at = None
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.received = True
+        print("SIGTERM received: saving a checkpoint at the end of this step, then exiting.", flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if _any_rank(self.received, args.device):
+            self.received = True
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+class NonFiniteLossCallback(TrainerCallback):
+    """Stops training when the loss or gradient norm turns NaN/inf, before a checkpoint of the broken weights is saved.
+
+    Checked at every log record (Trainer's `logging_nan_inf_filter` hides a NaN loss, but not a NaN grad_norm) and,
+    before every checkpoint, on the weights themselves. `failure` then holds the message for the script to raise.
+    """
+
+    def __init__(self):
+        self.failure = None
+
+    def _stop(self, control, state, what):
+        self.failure = f"{what} at step {state.global_step}"
+        control.should_save = False
+        control.should_evaluate = False
+        control.should_training_stop = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.failure or not logs or "loss" not in logs:
+            return control
+        for key in ("loss", "grad_norm"):
+            value = logs.get(key)
+            if value is not None and not math.isfinite(value):
+                return self._stop(control, state, f"the training {key.replace('_', ' ')} became {value}")
+        return control
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_save and not self.failure:
+            import torch
+
+            broken = any(not torch.isfinite(p).all() for p in model.parameters())
+            if _any_rank(broken, args.device):
+                return self._stop(control, state, "the model weights became non-finite")
+        return control
+
+
+def install_callbacks(trainer, *callbacks) -> None:
+    """Add `callbacks` to `trainer`; a ThroughputCallback goes first and its step clock last (see module docstring)."""
+    for callback in callbacks:
+        if isinstance(callback, ThroughputCallback):
+            # CallbackHandler has no insert(): its list is the documented order of calls, so place it directly.
+            trainer.callback_handler.callbacks.insert(0, callback)
+        else:
+            trainer.add_callback(callback)
+    for callback in callbacks:
+        if isinstance(callback, ThroughputCallback):
+            trainer.add_callback(callback.clock)

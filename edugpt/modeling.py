@@ -1,0 +1,108 @@
+"""GPT-2 configuration from arguments, parameter count, training FLOPs per token, and GPU peak FLOP/s for MFU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edugpt.errors import EduGPTError
+from edugpt.tokenizer import GPT2_EOS_ID
+
+# Dense bf16 tensor-core peak FLOP/s of one device (vendor datasheets, without 2:4 sparsity). Matched in order
+# against torch.cuda.get_device_name(), so the more specific names come first.
+PEAK_BF16_FLOPS = (
+    ("GH200", 989e12),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM, e.g. "NVIDIA H100 80GB HBM3"
+    ("H800", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+)
+# The keys that must agree between a checkpoint and the model a run builds, or the weights cannot be loaded.
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+
+
+def gpt2_config(model_args):
+    """A `GPT2Config` for a from-scratch GPT-2 of the shape in `model_args` (an `edugpt.args.ModelArguments`)."""
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        n_layer=model_args.n_layer,
+        n_head=model_args.n_head,
+        n_embd=model_args.n_embd,
+        n_positions=model_args.n_positions,
+        vocab_size=model_args.vocab_size,
+        resid_pdrop=model_args.dropout,
+        embd_pdrop=model_args.dropout,
+        attn_pdrop=model_args.dropout,
+        bos_token_id=GPT2_EOS_ID,
+        eos_token_id=GPT2_EOS_ID,
+        attn_implementation=model_args.attn_implementation,
+    )
+
+
+def parameter_count(config) -> int:
+    """Parameters of `GPT2LMHeadModel(config)` with the LM head tied to the token embedding (as GPT-2 does)."""
+    d, layers = config.n_embd, config.n_layer
+    inner = config.n_inner or 4 * d
+    embeddings = config.vocab_size * d + config.n_positions * d
+    block = (
+        2 * 2 * d  # two LayerNorms (weight + bias)
+        + d * 3 * d + 3 * d  # qkv projection
+        + d * d + d  # attention output projection
+        + d * inner + inner  # MLP up
+        + inner * d + d  # MLP down
+    )
+    return embeddings + layers * block + 2 * d  # + final LayerNorm
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs (forward + backward) per token: 6*N + 12*L*d*T, as in the PaLM paper's appendix B / nanoGPT.
+
+    N excludes the position embedding (a lookup, no matmul) but includes the token embedding because GPT-2 ties it to
+    the LM head, whose 50257-wide matmul is real work. 12*L*d*T counts the attention score and value matmuls.
+    """
+    matmul_params = parameter_count(config) - config.n_positions * config.n_embd
+    return 6 * matmul_params + 12 * config.n_layer * config.n_embd * seq_len
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    """Dense bf16 peak FLOP/s of the named GPU, or None when the name is unknown (or there is no GPU)."""
+    if not device_name:
+        return None
+    for key, flops in PEAK_BF16_FLOPS:
+        if key.lower() in device_name.lower():
+            return flops
+    return None
+
+
+def current_peak_flops(override: float | None = None) -> float | None:
+    """Peak FLOP/s of this process's device: `override` if given, else looked up for the current CUDA GPU."""
+    if override:
+        return float(override)
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return peak_flops(torch.cuda.get_device_name())
+
+
+def require_compatible_checkpoint(checkpoint_dir: str | Path, config) -> None:
+    """Raise unless the model saved in `checkpoint_dir` has the shape `config` asks for."""
+    path = Path(checkpoint_dir) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise EduGPTError(f"{path} is missing or unreadable; delete {checkpoint_dir} or use a fresh output_dir.") from None
+    differences = [f"{key} {saved.get(key)} vs {getattr(config, key)}" for key in SHAPE_KEYS if saved.get(key) != getattr(config, key)]
+    if differences:
+        raise EduGPTError(
+            f"cannot resume from {checkpoint_dir}: its model has a different shape ({'; '.join(differences)} "
+            "in checkpoint vs config); use the checkpoint's model settings or a new output_dir."
+        )

@@ -1,0 +1,126 @@
+"""The README's pictures, drawn from metrics.jsonl records: loss curves and HellaSwag accuracy against steps.
+
+`python -m edugpt.plots RUN_DIR` redraws both from `RUN_DIR/metrics.jsonl` (training does this itself at every
+evaluation and at the end).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on training machines
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(records: list[dict], key: str) -> tuple[list, list, list]:
+    """(steps, tokens, values) of `key`, one point per step (the last record wins: a resumed run re-logs steps)."""
+    by_step = {}
+    for record in records:
+        if key in record and record.get(key) is not None:
+            by_step[record["step"]] = (record.get("tokens", 0), record[key])
+    steps = sorted(by_step)
+    return steps, [by_step[s][0] for s in steps], [by_step[s][1] for s in steps]
+
+
+def _tokens_label(tokens: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if tokens >= scale:
+            return f"{tokens / scale:.3g}{unit}"
+    return f"{tokens:.0f}"
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)  # a reader (README, a browser) never sees half a PNG
+
+
+def _tokens_axis(ax, steps: list, tokens: list) -> None:
+    """A secondary x-axis on top giving tokens seen (a run's tokens per step are constant: batch x accumulation x seq)."""
+    if not steps or steps[-1] <= 0 or tokens[-1] <= 0:
+        return
+    per_step = tokens[-1] / steps[-1]
+    top = ax.secondary_xaxis("top", functions=(lambda s: s * per_step, lambda t: t / per_step))
+    top.set_xlabel("tokens seen")
+    top.xaxis.set_major_formatter(lambda value, _: _tokens_label(value) if value >= 0 else "")
+
+
+def plot_losses(records: list[dict], path: str | Path, title: str | None = None) -> Path | None:
+    """Train and validation loss against optimizer step (tokens on the top axis) in one chart; None without data."""
+    train_steps, train_tokens, train_loss = _series(records, "loss")
+    eval_steps, eval_tokens, eval_loss = _series(records, "eval_loss")
+    if not train_steps and not eval_steps:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if train_steps:
+        ax.plot(train_steps, train_loss, label="train loss", color="tab:blue", linewidth=1, alpha=0.85)
+    if eval_steps:
+        ax.plot(eval_steps, eval_loss, label="validation loss", color="tab:orange", marker="o", markersize=3, linewidth=1.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    all_steps = sorted(set(train_steps) | set(eval_steps))
+    tokens_by_step = dict(zip(train_steps + eval_steps, train_tokens + eval_tokens))
+    _tokens_axis(ax, all_steps, [tokens_by_step[s] for s in all_steps])
+    last = [f"train {train_loss[-1]:.3f}"] if train_steps else []
+    last += [f"val {eval_loss[-1]:.3f}"] if eval_steps else []
+    total_tokens = tokens_by_step[all_steps[-1]]
+    ax.set_title(title or f"Loss — step {all_steps[-1]}, {_tokens_label(total_tokens)} tokens ({', '.join(last)})")
+    path = Path(path)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_hellaswag(records: list[dict], path: str | Path, title: str | None = None) -> Path | None:
+    """HellaSwag acc and acc_norm against optimizer step, with the 25% chance line; None without records."""
+    steps, tokens, acc = _series(records, "hellaswag/acc")
+    norm_steps, _, acc_norm = _series(records, "hellaswag/acc_norm")
+    if not steps:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(steps, [100 * a for a in acc], label="acc", marker="o", markersize=3)
+    if norm_steps:
+        ax.plot(norm_steps, [100 * a for a in acc_norm], label="acc_norm", marker="s", markersize=3)
+    ax.axhline(25, color="gray", linestyle="--", linewidth=1, label="chance (25%)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("HellaSwag accuracy (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    _tokens_axis(ax, steps, tokens)
+    ax.set_title(title or f"HellaSwag — step {steps[-1]}: acc {100 * acc[-1]:.1f}%"
+                 + (f", acc_norm {100 * acc_norm[-1]:.1f}%" if norm_steps else ""))
+    path = Path(path)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    from edugpt.callbacks import METRICS_FILE, read_metrics
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m edugpt.plots RUN_DIR")
+    run_dir = Path(args[0])
+    records = read_metrics(run_dir / METRICS_FILE)
+    for drawn in (plot_losses(records, run_dir / "images" / "train-loss.png"),
+                  plot_hellaswag(records, run_dir / "images" / "hellaswag.png")):
+        if drawn:
+            print(drawn)
+
+
+if __name__ == "__main__":
+    main()
