@@ -1,0 +1,267 @@
+"""edugpt.data / edugpt.corpus: the split rule, the packer, and whole preparations of tiny local corpora (in-process)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from edugpt.corpus import EMBEDDED_CORPUS
+from edugpt.data import (
+    DOC_IDS,
+    MANIFEST,
+    PrepareDataArguments,
+    derive_id,
+    pack_blocks,
+    prepare,
+    split_of,
+    tokenize_batch,
+    verify,
+)
+from edugpt.errors import EduGPTError
+from edugpt.tokenizer import GPT2_EOS_ID, gpt2_tiktoken
+
+ENC = gpt2_tiktoken()
+EOS_BYTES = b"<|endoftext|>"
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def corpus_rows(n=60, duplicates=10):
+    """`n` distinct documents plus `duplicates` extra rows re-using earlier IDs with different text."""
+    rows = [{"id": f"doc-{i}", "text": f"Document {i} talks about topic {i % 7}. " * (5 + i % 11)} for i in range(n)]
+    rows += [{"id": f"doc-{i}", "text": f"A second copy of document {i}, edited. " * 4} for i in range(duplicates)]
+    return rows
+
+
+def run_prepare(tmp_path, dataset, name="out", **kwargs):
+    kwargs = {"val_fraction": 0.2, "seq_len": 32, "num_proc": 1, "cache_dir": str(tmp_path / "cache"), **kwargs}
+    args = PrepareDataArguments(dataset=str(dataset), output_dir=str(tmp_path / name), **kwargs)
+    return prepare(args), tmp_path / name
+
+
+def load_split_blocks(out):
+    import datasets
+
+    dd = datasets.load_from_disk(str(out))
+    return {split: np.asarray(dd[split].with_format("numpy")["input_ids"]) for split in ("train", "validation")}
+
+
+# ------------------------------------------------------------------------------------------------ pure functions
+
+def test_split_is_a_pure_salted_function_of_the_id():
+    ids = [f"<urn:uuid:{i}>" for i in range(20_000)]
+    first = [split_of(i, 0.1) for i in ids]
+    assert first == [split_of(i, 0.1) for i in ids]
+    share = first.count("validation") / len(ids)
+    assert 0.09 < share < 0.11
+    # A different salt reshuffles; a larger fraction only moves documents from train to validation.
+    assert first != [split_of(i, 0.1, salt="other") for i in ids]
+    assert all(split_of(i, 0.2) == "validation" for i, s in zip(ids, first) if s == "validation")
+
+
+def test_pack_blocks_concatenates_and_drops_one_tail():
+    blocks, tail = pack_blocks([[1, 2, 3], [4, 5], [6, 7, 8, 9]], seq_len=4)
+    assert blocks.dtype == np.uint16
+    assert blocks.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]] and tail == 1
+    assert pack_blocks([[1, 2]], seq_len=4)[0].shape == (0, 4)
+
+
+def test_tokenize_batch_appends_eos_and_skips_unusable_texts():
+    texts = ["Once upon a time", None, 5, "", "   \n", ["a list"], "The end."]
+    out = tokenize_batch(texts, [f"d{i}" for i in range(len(texts))], tokenizer="gpt2", val_fraction=0.5)
+    tokens = out["input_ids"].to_pylist()
+    assert tokens[0] == [7454, 2402, 257, 640, GPT2_EOS_ID]
+    assert tokens[-1] == ENC.encode_ordinary("The end.") + [GPT2_EOS_ID]
+    assert out["skipped"] == [False, True, True, True, True, True, False]
+    assert all(t == [] for t, s in zip(tokens, out["skipped"]) if s)
+    assert out["split"] == [split_of(f"d{i}", 0.5) for i in range(len(texts))]
+    # Without ids, identical texts get identical derived ids.
+    derived = tokenize_batch(["same", "same", "other"], None, tokenizer="gpt2", val_fraction=0.5)["id"]
+    assert derived[0] == derived[1] == derive_id("same") != derived[2]
+
+
+# ------------------------------------------------------------------------------------------- whole preparations
+
+def test_splits_are_disjoint_and_validation_blocks_hold_only_validation_text(tmp_path):
+    rows = corpus_rows()
+    manifest, out = run_prepare(tmp_path, write_jsonl(tmp_path / "corpus.jsonl", rows))
+    ids = pq.read_table(out / DOC_IDS).to_pylist()
+    split_by_id = {}
+    for row in ids:
+        assert split_by_id.setdefault(row["id"], row["split"]) == row["split"], "an id landed in both splits"
+    assert len(ids) == len(rows)  # duplicates are all kept, on one side
+
+    blocks = load_split_blocks(out)
+    for split in ("train", "validation"):
+        # The split's blocks are exactly its documents' tokens (+ eos), in source order, cut into seq_len pieces.
+        docs = [r for r in rows if split_of(r["id"], 0.2) == split]
+        stream = [t for r in docs for t in ENC.encode_ordinary(r["text"]) + [GPT2_EOS_ID]]
+        n = len(stream) // 32 * 32
+        assert blocks[split].reshape(-1).tolist() == stream[:n]
+        # ... and every block decodes to byte ranges of this split's documents only.
+        doc_bytes = [r["text"].encode() for r in docs]
+        for block in blocks[split]:
+            for piece in ENC.decode_bytes(block.tolist()).split(EOS_BYTES):
+                assert any(piece in d for d in doc_bytes), (split, piece[:60])
+    assert blocks["validation"].size and blocks["train"].size
+
+
+def test_manifest_counts_equal_a_recount(tmp_path):
+    rows = corpus_rows() + [{"id": "empty", "text": ""}, {"id": "null", "text": None}, {"id": "num", "text": 42}]
+    manifest, out = run_prepare(tmp_path, write_jsonl(tmp_path / "corpus.jsonl", rows))
+    assert manifest == json.loads((out / MANIFEST).read_text())
+    assert manifest["format"] == "edugpt-prepared-v1" and manifest["seq_len"] == 32
+    assert manifest["tokenizer"] == {"name": "gpt2", "vocab_size": 50257, "eos_token_id": 50256, "backend": "tiktoken"}
+    assert manifest["split_rule"]["val_fraction"] == 0.2 and manifest["split_rule"]["salt"]
+    blocks = load_split_blocks(out)
+    for split, counted in manifest["splits"].items():
+        kept = [r for r in rows if split_of(r["id"], 0.2) == split and isinstance(r["text"], str) and r["text"]]
+        tokens = sum(len(ENC.encode_ordinary(r["text"])) + 1 for r in kept)
+        assert counted == {
+            "documents": len(kept), "tokens": tokens, "blocks": tokens // 32, "dropped_tail_tokens": tokens % 32,
+            "skipped_empty_documents": sum(1 for r in rows[-3:] if split_of(r["id"], 0.2) == split),
+        }
+        assert len(blocks[split]) == counted["blocks"]
+    assert sum(s["skipped_empty_documents"] for s in manifest["splits"].values()) == 3
+    assert verify(out)["splits"] == manifest["splits"]
+
+
+def test_split_is_deterministic_across_num_proc_and_runs(tmp_path):
+    # Separate caches for num_proc 1 and 2: the datasets fingerprint ignores num_proc, so a shared cache would
+    # hand run "b" the result of run "a".
+    results, cache_files = [], []
+    for name, num_proc, cache in (("a", 1, "cache1"), ("b", 2, "cache2"), ("c", 2, "cache2")):
+        manifest, out = run_prepare(tmp_path, EMBEDDED_CORPUS, name=name, num_proc=num_proc, seq_len=64,
+                                    val_fraction=0.05, cache_dir=str(tmp_path / cache))
+        results.append((manifest["splits"], pq.read_table(out / DOC_IDS).to_pylist(), load_split_blocks(out)))
+        cache_files.append({p.name: p.stat().st_mtime_ns for p in (tmp_path / cache).rglob("cache-*.arrow")})
+    assert len(cache_files[1]) == 2  # two tokenizing processes really ran
+    # The re-run found its tokenized shards in the datasets cache instead of tokenizing again.
+    assert cache_files[2] == cache_files[1]
+    (splits, ids, blocks), others = results[0], results[1:]
+    assert splits["validation"]["documents"] > 5
+    for other_splits, other_ids, other_blocks in others:
+        assert other_splits == splits and other_ids == ids
+        for split in blocks:
+            assert np.array_equal(blocks[split], other_blocks[split])
+
+
+def test_derived_ids_when_the_source_has_none(tmp_path, caplog):
+    rows = [{"text": f"Paragraph number {i} of a source without ids. " * 20} for i in range(30)]
+    rows.append(dict(rows[0]))  # an exact duplicate: same derived id, so the same split
+    manifest, out = run_prepare(tmp_path, write_jsonl(tmp_path / "noid.jsonl", rows), val_fraction=0.3)
+    assert manifest["source"]["id_column"] is None and "derived" in manifest["source"]["ids"]
+    assert "deriving each document's id" in caplog.text
+    ids = pq.read_table(out / DOC_IDS).to_pylist()
+    assert [r["id"] for r in ids].count(derive_id(rows[0]["text"])) == 2
+    verify(out)
+
+
+def test_directory_of_parquet_shards(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    rows = corpus_rows(duplicates=0)
+    for k in range(3):
+        pq.write_table(pa.Table.from_pylist(rows[k::3]), shards / f"part-{k}.parquet")
+    manifest, out = run_prepare(tmp_path, shards)
+    assert manifest["source"]["files"] == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
+    assert sum(s["documents"] for s in manifest["splits"].values()) == len(rows)
+
+
+def test_max_docs_takes_a_slice(tmp_path):
+    manifest, _ = run_prepare(tmp_path, EMBEDDED_CORPUS, max_docs=100, val_fraction=0.1, seq_len=64)
+    assert manifest["source"]["max_docs"] == 100
+    assert sum(s["documents"] for s in manifest["splits"].values()) == 100
+
+
+def test_verify_catches_a_tampered_id_list(tmp_path):
+    _, out = run_prepare(tmp_path, write_jsonl(tmp_path / "corpus.jsonl", corpus_rows()))
+    ids = pq.read_table(out / DOC_IDS).to_pylist()
+    train_id = next(r["id"] for r in ids if r["split"] == "train")
+    pq.write_table(pa.Table.from_pylist(ids + [{"id": train_id, "split": "validation"}]), out / DOC_IDS)
+    with pytest.raises(EduGPTError, match="both train and validation"):
+        verify(out)
+    pq.write_table(pa.Table.from_pylist(ids[1:]), out / DOC_IDS)
+    with pytest.raises(EduGPTError, match="manifest says"):
+        verify(out)
+
+
+# ------------------------------------------------------------------------------------------------------ bad input
+
+def assert_refused(tmp_path, match, dataset, name="out", **kwargs):
+    with pytest.raises(EduGPTError, match=match):
+        run_prepare(tmp_path, dataset, name=name, **kwargs)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{name}")]
+    assert not leftovers, f"partial output left behind: {leftovers}"
+
+
+def test_missing_path(tmp_path):
+    assert_refused(tmp_path, "does not exist", tmp_path / "missing.jsonl")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_file_type(tmp_path):
+    (tmp_path / "corpus.csv").write_text("text\nhello\n")
+    assert_refused(tmp_path, "unsupported file type '.csv'", tmp_path / "corpus.csv")
+    (tmp_path / "empty_dir").mkdir()
+    assert_refused(tmp_path, "no .parquet or .jsonl files", tmp_path / "empty_dir")
+
+
+def test_missing_text_column_names_the_columns(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "content": "hello", "url": "x"}])
+    assert_refused(tmp_path, r"no 'text' column \(columns: id, content, url\)", path)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_val_fraction_outside_open_interval(tmp_path, fraction):
+    with pytest.raises(EduGPTError, match="--val_fraction must be between 0 and 1"):
+        PrepareDataArguments(dataset="embedded", output_dir=str(tmp_path / "out"), val_fraction=fraction)
+
+
+def test_non_empty_output_dir_needs_overwrite(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("precious")
+    assert_refused(tmp_path, "exists and is not empty; pass --overwrite", EMBEDDED_CORPUS, max_docs=50)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
+    run_prepare(tmp_path, EMBEDDED_CORPUS, max_docs=50, overwrite=True, val_fraction=0.2)
+    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_split_with_zero_blocks_names_the_split(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", corpus_rows(n=20, duplicates=0))
+    assert_refused(tmp_path, "the validation split would have 0 blocks .* raise --val_fraction", path,
+                   val_fraction=0.01)
+    assert_refused(tmp_path, "the train split would have 0 blocks", path, seq_len=100_000)
+    assert not (tmp_path / "out").exists()
+
+
+def test_incompatible_tokenizer(tmp_path, gpt2_tokenizer):
+    import copy
+
+    bigger = copy.deepcopy(gpt2_tokenizer)
+    bigger.add_tokens(["<|new_token|>"])
+    bigger.save_pretrained(tmp_path / "tok")
+    assert_refused(tmp_path, "has 50258 tokens but the model's vocabulary is 50257", EMBEDDED_CORPUS,
+                   tokenizer=str(tmp_path / "tok"))
+
+
+def test_hf_tokenizer_path_gives_the_same_blocks(tmp_path, gpt2_tokenizer):
+    gpt2_tokenizer.save_pretrained(tmp_path / "tok")
+    a, out_a = run_prepare(tmp_path, EMBEDDED_CORPUS, name="a", max_docs=40)
+    b, out_b = run_prepare(tmp_path, EMBEDDED_CORPUS, name="b", max_docs=40, tokenizer=str(tmp_path / "tok"))
+    assert b["tokenizer"]["backend"] == "transformers" and a["splits"] == b["splits"]
+    assert all(np.array_equal(x, y) for x, y in zip(load_split_blocks(out_a).values(), load_split_blocks(out_b).values()))
+
+
+def test_hub_dataset_fails_fast_offline(tmp_path):
+    started = time.perf_counter()
+    assert_refused(tmp_path, "Hub is unreachable", "HuggingFaceFW/fineweb-edu", subset="sample-100BT")
+    assert time.perf_counter() - started < 5
