@@ -87,7 +87,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return records
 
 
-def _checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for path in run_dir.glob("checkpoint-*"):
         suffix = path.name.removeprefix("checkpoint-")
@@ -98,7 +98,7 @@ def _checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 
 def read_log_history(run_dir: Path) -> list[dict]:
     """Trainer/TRL `log_history`: from the root trainer_state.json, else the newest checkpoint's (TRL finetunes)."""
-    candidates = [run_dir / "trainer_state.json"] + [p / "trainer_state.json" for _, p in reversed(_checkpoint_dirs(run_dir))]
+    candidates = [run_dir / "trainer_state.json"] + [p / "trainer_state.json" for _, p in reversed(checkpoint_dirs(run_dir))]
     for path in candidates:
         state = _read_json(path)
         if isinstance(state, dict) and state.get("log_history"):
@@ -466,6 +466,16 @@ def _model(facts: RunFacts) -> str:
     return f"## Model\n\n`{architectures}` (transformers), GPT-2 tokenizer (50,257 tokens, `<|endoftext|>` = 50256).\n\n" + _table(["", ""], rows)
 
 
+def _redact(value: Any) -> Any:
+    """Blank every *token* value (hub_token...), as TrainingArguments.to_dict does, in case a run_config holds one."""
+    if isinstance(value, dict):
+        return {k: f"<{k.upper()}>" if k.lower().endswith("token") and isinstance(v, str) and v and not v.startswith("<")
+                else _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
 def _recipe(facts: RunFacts) -> str:
     if not facts.run_config:
         return ""
@@ -481,7 +491,7 @@ def _recipe(facts: RunFacts) -> str:
     tokens = _final_tokens(facts.records)
     if tokens and tokens["step"]:
         rows.append(["tokens per optimizer step (measured)", f"{round(tokens['tokens'] / tokens['step']):,}"])
-    full = json.dumps(facts.run_config, indent=2, sort_keys=True)
+    full = json.dumps(_redact(facts.run_config), indent=2, sort_keys=True)
     return (
         "## Training recipe\n\nFrom `run_config.json`, the arguments the run actually used:\n\n"
         + _table(["argument", "value"], rows)

@@ -147,6 +147,15 @@ def test_hub_id_and_revision_in_snippets(run_dir):
     assert "revision `step-2`" in card.text
 
 
+def test_card_never_repeats_a_token_from_run_config(run_dir):
+    config = json.loads((run_dir / "run_config.json").read_text())
+    config["training"]["hub_token"] = FAKE_TOKEN
+    config["model"]["tokenizer_name"] = "gpt2"
+    (run_dir / "run_config.json").write_text(json.dumps(config))
+    text = str(build_model_card(run_dir))
+    assert FAKE_TOKEN not in text and '"hub_token": "<HUB_TOKEN>"' in text and "model.tokenizer_name | gpt2" in text
+
+
 def test_bare_model_dir_omits_missing_sections(tmp_path, tiny_model_dir):
     run = tmp_path / "bare"
     shutil.copytree(tiny_model_dir, run)
