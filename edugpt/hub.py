@@ -25,13 +25,14 @@ from pathlib import Path
 
 from edugpt.errors import EduGPTError
 from edugpt.net import hub_available
-from edugpt.report import CARD_NAME, DEFAULT_LICENSE, build_model_card, checkpoint_dirs
+from edugpt.report import CARD_NAME, DEFAULT_LICENSE, build_model_card, checkpoint_dirs, read_parameter_counts
 
-# Files that only matter for resuming training (Trainer's checkpoint extras, DeepSpeed/FSDP optimizer shards).
-# training_args.bin is a pickled TrainingArguments, which can hold hub_token in clear text.
+# Files that only matter for resuming training (Trainer's checkpoint extras, DeepSpeed/FSDP optimizer shards, the
+# completion marker of edugpt.checkpoints). training_args.bin is a pickled TrainingArguments, which can hold hub_token
+# in clear text.
 RESUME_STATE_PATTERNS = (
     "optimizer*.pt", "optimizer*.bin", "scheduler*.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json",
-    "training_args.bin", "global_step*", "pytorch_model_fsdp*",
+    "training_args.bin", "global_step*", "pytorch_model_fsdp*", "edugpt-complete.json",
 )
 # Never uploaded: hidden files (.env, .git...), temp files, logs that may echo the environment.
 NEVER_PATTERNS = (".*", "*.tmp", "*.lock", "*.log", "*.out", "*.err")
@@ -93,6 +94,20 @@ def _has_weights(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any((folder / n).is_file() for n in WEIGHT_NAMES)
 
 
+def _checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder should not be published, or None. train_hf.py checkpoints carry a completion marker
+    (edugpt.checkpoints), which is checked file by file; others (TRL) need config, weights and a readable header."""
+    from edugpt.checkpoints import MARKER, checkpoint_problem
+
+    if (folder / MARKER).is_file():
+        return checkpoint_problem(folder)
+    if not _has_weights(folder):
+        return "no config.json + weights (the save did not finish)"
+    if (folder / "model.safetensors").is_file() and read_parameter_counts(folder) is None:
+        return "model.safetensors is unreadable (truncated?)"
+    return None
+
+
 def _select_files(folder: Path, include_optimizer: bool, subdirs: tuple[str, ...] = ()) -> tuple[list[str], list[dict]]:
     """Top-level regular files of `folder` (and of the named subfolders), minus what must stay local."""
     chosen, excluded = [], []
@@ -132,8 +147,8 @@ def plan_publish(run_dir: str | os.PathLike, hub_model_id: str, *, branches: boo
     if not branches:
         return plan
     for step, folder in checkpoint_dirs(run_dir):
-        if not _has_weights(folder):
-            plan.skipped.append({"path": folder.name, "reason": "no config.json + weights (incomplete checkpoint)"})
+        if problem := _checkpoint_problem(folder):
+            plan.skipped.append({"path": folder.name, "reason": problem})
             continue
         files, excluded = _select_files(folder, include_optimizer)
         branch = f"step-{step}"

@@ -78,9 +78,12 @@ def test_dry_run_folder_loads_and_holds_no_secrets(run_dir, tmp_path):
 def test_include_optimizer_and_incomplete_checkpoint(run_dir):
     (run_dir / "checkpoint-6").mkdir()
     (run_dir / "checkpoint-6" / "trainer_state.json").write_text("{}")  # killed before the weights were written
+    truncated = run_dir / "checkpoint-4" / "model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:1000])  # its completion marker no longer matches
     plan = plan_publish(run_dir, "someone/x", branches=True, include_optimizer=True)
-    assert [u.branch for u in plan.uploads] == ["main", "step-2", "step-4"]
-    assert plan.skipped[0]["path"] == "checkpoint-6"
+    assert [u.branch for u in plan.uploads] == ["main", "step-2"]
+    assert [s["path"] for s in plan.skipped] == ["checkpoint-4", "checkpoint-6"]
+    assert "model.safetensors has 1000 bytes" in plan.skipped[0]["reason"]
     assert set(RESUME_STATE) <= set(plan.uploads[1].files)
     assert [u.branch for u in plan_publish(run_dir, "someone/x").uploads] == ["main"]
 

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edugpt.checkpoints import write_marker
 from edugpt.errors import EduGPTError
 from edugpt.report import build_model_card, main, write_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtokenFAKE12"  # shaped like a real token (hf_ + 34 chars)
-RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin")
+RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin",
+                "edugpt-complete.json")
 FINAL_TRAIN_LOSS = 6.8125
 FINAL_VAL_LOSS = 6.9375
 LM_EVAL_ACC_NORM = 0.2617
@@ -44,9 +46,10 @@ def make_run_dir(root: Path, model_dir: Path, *, steps=(2, 4), lm_eval: bool = T
     for step in steps:
         ckpt = run / f"checkpoint-{step}"
         shutil.copytree(model_dir, ckpt)
-        for name in RESUME_STATE:
+        for name in RESUME_STATE[:-1]:
             (ckpt / name).write_bytes(b"resume state stand-in " + name.encode())
         (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+        write_marker(ckpt)  # what train_hf.py's CompleteCheckpointCallback leaves in a finished checkpoint
     records = []
     for step in range(1, 5):
         tokens = step * 2048
