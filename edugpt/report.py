@@ -45,6 +45,9 @@ FINETUNE_METRICS = (
 )
 # lm-eval task name -> (Hub dataset id, pretty name, split) for the model-index when results JSON lacks task configs.
 KNOWN_TASKS = {"hellaswag": ("Rowan/hellaswag", "HellaSwag", "validation")}
+# edugpt's offline stand-in (edugpt/tasks/hellaswag_local.yaml): HellaSwag's scoring over a local jsonl file. Its
+# numbers are never presented as HellaSwag's nor put in the model-index.
+LOCAL_HELLASWAG_TASK = "hellaswag_local"
 
 
 @dataclass
@@ -280,7 +283,18 @@ def _final_tokens(records: list[dict]) -> dict | None:
 
 def _is_hub_id(name: str | None) -> bool:
     """A Hub repo id ('owner/name'), not a local path: only those belong in `datasets:` / `base_model:` metadata."""
-    return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
+    return (bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
+            and Path(name).suffix not in (".json", ".jsonl", ".parquet", ".csv", ".txt"))
+
+
+def _in_loop_source(facts: RunFacts) -> str:
+    """Which items the in-loop HellaSwag records scored, from run_config's script/data arguments."""
+    sections = [v for v in (facts.run_config or {}).values() if isinstance(v, dict)]
+    hellaswag_file = next((s["hellaswag_file"] for s in sections if s.get("hellaswag_file")), None)
+    limit = next((s["hellaswag_limit"] for s in sections if s.get("hellaswag_limit")), None)
+    where = (f"the local file `{hellaswag_file}` in HellaSwag's format (not HellaSwag's validation set)"
+             if hellaswag_file else "HellaSwag's validation set")
+    return where + (f", first {limit:,} items" if limit else "")
 
 
 def _lm_eval_rows(lm_eval: dict) -> list[dict]:
@@ -355,10 +369,13 @@ def _results(facts: RunFacts, lm_rows: list[dict]) -> str:
         rows.append(["MFU (last logged)", f"{mfu['mfu']:.1%}" if mfu["mfu"] <= 1 else _num(mfu["mfu"])])
     in_loop = _last(facts.records, "hellaswag/acc_norm")
     if in_loop:
-        rows.append([f"HellaSwag acc_norm, in-loop (step {in_loop['step']:,})", _num(in_loop["hellaswag/acc_norm"])])
+        local = "local file, " if "local file" in _in_loop_source(facts) else ""
+        rows.append([f"HellaSwag acc_norm, in-loop ({local}step {in_loop['step']:,})",
+                     _num(in_loop["hellaswag/acc_norm"])])
     for row in lm_rows:
-        if row["task"] == "hellaswag" and row["metric"] in ("acc", "acc_norm"):
-            rows.append([f"HellaSwag {row['metric']}, lm-eval {row['n_shot']}-shot", _num(row["value"])])
+        if row["task"] in ("hellaswag", LOCAL_HELLASWAG_TASK) and row["metric"] in ("acc", "acc_norm"):
+            name = "HellaSwag" if row["task"] == "hellaswag" else "HellaSwag-format local file"
+            rows.append([f"{name} {row['metric']}, lm-eval {row['n_shot']}-shot", _num(row["value"])])
     for key in ("rewards/accuracies", "rewards/margins", "mean_token_accuracy"):
         for prefix in ("", "eval_"):
             record = _last(facts.records, prefix + key)
@@ -395,7 +412,7 @@ def _hellaswag(facts: RunFacts, lm_rows: list[dict]) -> str:
     plot = facts.run_dir / "images" / "hellaswag.png"
     if not in_loop and not lm_rows and plot not in facts.images:
         return ""
-    out = ["## HellaSwag", "",
+    out = ["## Evaluation", "",
            "Zero-shot, 4-way multiple choice: chance is 0.25; OpenAI's GPT-2 small (124M) scores about 0.31 acc_norm "
            "(0.29 acc) on lm-eval's `hellaswag` task. `acc_norm` normalises each ending's log-likelihood by its "
            "length in bytes."]
@@ -404,7 +421,8 @@ def _hellaswag(facts: RunFacts, lm_rows: list[dict]) -> str:
                  _num(r.get("hellaswag/acc_norm", "—"))] for r in in_loop]
         rows, thinned = _thin(rows)
         note = ", evenly thinned" if thinned else ""
-        out += ["", f"During training (scored in-loop the way lm-eval's `hellaswag` task does{note}):", "",
+        out += ["", f"During training, on {_in_loop_source(facts)} (scored in-loop by lm-eval's own `hellaswag` task "
+                f"code{note}):", "",
                 _table(["Step", "Tokens", "acc", "acc_norm"], rows)]
     if plot in facts.images:
         out += ["", "![HellaSwag accuracy by step](images/hellaswag.png)"]
@@ -419,6 +437,11 @@ def _hellaswag(facts: RunFacts, lm_rows: list[dict]) -> str:
                        [[r["task"], r["n_shot"], r["metric"], _num(r["value"]),
                          _num(r["stderr"]) if isinstance(r["stderr"], (int, float)) else "—",
                          r["samples"] if r["samples"] is not None else "all"] for r in lm_rows])]
+        local = (facts.lm_eval.get("configs") or {}).get(LOCAL_HELLASWAG_TASK)
+        if local is not None:
+            path = (local.get("dataset_kwargs") or {}).get("hellaswag_file") or local.get("dataset_path")
+            out += ["", f"`{LOCAL_HELLASWAG_TASK}` is lm-eval's HellaSwag task over a local file in HellaSwag's format "
+                    f"(`{path}`), not HellaSwag itself; its scores are left out of the model-index."]
     return "\n".join(out)
 
 
@@ -586,8 +609,8 @@ def _metadata(facts: RunFacts, title: str, lm_rows: list[dict], license: str):
         task_config = configs.get(row["task"]) or {}
         known = KNOWN_TASKS.get(row["task"], (None, row["task"], None))
         dataset_type = task_config.get("dataset_path") or known[0]
-        if not dataset_type:
-            continue
+        if row["task"] == LOCAL_HELLASWAG_TASK or not _is_hub_id(dataset_type):
+            continue  # a local file is not a Hub dataset: the scores stay in the card's body only
         shots = f"{row['n_shot']}-shot" + (f", {row['samples']} examples" if row["limit"] and row["samples"] else "")
         eval_results.append(EvalResult(
             task_type="text-generation", task_name="Text Generation",

@@ -165,7 +165,7 @@ def test_bare_model_dir_omits_missing_sections(tmp_path, tiny_model_dir):
     card = build_model_card(run)
     assert card.data.eval_results is None and card.data.datasets is None
     assert "model-index" not in str(card)
-    for heading in ("## Results", "## HellaSwag", "## Samples", "## Training recipe", "## Data", "## Finetuning"):
+    for heading in ("## Results", "## Evaluation", "## Samples", "## Training recipe", "## Data", "## Finetuning"):
         assert heading not in card.text
     assert "## Model" in card.text and "## How to use" in card.text
 
@@ -177,6 +177,25 @@ def test_torn_metrics_line_and_explicit_eval_dir(run_dir, tmp_path):
     assert build_model_card(run_dir).data.eval_results is None
     card = build_model_card(run_dir, eval_dir=tmp_path / "elsewhere")
     assert card.data.eval_results and f"{FINAL_TRAIN_LOSS:.4f}" in card.text
+
+
+def test_local_hellaswag_file_is_labelled_and_kept_out_of_model_index(run_dir):
+    """Offline runs score a HellaSwag-format local file (task hellaswag_local): never reported as HellaSwag itself."""
+    config = json.loads((run_dir / "run_config.json").read_text())
+    config["script"] = {"hellaswag_file": "edugpt/assets/eval/smoke.jsonl", "hellaswag_limit": 40}
+    (run_dir / "run_config.json").write_text(json.dumps(config))
+    results_path = next((run_dir / "eval").rglob("results*.json"))
+    results = json.loads(results_path.read_text())
+    results["results"] = {"hellaswag_local": results["results"].pop("hellaswag")}
+    results["configs"] = {"hellaswag_local": {"dataset_path": "json",
+                                              "dataset_kwargs": {"hellaswag_file": "edugpt/assets/eval/smoke.jsonl"}}}
+    results["n-shot"] = {"hellaswag_local": 0}
+    results_path.write_text(json.dumps(results))
+    card = build_model_card(run_dir)
+    assert card.data.eval_results is None and "model-index" not in str(card).split("---")[1]  # YAML header
+    assert "local file `edugpt/assets/eval/smoke.jsonl` in HellaSwag's format" in card.text
+    assert "first 40 items" in card.text
+    assert f"HellaSwag-format local file acc_norm, lm-eval 0-shot | {LM_EVAL_ACC_NORM:.4f}" in card.text
 
 
 def test_dpo_finetune_card_from_trainer_state(tmp_path, tiny_model_dir):
