@@ -112,10 +112,10 @@ def derive_id(text) -> str:
 # -------------------------------------------------------------------------------------------------------- tokenize
 
 @functools.lru_cache(maxsize=4)
-def _encoder(name: str):
+def _encoder(name: str, num_threads: int = 1):
     """Per-process encoder: tiktoken for GPT-2 (same ids as the HF tokenizer, several times faster), else the HF one."""
     if name in GPT2_NAMES:
-        return gpt2_tiktoken().encode_ordinary_batch
+        return functools.partial(gpt2_tiktoken().encode_ordinary_batch, num_threads=num_threads)
     tokenizer = load_tokenizer(name)
     return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
 
@@ -128,7 +128,8 @@ def check_tokenizer(name: str, vocab_size: int = GPT2_VOCAB_SIZE) -> str:
     return "transformers"
 
 
-def tokenize_batch(texts, ids, *, tokenizer: str, val_fraction: float, salt: str = SPLIT_SALT) -> dict:
+def tokenize_batch(texts, ids, *, tokenizer: str, val_fraction: float, salt: str = SPLIT_SALT,
+                   num_threads: int = 1) -> dict:
     """One `datasets.map` batch: split each document by ID, tokenize the usable ones and append `<|endoftext|>`.
 
     Null, non-string and blank texts are kept as rows with no tokens and `skipped=True` so they can be counted.
@@ -138,7 +139,7 @@ def tokenize_batch(texts, ids, *, tokenizer: str, val_fraction: float, salt: str
 
     doc_ids = [derive_id(t) if i is None or i == "" else str(i) for t, i in zip(texts, ids or itertools.repeat(None))]
     usable = [isinstance(t, str) and not t.isspace() and t != "" for t in texts]
-    encoded = _encoder(tokenizer)([t for t, ok in zip(texts, usable) if ok])
+    encoded = _encoder(tokenizer, num_threads)([t for t, ok in zip(texts, usable) if ok])
     lengths = iter(len(tokens) + 1 for tokens in encoded)
     offsets = np.zeros(len(texts) + 1, dtype=np.int32)
     offsets[1:] = np.cumsum([next(lengths) if ok else 0 for ok in usable])
@@ -238,7 +239,9 @@ def tokenized_batches(raw, *, has_id: bool, args: PrepareDataArguments, salt: st
 
     features = datasets.Features({"id": datasets.Value("string"), "split": datasets.Value("string"),
                                   "input_ids": datasets.List(datasets.Value("uint16")), "skipped": datasets.Value("bool")})
-    kwargs = {"tokenizer": args.tokenizer, "val_fraction": args.val_fraction, "salt": salt}
+    # One tiktoken thread per map process; a single process (or a stream) spreads its batches over all cores.
+    threads = max(1, (os.cpu_count() or 1) // args.num_proc) if isinstance(raw, datasets.Dataset) else os.cpu_count()
+    kwargs = {"tokenizer": args.tokenizer, "val_fraction": args.val_fraction, "salt": salt, "num_threads": threads}
     columns = [TEXT_COLUMN, ID_COLUMN] if has_id else [TEXT_COLUMN]
     if isinstance(raw, datasets.Dataset):
         tokenized = raw.with_format("arrow").map(_tokenize_columns, batched=True, batch_size=MAP_BATCH_SIZE, input_columns=columns,
