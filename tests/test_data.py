@@ -265,3 +265,23 @@ def test_hub_dataset_fails_fast_offline(tmp_path):
     started = time.perf_counter()
     assert_refused(tmp_path, "Hub is unreachable", "HuggingFaceFW/fineweb-edu", subset="sample-100BT")
     assert time.perf_counter() - started < 5
+
+
+def test_streamed_source_tokenizes_like_the_cached_map(tmp_path):
+    """The Hub's big subsets arrive as an IterableDataset; the same local file streamed must give identical rows."""
+    import datasets
+
+    from edugpt.corpus import require_text_column
+    from edugpt.data import tokenized_batches
+
+    path = write_jsonl(tmp_path / "corpus.jsonl", corpus_rows() + [{"id": "n", "text": None}])
+    args = PrepareDataArguments(dataset=str(path), output_dir=str(tmp_path / "out"), val_fraction=0.2, num_proc=1)
+    tables = {}
+    for streaming in (False, True):
+        raw = datasets.load_dataset("json", data_files=str(path), split="train", streaming=streaming,
+                                    cache_dir=str(tmp_path / "cache"))
+        assert isinstance(raw, datasets.IterableDataset) == streaming
+        has_id = require_text_column(raw, None)
+        tables[streaming] = pa.concat_tables(list(tokenized_batches(raw, has_id=has_id, args=args)))
+    assert tables[True].num_rows == 71
+    assert tables[True].to_pylist() == tables[False].to_pylist()
