@@ -1,0 +1,356 @@
+"""lm-eval-harness on checkpoints and, through the same code, HellaSwag inside training.
+
+Everything here is scored by lm-eval itself (its `HFLM` and its task definitions), never by a scorer of our own: the
+original project normalised HellaSwag by token count and read 29.6 where lm-eval reads 31.1 for the same GPT-2.
+So the in-training numbers are lm-eval's numbers: `HellaSwagCallback` wraps the in-memory model in an `HFLM` and runs
+lm-eval's `evaluate()` on the same task object lm-eval would build, which gives, item by item, what
+
+    lm_eval --model hf --model_args pretrained=RUN/checkpoint-N --tasks hellaswag --limit L --batch_size B
+
+gives on the checkpoint saved at that step (tests/test_evaluation.py proves it on a tiny model). Use the same batch
+size on both sides for bit-identical log-likelihoods: a different batch pads differently, which can move the last
+float bits (not, in practice, acc).
+
+Offline, HellaSwag comes from a local jsonl file in HellaSwag's schema through the `hellaswag_local` task in
+`edugpt/tasks/` (lm-eval's hellaswag definition with a local data source).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from edugpt.errors import EduGPTError
+from edugpt.net import hub_available
+
+logger = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+LOCAL_HELLASWAG_TASK = "hellaswag_local"
+LOCAL_HELLASWAG_YAML = TASKS_DIR / f"{LOCAL_HELLASWAG_TASK}.yaml"
+HELLASWAG = "hellaswag"
+RESULTS_JSON = "results.json"
+RESULTS_MARKDOWN = "results.md"
+
+
+# ----------------------------------------------------------------------------------------------------------- tasks
+def local_hellaswag_config(hellaswag_file: str | os.PathLike, max_items: int | None = None) -> dict:
+    """The `hellaswag_local` task config (edugpt/tasks/hellaswag_local.yaml) reading `hellaswag_file`."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from edugpt.tasks.hellaswag_local import read_hellaswag_jsonl
+
+    read_hellaswag_jsonl(hellaswag_file, max_items=max_items)  # fail here, with line and field, not inside lm-eval
+    config = dict(load_yaml(LOCAL_HELLASWAG_YAML, resolve_func=True))
+    config["dataset_path"] = str(hellaswag_file)
+    config["dataset_kwargs"] = {"hellaswag_file": str(hellaswag_file), "max_items": max_items}
+    return config
+
+
+def task_specs(tasks: list[str], hellaswag_file: str | None = None) -> list[str | dict]:
+    """lm-eval task specs for `tasks`; with a local HellaSwag file, `hellaswag` means the local task on that file."""
+    specs: list[str | dict] = []
+    for name in tasks:
+        if hellaswag_file is not None and name in (HELLASWAG, LOCAL_HELLASWAG_TASK):
+            specs.append(local_hellaswag_config(hellaswag_file))
+        else:
+            specs.append(name)
+    return specs
+
+
+def task_manager(names: list[str]):
+    """lm-eval's TaskManager over edugpt/tasks, plus lm-eval's own ~thousands of task YAMLs only when a task needs
+    them: indexing those takes ~10 s on a small CPU, which the local HellaSwag task does not have to pay."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=any(n != LOCAL_HELLASWAG_TASK for n in names))
+
+
+def load_tasks(specs: list[str | dict]) -> tuple[dict, object]:
+    """lm-eval's `TaskManager.load` over its own tasks plus edugpt/tasks, with user errors turned into EduGPTError.
+
+    Returns lm-eval's TaskDict and the TaskManager (hand it to `simple_evaluate`, which would otherwise build one).
+    """
+    names = [s if isinstance(s, str) else s["task"] for s in specs]
+    manager = task_manager(names)
+    for spec in specs:
+        if isinstance(spec, str) and spec not in manager.all_tasks and not Path(spec).is_file():
+            raise EduGPTError(
+                f"unknown lm-eval task {spec!r}; run `lm_eval ls tasks` for the names (offline, use "
+                f"--tasks hellaswag with --hellaswag_file, or {LOCAL_HELLASWAG_TASK})."
+            )
+    try:
+        return manager.load(specs), manager
+    except EduGPTError:
+        raise
+    except Exception as err:
+        if not hub_available():
+            raise EduGPTError(
+                f"could not load the data of task(s) {', '.join(names)} ({type(err).__name__}) and the Hugging Face "
+                "Hub is offline; go online, or for HellaSwag pass a local file with --hellaswag_file."
+            ) from None
+        raise
+
+
+def hub_hellaswag_task(max_items: int | None):
+    """lm-eval's own `hellaswag` task (Rowan/hellaswag), cut to its first `max_items` validation items."""
+    if not hub_available():
+        raise EduGPTError(
+            "HellaSwag from the Hub needs the Hugging Face Hub, which is offline or unreachable; set hellaswag_file "
+            "to a local HellaSwag-format jsonl (e.g. edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl)."
+        )
+    task = load_tasks([HELLASWAG])[0]["tasks"][HELLASWAG]
+    if max_items is not None:
+        split = task.config.validation_split
+        rows = task.dataset[split]
+        task.dataset[split] = rows.select(range(min(max_items, len(rows))))
+    return task
+
+
+# ------------------------------------------------------------------------------------------------------ checkpoints
+def check_model_source(model: str) -> None:
+    """Fail early and clearly unless `model` is a saved causal LM directory or a Hub id we can reach."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    path = Path(model).expanduser()
+    if not path.exists():
+        if not hub_available():
+            raise EduGPTError(
+                f"model {model!r} is not a local directory (and the Hub is offline, so it is no Hub id either); pass "
+                "a checkpoint directory written by train_hf.py, e.g. runs/NAME/pretrain or runs/NAME/checkpoint-100."
+            )
+        return  # a Hub id: HFLM downloads it
+    if not path.is_dir():
+        raise EduGPTError(f"model {model!r} is a file; pass the checkpoint directory that holds config.json.")
+    if not (path / "config.json").is_file():
+        raise EduGPTError(
+            f"{model!r} has no config.json, so it is not a saved model; pass a checkpoint directory written by "
+            "train_hf.py (its output_dir or output_dir/checkpoint-N)."
+        )
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as err:
+        raise EduGPTError(f"{model!r}/config.json could not be read ({err}); pass a valid checkpoint directory.") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise EduGPTError(
+            f"{model!r} holds a {config.model_type!r} model, not a causal language model; lm-eval's hf model "
+            "scores causal LMs such as our GPT-2 checkpoints."
+        )
+    if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+        raise EduGPTError(f"{model!r} has no tokenizer files; save the tokenizer with the model (train_hf.py does).")
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluate_checkpoint(
+    model: str,
+    tasks: list[str],
+    *,
+    limit: int | None = None,
+    batch_size: int | str = 16,
+    hellaswag_file: str | None = None,
+    device: str | None = None,
+    log_samples: bool = False,
+) -> dict:
+    """Run lm-eval's `simple_evaluate` with an `HFLM` on a checkpoint dir or Hub id; returns lm-eval's results dict."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    check_model_source(model)
+    specs = task_specs(tasks, hellaswag_file)
+    loaded, manager = load_tasks(specs)
+    try:
+        lm = HFLM(pretrained=model, batch_size=batch_size, device=device or default_device())
+    except OSError as err:  # missing weights / tokenizer, or a Hub id that does not exist
+        raise EduGPTError(f"could not load model {model!r} for lm-eval ({err}).") from None
+    return simple_evaluate(
+        model=lm,
+        tasks=list(loaded["tasks"].values()) + list(loaded["groups"].values()),
+        limit=limit,
+        log_samples=log_samples,
+        batch_size=batch_size,
+        task_manager=manager,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- output
+def results_table(results: dict) -> str:
+    """Markdown table (task, metric, value, stderr, items) of lm-eval's results dict."""
+    lines = ["| Task | Metric | Value | Stderr | Items |", "|---|---|---:|---:|---:|"]
+    for task, metrics in results["results"].items():
+        items = results.get("n-samples", {}).get(task, {}).get("effective", "")
+        for key, value in metrics.items():
+            if "," not in key or "_stderr," in key or not isinstance(value, (int, float)):  # "acc,none" = metric,filter
+                continue
+            metric, _, filter_name = key.partition(",")
+            stderr = metrics.get(f"{metric}_stderr,{filter_name}")
+            stderr_text = f"{stderr:.4f}" if isinstance(stderr, (int, float)) else "N/A"
+            lines.append(f"| {task} | {metric} | {value:.4f} | {stderr_text} | {items} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict, output_dir: str | os.PathLike) -> Path:
+    """Write results.json (lm-eval's dict), results.md and samples_<task>.jsonl (if logged) into `output_dir`.
+
+    Files are written into a temporary folder beside `output_dir` first, so an interrupted run leaves no half file.
+    """
+    from lm_eval.utils import handle_non_serializable
+
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    results = dict(results)
+    samples = results.pop("samples", None) or {}
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    try:
+        (staging / RESULTS_JSON).write_text(
+            json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n"
+        )
+        (staging / RESULTS_MARKDOWN).write_text(results_table(results))
+        for task, task_samples in samples.items():
+            with (staging / f"samples_{task}.jsonl").open("w") as f:
+                for sample in task_samples:
+                    f.write(json.dumps(sample, default=handle_non_serializable, ensure_ascii=False) + "\n")
+        if not output_dir.exists():
+            staging.rename(output_dir)
+        else:
+            for file in staging.iterdir():
+                os.replace(file, output_dir / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+# ------------------------------------------------------------------------------------------------- in-loop scoring
+@contextlib.contextmanager
+def preserved_training_state(model: torch.nn.Module):
+    """Restore RNG streams, every module's train/eval flag and grad mode afterwards: evaluation must leave no trace."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    modes = [(module, module.training) for module in model.modules()]
+    grad_enabled = torch.is_grad_enabled()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        for module, training in modes:
+            module.training = training
+        torch.set_grad_enabled(grad_enabled)
+
+
+@contextlib.contextmanager
+def quiet_lm_eval():
+    """Keep in-training evaluations to one log line: lm-eval warns about pre-built models and custom datasets on every
+    call, and `datasets` draws a progress bar for each `process_docs` map."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    lm_eval_logger = logging.getLogger("lm_eval")
+    level = lm_eval_logger.level
+    bars_were_off = are_progress_bars_disabled()
+    lm_eval_logger.setLevel(logging.ERROR)
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        lm_eval_logger.setLevel(level)
+        if not bars_were_off:
+            enable_progress_bars()
+
+
+def score_task(model, tokenizer, task, *, limit: int | None, batch_size: int) -> dict:
+    """Score an in-memory causal LM on one lm-eval task exactly as `lm_eval` would; returns lm-eval's results dict.
+
+    This is `simple_evaluate` minus what does not change the numbers and would cost seconds per call (seeding the
+    global RNGs, collecting environment info, bootstrap stderrs). HFLM batches the requests and keeps only each
+    continuation's summed log-likelihood, so memory holds one batch of logits at a time. HFLM gives `tokenizer` a pad
+    token if it has none: pass a copy of the run's tokenizer.
+    """
+    from lm_eval.evaluator import evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    with quiet_lm_eval(), preserved_training_state(model):
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        if task.get_config("num_fewshot") is None:  # what simple_evaluate does for 0-shot tasks
+            task.set_config(key="num_fewshot", value=0)
+        return evaluate(lm=lm, task_dict={"tasks": {task.config.task: task}}, limit=limit, bootstrap_iters=0,
+                        log_samples=True)
+
+
+def per_item_scores(results: dict, task_name: str) -> list[dict]:
+    """doc_id, acc, acc_norm and the choices' log-likelihoods of every scored item (small: no logits)."""
+    items = []
+    for sample in sorted(results["samples"][task_name], key=lambda s: s["doc_id"]):
+        items.append({
+            "doc_id": sample["doc_id"],
+            "acc": float(sample["acc"]),
+            "acc_norm": float(sample["acc_norm"]),
+            "loglikelihoods": [float(resp[0]) for resp in sample["filtered_resps"]],
+        })
+    return items
+
+
+class HellaSwagCallback(TrainerCallback):
+    """Every `every_steps` steps, score the in-memory model on the first `limit` HellaSwag items (None: all) with
+    lm-eval's own HFLM and task; `trainer.log` `hellaswag/acc` and `hellaswag/acc_norm` (console, report_to,
+    metrics.jsonl).
+
+    `hellaswag_file` selects a local HellaSwag-format jsonl (task `hellaswag_local`); without it lm-eval's Hub
+    `hellaswag` task is used, and an offline run fails here, before training starts. The items are loaded once.
+    Scoring runs under `preserved_training_state`, so the training trajectory is the same with or without it.
+    `batch_size` defaults to the run's `per_device_eval_batch_size`.
+    """
+
+    def __init__(self, trainer, every_steps: int, limit: int | None, hellaswag_file: str | None = None,
+                 batch_size: int | None = None):
+        if every_steps <= 0 or (limit is not None and limit <= 0):
+            raise EduGPTError(
+                f"HellaSwag every {every_steps} steps on {limit} items: both must be positive (hellaswag_steps, "
+                "hellaswag_limit); set hellaswag_steps 0 to turn HellaSwag off, hellaswag_limit null for all items."
+            )
+        self.trainer = trainer
+        self.every_steps = every_steps
+        self.limit = limit
+        self.batch_size = batch_size or trainer.args.per_device_eval_batch_size
+        # HFLM sets a pad token on the tokenizer it is given: hand it a copy so the run's saved tokenizer is unchanged.
+        self.tokenizer = copy.deepcopy(trainer.processing_class) if trainer.processing_class is not None else None
+        if self.tokenizer is None:
+            from edugpt.tokenizer import load_tokenizer
+
+            self.tokenizer = load_tokenizer("gpt2")
+        with quiet_lm_eval():
+            if hellaswag_file is not None:
+                from lm_eval.api.task import ConfigurableTask
+
+                self.task = ConfigurableTask(config=local_hellaswag_config(hellaswag_file, max_items=limit))
+            else:
+                self.task = hub_hellaswag_task(max_items=limit)
+        self.last_items: list[dict] = []  # per-item scores of the latest evaluation, for tests and debugging
+
+    def evaluate(self, model) -> dict[str, float]:
+        results = score_task(model, self.tokenizer, self.task, limit=self.limit, batch_size=self.batch_size)
+        name = self.task.config.task
+        self.last_items = per_item_scores(results, name)
+        metrics = results["results"][name]
+        return {"hellaswag/acc": metrics["acc,none"], "hellaswag/acc_norm": metrics["acc_norm,none"]}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every_steps == 0:
+            self.trainer.log(self.evaluate(model if model is not None else self.trainer.model))
