@@ -35,7 +35,7 @@ MAX_TABLE_ROWS = 12
 # Training arguments worth a row in the recipe table, in reading order. The full run_config.json sits below it.
 RECIPE_KEYS = (
     "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
-    "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm",
+    "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm",
     "optim", "bf16", "fp16", "torch_compile", "seed", "beta", "loss_type", "max_length", "assistant_only_loss",
 )
 # DPO/SFT metrics TRL logs, reported for finetuning runs (with their eval_ twins when present).
@@ -255,6 +255,15 @@ def _num(value: Any, digits: int = 4, commas: bool = True) -> str:
     return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits}f}"
 
 
+def _plain(value: Any) -> str:
+    """An argument as a recipe would spell it: 0.003 not 0.0030, 1337 not 1,337, dicts/lists as JSON."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if isinstance(value, float) and not isinstance(value, bool):
+        return f"{value:.6g}"
+    return str(value)
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
@@ -329,11 +338,7 @@ def _summary(facts: RunFacts, title: str) -> str:
         "sft": "supervised-finetuned (SFT with TRL)",
         "dpo": "preference-tuned (DPO with TRL)",
     }[facts.kind]
-    dataset = ""
-    if facts.manifest:
-        source = facts.manifest.get("source", {})
-        subset = f" ({source['subset']})" if source.get("subset") else ""
-        dataset = f" on {source.get('dataset', '?')}{subset}"
+    dataset = f" on {_dataset_phrase(facts.manifest)}" if facts.manifest else ""
     base = f", starting from `{facts.base_model}`" if facts.base_model and facts.kind != "pretrain" else ""
     tokens = _final_tokens(facts.records)
     seen = f", {human(tokens['tokens'])} tokens seen" if tokens else ""
@@ -343,6 +348,14 @@ def _summary(facts: RunFacts, title: str) -> str:
         f"GPT-2 tokenizer. Built with [edugpt]({PROJECT_URL}) on the Hugging Face stack (transformers Trainer"
         f"{', TRL' if facts.kind != 'pretrain' else ''}). It is an experiment for learning, not a state-of-the-art model."
     )
+
+
+def _dataset_phrase(manifest: dict) -> str:
+    source = manifest.get("source") or {}
+    name = source.get("dataset", "?")
+    if name == "embedded":  # prepare_data.py --dataset embedded (edugpt/corpus.py)
+        return "edugpt's embedded offline corpus (Python documentation in FineWeb-Edu's schema, a smoke-test corpus)"
+    return f"`{name}`" + (f" ({source['subset']})" if source.get("subset") else "")
 
 
 def _results(facts: RunFacts, lm_rows: list[dict]) -> str:
@@ -503,14 +516,13 @@ def _recipe(facts: RunFacts) -> str:
     if not facts.run_config:
         return ""
     training = facts.run_config.get("training") or {}
-    rows = [[key, _num(training[key], commas=False)] for key in RECIPE_KEYS if training.get(key) not in (None, "", [])]
+    rows = [[key, _plain(training[key])] for key in RECIPE_KEYS if training.get(key) not in (None, "", [])]
     if training.get("max_steps", -1) > 0:
         rows = [r for r in rows if r[0] != "num_train_epochs"]
     for section in ("model", "data"):
         values = facts.run_config.get(section)
         if isinstance(values, dict):
-            rows += [[f"{section}.{k}", _num(v, commas=False) if not isinstance(v, (list, dict)) else json.dumps(v)]
-                     for k, v in values.items() if v not in (None, "", [])]
+            rows += [[f"{section}.{k}", _plain(v)] for k, v in values.items() if v not in (None, "", [])]
     tokens = _final_tokens(facts.records)
     if tokens and tokens["step"]:
         rows.append(["tokens per optimizer step (measured)", f"{round(tokens['tokens'] / tokens['step']):,}"])
@@ -528,7 +540,7 @@ def _data(facts: RunFacts) -> str:
         return ""
     source = m.get("source", {})
     lines = ["## Data", ""]
-    lines.append(f"- Source: `{source.get('dataset', '?')}`" + (f", subset `{source['subset']}`" if source.get("subset") else "")
+    lines.append(f"- Source: {_dataset_phrase(m)}"
                  + (f", first {source['max_docs']:,} documents" if source.get("max_docs") else ""))
     tokenizer = m.get("tokenizer", {})
     if tokenizer:
@@ -537,9 +549,9 @@ def _data(facts: RunFacts) -> str:
                      f"{m.get('seq_len')}-token blocks")
     rule = m.get("split_rule", {})
     if rule:
-        lines.append(f"- Split rule: {rule.get('description') or rule}"
-                     + (f" (hash {rule['hash']}, salt {rule.get('salt')!r}, validation fraction {rule.get('val_fraction')})"
-                        if rule.get("hash") else ""))
+        lines.append(f"- Split rule, per document id: `{rule.get('description') or rule}`"
+                     + (f" with salt {rule.get('salt')!r} and val_fraction {rule.get('val_fraction')}"
+                        if "salt" in rule else ""))
         lines.append("- No document appears in both splits: the split is decided per document, before packing.")
     splits = m.get("splits") or {}
     if splits:
@@ -628,7 +640,7 @@ def _metadata(facts: RunFacts, title: str, lm_rows: list[dict], license: str):
         datasets=datasets,
         base_model=facts.base_model if facts.kind != "pretrain" and _is_hub_id(facts.base_model) else None,
         tags=tags,
-        model_name=title,
+        model_name=title if eval_results else None,  # only used as the model-index's name
         eval_results=eval_results or None,
     )
 
