@@ -230,9 +230,11 @@ def _require_repo_id(hub_model_id: str | None) -> None:
         ) from None
 
 
-def require_push_ready(hub_model_id: str | None) -> None:
+def require_push_ready(hub_model_id: str | None) -> str:
     """Raise EduGPTError (one sentence) unless pushing to `hub_model_id` can work: valid id, a token, a reachable Hub,
-    and a token the Hub accepts. Call it before training so a run that cannot be uploaded is not started."""
+    and a token the Hub accepts. Call it before training so a run that cannot be uploaded is not started.
+
+    Returns the full repo id ('name' becomes 'your-user/name', as the Hub will create it)."""
     from huggingface_hub import HfApi, get_token
 
     _require_repo_id(hub_model_id)
@@ -248,12 +250,13 @@ def require_push_ready(hub_model_id: str | None) -> None:
             "the run later with publish.py)."
         )
     try:
-        HfApi().whoami(cache=True)
+        user = HfApi().whoami(cache=True)
     except Exception as err:
         raise EduGPTError(
             f"the Hub did not accept your token ({type(err).__name__}); log in again with `hf auth login` or set a "
             "valid HF_TOKEN with write access."
         ) from None
+    return hub_model_id if "/" in hub_model_id else f"{user['name']}/{hub_model_id}"
 
 
 def _scrub(message: str) -> str:
@@ -298,7 +301,7 @@ def publish_run(run_dir: str | os.PathLike, hub_model_id: str, *, branches: bool
                 license: str = DEFAULT_LICENSE) -> str:
     """Plan, check for secrets, then either write the dry-run folder or push. Returns the folder path or repo URL."""
     if dry_run is None:
-        require_push_ready(hub_model_id)
+        hub_model_id = require_push_ready(hub_model_id)  # before any work: no token / no network fails in a second
     plan = plan_publish(run_dir, hub_model_id, branches=branches, include_optimizer=include_optimizer,
                         eval_dir=eval_dir, license=license)
     check_no_secrets(plan)

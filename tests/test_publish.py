@@ -138,3 +138,64 @@ def test_real_push_fails_cleanly_offline_or_without_login(run_dir, tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1  # one sentence, no traceback
         assert FAKE_TOKEN not in proc.stdout + proc.stderr
     assert _snapshot(run_dir) == before
+
+
+class _RecordingHub:
+    """Stands in for HfApi where the real Hub cannot be reached: records each call, keeps each branch's file list."""
+
+    def __init__(self, fail_on_branch: str | None = None):
+        self.commits, self.branches, self.fail_on_branch = [], {"main": {".gitattributes"}}, fail_on_branch
+
+    def __call__(self, *args, **kwargs):  # HfApi() -> this instance
+        return self
+
+    def create_repo(self, repo_id, **kwargs):
+        from huggingface_hub import RepoUrl
+
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_branch(self, repo_id, *, branch, **kwargs):
+        self.branches.setdefault(branch, set(self.branches["main"]))
+
+    def list_repo_files(self, repo_id, *, revision, **kwargs):
+        return sorted(self.branches[revision])
+
+    def create_commit(self, repo_id, operations, *, revision, commit_message, **kwargs):
+        from huggingface_hub import CommitOperationAdd
+
+        if revision == self.fail_on_branch:
+            raise ConnectionError(f"403 Forbidden: token {FAKE_TOKEN} has no write access")
+        files = self.branches[revision]
+        for op in operations:
+            (files.add if isinstance(op, CommitOperationAdd) else files.discard)(op.path_in_repo)
+        self.commits.append((revision, sorted(files)))
+
+
+def test_push_commits_main_then_one_branch_per_checkpoint(run_dir, monkeypatch):
+    hub = _RecordingHub()
+    monkeypatch.setattr("huggingface_hub.HfApi", hub)
+    url = publish_run_offline(run_dir, monkeypatch)
+    assert url == "https://huggingface.co/someone/x"
+    assert [branch for branch, _ in hub.commits] == ["main", "step-2", "step-4"]
+    main_files = set(hub.branches["main"])
+    assert {"README.md", "model.safetensors", "metrics.jsonl", "images/hellaswag.png"} <= main_files
+    for branch in ("step-2", "step-4"):  # exactly the checkpoint's loadable files: main's extras were deleted
+        assert hub.branches[branch] == {".gitattributes", "README.md", "config.json", "generation_config.json",
+                                        "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    assert not (main_files | hub.branches["step-2"]) & set(RESUME_STATE)
+
+
+def test_failed_push_is_one_clear_error_without_the_token(run_dir, monkeypatch):
+    before = _snapshot(run_dir)
+    monkeypatch.setattr("huggingface_hub.HfApi", _RecordingHub(fail_on_branch="step-4"))
+    with pytest.raises(EduGPTError, match="pushing to someone/x failed .*ConnectionError.*local run is unchanged") as err:
+        publish_run_offline(run_dir, monkeypatch)
+    assert FAKE_TOKEN not in str(err.value) and "***" in str(err.value)
+    assert _snapshot(run_dir) == before
+
+
+def publish_run_offline(run_dir, monkeypatch):
+    """publish_run with the readiness check passed (the Hub is unreachable here) and the fake token set."""
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)
+    return publish_run(run_dir, "someone/x", branches=True)
