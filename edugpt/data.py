@@ -115,7 +115,11 @@ def derive_id(text) -> str:
 def _encoder(name: str, num_threads: int = 1):
     """Per-process encoder: tiktoken for GPT-2 (same ids as the HF tokenizer, several times faster), else the HF one."""
     if name in GPT2_NAMES:
-        return functools.partial(gpt2_tiktoken().encode_ordinary_batch, num_threads=num_threads)
+        enc = gpt2_tiktoken()
+        if num_threads > 1:
+            return functools.partial(enc.encode_ordinary_batch, num_threads=num_threads)
+        # encode_ordinary_batch(num_threads=1) still hands every text to a thread pool: ~30% slower than this loop.
+        return lambda texts: [enc.encode_ordinary(text) for text in texts]
     tokenizer = load_tokenizer(name)
     return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
 
