@@ -353,4 +353,8 @@ class HellaSwagCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_steps == 0:
-            self.trainer.log(self.evaluate(model if model is not None else self.trainer.model))
+            scores = self.evaluate(model if model is not None else self.trainer.model)
+            # Trainer.log -> on_log clears control.should_log, which would drop this step's train-loss record.
+            should_log = control.should_log
+            self.trainer.log(scores)
+            control.should_log = should_log
