@@ -190,15 +190,20 @@ def _detect_kind(run_config: dict | None, records: list[dict], from_trainer_stat
     return "pretrain"
 
 
-def _find_base_model(run_config: dict | None) -> str | None:
+def _config_value(run_config: dict | None, *keys: str) -> str | None:
+    """The first non-empty string under any of `keys`, at the top of run_config.json or in one of its sections."""
     if not run_config:
         return None
     sections = [run_config] + [v for v in run_config.values() if isinstance(v, dict)]
-    for section in sections:
-        for key in ("base_model", "model_name_or_path"):
+    for key in keys:
+        for section in sections:
             if isinstance(section.get(key), str) and section[key]:
                 return section[key]
     return None
+
+
+def _find_base_model(run_config: dict | None) -> str | None:
+    return _config_value(run_config, "base_model", "model_name_or_path")
 
 
 def collect_run_facts(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | None = None,
@@ -250,6 +255,8 @@ def human(n: float | int | None) -> str:
 def _num(value: Any, digits: int = 4, commas: bool = True) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 100:
+        value = int(value)  # counts logged as floats (TRL's num_tokens)
     if isinstance(value, int):
         return f"{value:,}" if commas else str(value)
     return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits}f}"
@@ -482,6 +489,9 @@ def _finetune(facts: RunFacts) -> str:
     method = "Direct Preference Optimization (DPO)" if facts.kind == "dpo" else "Supervised finetuning (SFT)"
     base = f"`{facts.base_model}`" if facts.base_model else "not recorded in run_config.json"
     out = ["## Finetuning", "", f"- Method: {method}, TRL's trainer", f"- Base model: {base}"]
+    dataset = _config_value(facts.run_config, "dataset_name")
+    if dataset:
+        out.append(f"- Data: `{dataset}`" + (f" (split `{split}`)" if (split := _config_value(facts.run_config, "dataset_train_split")) else ""))
     if rows:
         out += ["", "Final logged values:", "", _table(["metric", "step", "value"], rows)]
     return "\n".join(out)
@@ -609,7 +619,10 @@ def _metadata(facts: RunFacts, title: str, lm_rows: list[dict], license: str):
     if facts.kind != "pretrain":
         tags.append("trl")
     datasets = None
-    if facts.manifest:
+    finetune_dataset = _config_value(facts.run_config, "dataset_name") if facts.kind != "pretrain" else None
+    if _is_hub_id(finetune_dataset):
+        datasets = [finetune_dataset]
+    elif facts.manifest:
         dataset = (facts.manifest.get("source") or {}).get("dataset")
         if _is_hub_id(dataset):
             datasets = [dataset]

@@ -225,6 +225,25 @@ def test_dpo_finetune_card_from_trainer_state(tmp_path, tiny_model_dir):
     assert "Final train loss (step 3) | 0.6512" in card.text
 
 
+def test_sft_card_reads_root_trainer_state_and_recipe(tmp_path, tiny_model_dir):
+    run = tmp_path / "sft"
+    shutil.copytree(tiny_model_dir, run)
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": [
+        {"step": 5, "loss": 2.25, "mean_token_accuracy": 0.41, "num_tokens": 3888.0},
+        {"step": 10, "loss": 1.875, "mean_token_accuracy": 0.52, "num_tokens": 6977.0},
+    ]}))
+    (run / "run_config.json").write_text(json.dumps({
+        "script": {"dataset_name": "HuggingFaceTB/smol-smoltalk", "dataset_train_split": "train"},
+        "model": {"model_name_or_path": "someone/edugpt-base"},
+        "training": {"assistant_only_loss": True, "packing": True, "max_length": 1024},
+    }))
+    card = build_model_card(run)
+    assert (card.data.base_model, card.data.datasets) == ("someone/edugpt-base", ["HuggingFaceTB/smol-smoltalk"])
+    assert "sft" in card.data.tags and "Supervised finetuning" in card.text
+    assert "- Data: `HuggingFaceTB/smol-smoltalk` (split `train`)" in card.text
+    assert "| num_tokens | 10 | 6,977 |" in card.text and "Final train loss (step 10) | 1.8750" in card.text
+
+
 def test_not_a_run_dir_is_a_user_error(tmp_path):
     with pytest.raises(EduGPTError, match="no saved model"):
         main([str(tmp_path)])
