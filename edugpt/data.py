@@ -304,8 +304,8 @@ def prepare(args: PrepareDataArguments) -> dict:
                        source.dataset)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_work(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     scratch = tmp / "scratch"
     scratch.mkdir(parents=True)
     try:
@@ -365,6 +365,25 @@ def _manifest(args, source: Source, has_id: bool, backend: str, stats: dict) -> 
     }
 
 
+def _remove_abandoned_work(out: Path) -> None:
+    """Delete `.NAME.tmp-PID` / `.NAME.old-PID` folders left by a run that was killed (its PID no longer exists)."""
+    for path in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            logger.info("removing %s, left by an interrupted run", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _move_into_place(tmp: Path, out: Path) -> None:
     """Swap the finished dataset in: the old one (if any, with --overwrite) is removed only after the rename."""
     old = None
@@ -394,45 +413,63 @@ def load_manifest(dataset_dir) -> dict:
 
 
 def verify(dataset_dir) -> dict:
-    """Re-check a prepared dataset from its files: disjoint splits, the split rule, counts, block shape, token range."""
+    """Re-check a prepared dataset from its files: disjoint splits, the split rule, counts, block shape, token range.
+
+    Streams `doc_ids.parquet` and the blocks (memory-mapped), so it also works on FineWeb-sized datasets; only the
+    validation ids are held in memory.
+    """
     import datasets
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     root = Path(dataset_dir)
     manifest = load_manifest(root)
-    seq_len = manifest["seq_len"]
-    rule = manifest["split_rule"]
+    seq_len, rule = manifest["seq_len"], manifest["split_rule"]
     problems = []
     try:
-        ids = pq.read_table(root / DOC_IDS, columns=["id", "split"])
-    except (FileNotFoundError, OSError) as err:
-        raise EduGPTError(f"cannot read {str(root / DOC_IDS)!r} ({err}); prepare the dataset again.") from None
-    splits = datasets.load_from_disk(str(root))
+        id_file = pq.ParquetFile(root / DOC_IDS)
+        splits = datasets.load_from_disk(str(root))
+    except (FileNotFoundError, OSError, pa.ArrowInvalid) as err:
+        raise EduGPTError(f"cannot read the prepared dataset in {str(root)!r} ({err}); prepare it again.") from None
+
+    counts = dict.fromkeys(SPLITS, 0)
+    wrong, val_ids = [], []
+    for batch in id_file.iter_batches(batch_size=1 << 20, columns=["id", "split"]):
+        for doc_id, split in zip(batch.column("id").to_pylist(), batch.column("split").to_pylist()):
+            counts[split] = counts.get(split, 0) + 1
+            if split_of(doc_id, rule["val_fraction"], rule["salt"]) != split:
+                wrong.append((doc_id, split))
+        val_ids.append(batch.column("id").filter(pc.equal(batch.column("split"), "validation")))
+    if wrong:
+        problems.append(f"{len(wrong)} ids sit in a split their hash does not give (e.g. {wrong[0][0]!r} in "
+                        f"{wrong[0][1]})")
+    val_set = pa.concat_arrays(val_ids) if val_ids else pa.array([], pa.string())
+    shared = 0
+    for batch in id_file.iter_batches(batch_size=1 << 20, columns=["id", "split"]):
+        train = batch.column("id").filter(pc.equal(batch.column("split"), "train"))
+        shared += pc.sum(pc.is_in(train, value_set=val_set)).as_py() or 0
+    if shared:
+        problems.append(f"{shared} document ids appear in both train and validation")
+
     for split in SPLITS:
         expected = manifest["splits"][split]
-        split_ids = ids.filter(pc.equal(ids["split"], split))["id"]
-        if len(split_ids) != expected["documents"]:
-            problems.append(f"{DOC_IDS} lists {len(split_ids)} {split} documents, manifest says {expected['documents']}")
-        wrong = [i for i in split_ids.to_pylist() if split_of(i, rule["val_fraction"], rule["salt"]) != split]
-        if wrong:
-            problems.append(f"{len(wrong)} ids in {split} do not hash to {split} (e.g. {wrong[0]!r})")
+        if counts[split] != expected["documents"]:
+            problems.append(f"{DOC_IDS} lists {counts[split]} {split} documents, manifest says {expected['documents']}")
+        if expected["blocks"] * seq_len + expected["dropped_tail_tokens"] != expected["tokens"]:
+            problems.append(f"{split}: blocks * seq_len + dropped tail != tokens in the manifest")
+        if split not in splits:
+            problems.append(f"the {split} split is missing")
+            continue
         ds = splits[split]
         if ds.features != block_features(seq_len):
             problems.append(f"{split} features are {ds.features}, expected uint16 blocks of {seq_len}")
+            continue
         if ds.num_rows != expected["blocks"]:
             problems.append(f"{split} has {ds.num_rows} blocks, manifest says {expected['blocks']}")
-        if expected["blocks"] * seq_len + expected["dropped_tail_tokens"] != expected["tokens"]:
-            problems.append(f"{split}: blocks * seq_len + dropped tail != tokens in the manifest")
-        if ds.num_rows:
-            top = pc.max(ds.data.column("input_ids").combine_chunks().flatten()).as_py()
-            if top >= manifest["tokenizer"]["vocab_size"]:
-                problems.append(f"{split} holds token id {top} >= vocab_size {manifest['tokenizer']['vocab_size']}")
-    train_ids = ids.filter(pc.equal(ids["split"], "train"))["id"]
-    val_ids = ids.filter(pc.equal(ids["split"], "validation"))["id"]
-    shared = pc.sum(pc.is_in(train_ids, value_set=val_ids.combine_chunks())).as_py() or 0
-    if shared:
-        problems.append(f"{shared} document ids appear in both train and validation")
+        top = max((pc.max(chunk.flatten()).as_py() or 0 for chunk in ds.data.column("input_ids").chunks), default=0)
+        if top >= manifest["tokenizer"]["vocab_size"]:
+            problems.append(f"{split} holds token id {top} >= vocab_size {manifest['tokenizer']['vocab_size']}")
     if problems:
         raise EduGPTError(f"{str(root)!r} failed verification: " + "; ".join(problems)
                           + ". Prepare the dataset again with prepare_data.py.")

@@ -192,6 +192,17 @@ def test_verify_catches_a_tampered_id_list(tmp_path):
     pq.write_table(pa.Table.from_pylist(ids[1:]), out / DOC_IDS)
     with pytest.raises(EduGPTError, match="manifest says"):
         verify(out)
+    moved = [dict(r, split="validation") if r["id"] == train_id else r for r in ids]
+    pq.write_table(pa.Table.from_pylist(moved), out / DOC_IDS)
+    with pytest.raises(EduGPTError, match="in a split their hash does not give"):
+        verify(out)
+
+
+def test_a_killed_runs_leftovers_are_cleaned_and_never_in_place(tmp_path):
+    dead_pid = 2**22 + 12345  # above the default pid_max, so no live process has it
+    (tmp_path / f".out.tmp-{dead_pid}" / "train").mkdir(parents=True)
+    run_prepare(tmp_path, EMBEDDED_CORPUS, max_docs=60, val_fraction=0.2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out"]
 
 
 # ------------------------------------------------------------------------------------------------------ bad input
