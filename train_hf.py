@@ -121,12 +121,13 @@ def main(argv: list[str] | None = None) -> None:
         sigterm,
         guard,
         CompleteCheckpointCallback(),
-        cb.SamplesCallback(
-            tokenizer, script_args.sample_prompts, script_args.sample_steps, script_args.sample_max_new_tokens,
-            script_args.sample_top_k, script_args.sample_seed, output_dir / cb.SAMPLES_FILE, metrics,
-        ),
         cb.PlotCallback(output_dir, metrics),
     )
+    if script_args.sample_steps > 0:
+        trainer.add_callback(cb.SamplesCallback(
+            tokenizer, script_args.sample_prompts, script_args.sample_steps, script_args.sample_max_new_tokens,
+            script_args.sample_top_k, script_args.sample_seed, output_dir / cb.SAMPLES_FILE, metrics,
+        ))
     if script_args.hellaswag_steps > 0:
         from edugpt.evaluation import HellaSwagCallback  # imported only when used: it pulls in lm-eval
 

@@ -1,0 +1,261 @@
+"""train_hf.py end to end: real runs of a tiny GPT-2 on the embedded corpus, resume, faults, errors, 2-process launch."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_script
+
+from edugpt.checkpoints import MARKER, checkpoint_problem, list_checkpoints
+from edugpt.cli import parse_config
+from edugpt.errors import EduGPTError
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "--config", "configs/smoke.yaml", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--n_positions", "64",
+    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--eval_max_batches", "2",
+    "--max_steps", "8", "--save_steps", "2", "--save_total_limit", "2", "--eval_steps", "4", "--logging_steps", "1",
+    "--sample_steps", "4", "--sample_max_new_tokens", "8", "--warmup_steps", "2", "--disable_tqdm", "true",
+]
+
+
+def tiny_args(data_dir, output_dir, *extra) -> list[str]:
+    return [*TINY, "--dataset_dir", str(data_dir), "--output_dir", str(output_dir), *extra]
+
+
+def train_records(output_dir) -> dict[int, dict]:
+    records = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in records if "loss" in r}
+
+
+def assert_same_losses(run_a, run_b, steps):
+    a, b = train_records(run_a), train_records(run_b)
+    for step in steps:
+        for key in ("loss", "grad_norm", "learning_rate"):
+            assert math.isclose(a[step][key], b[step][key], rel_tol=0, abs_tol=1e-6), (step, key, a[step], b[step])
+
+
+def load_main():
+    spec = importlib.util.spec_from_file_location("train_hf", ROOT / "train_hf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prepared") / "data"
+    run_script("prepare_data.py", "--dataset", "embedded", "--output_dir", path, "--seq_len", "64",
+               "--max_docs", "40", "--val_fraction", "0.1", check=True, timeout=300)
+    return path
+
+
+@pytest.fixture(scope="module")
+def baseline(data_dir, tmp_path_factory):
+    """One uninterrupted 8-step run: the reference for outputs, resume and fallback tests."""
+    output_dir = tmp_path_factory.mktemp("baseline") / "run"
+    proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir), check=True, timeout=300)
+    return output_dir, proc
+
+
+def test_pretraining_recipes_parse():
+    from transformers import TrainingArguments
+
+    from edugpt.args import DataArguments, ModelArguments, ScriptArguments
+
+    for recipe in (ROOT / "configs" / "smoke.yaml", ROOT / "configs" / "gpt2_270m.yaml"):
+        model, data, script, training = parse_config(
+            [ModelArguments, DataArguments, ScriptArguments, TrainingArguments],
+            ["--config", str(recipe), "--use_cpu", "true", "--bf16", "false", "--tf32", "false", "--torch_compile", "false",
+             "--optim", "adamw_torch"],
+        )
+        assert model.n_embd % model.n_head == 0 and training.max_steps > 0, recipe
+        assert training.save_total_limit is None or training.save_total_limit >= 2, recipe
+
+
+def test_run_writes_the_run_directory_contract(baseline, data_dir):
+    output_dir, proc = baseline
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all("step" in r and "tokens" in r for r in records)
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 9))
+    for r in train:
+        assert {"loss", "grad_norm", "learning_rate", "tokens_per_second", "num_input_tokens_seen"} <= r.keys()
+        assert r["tokens"] == r["num_input_tokens_seen"] == r["step"] * 4 * 64
+        assert r["tokens_per_second"] > 0 and "mfu" not in r  # no GPU, no MFU
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert [r["step"] for r in records if "eval_loss" in r] == [4, 8]
+    assert [r["step"] for r in records if "sample/text" in r] == [0, 4, 8]
+
+    rows = (output_dir / "samples.md").read_text().splitlines()
+    assert rows[0] == "| Step | Output |" and [row.split("|")[1].strip() for row in rows[2:]] == ["0", "4", "8"]
+    assert all("Once upon a time" in row for row in rows[2:])
+    assert (output_dir / "images" / "train-loss.png").stat().st_size > 10_000
+
+    run_config = json.loads((output_dir / "run_config.json").read_text())
+    assert run_config["model"]["n_embd"] == 32 and run_config["data"]["seq_len"] == 64
+    assert run_config["training"]["max_steps"] == 8
+    assert json.loads((output_dir / "data_manifest.json").read_text()) == json.loads((data_dir / "manifest.json").read_text())
+
+    # save_total_limit 2 with saves every 2 steps: only the two newest remain, both complete.
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-8", "checkpoint-6"]
+    assert all(checkpoint_problem(p) is None for p in list_checkpoints(output_dir))
+    for name in ("model.safetensors", "generation_config.json", "tokenizer.json", "optimizer.pt", "rng_state.pth"):
+        assert (output_dir / "checkpoint-8" / name).is_file(), name
+
+
+def test_final_model_loads_with_auto_classes(baseline):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    output_dir, _ = baseline
+    model = AutoModelForCausalLM.from_pretrained(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert GenerationConfig.from_pretrained(output_dir).eos_token_id == 50256
+    assert model.config.n_embd == 32 and len(tokenizer) == 50257
+    ids = tokenizer("Once upon a time", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert model(ids).logits.shape == (1, 4, 50257)
+
+
+def test_resume_after_sigkill_is_bit_exact(baseline, data_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train_hf.py"), *tiny_args(data_dir, output_dir)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = output_dir / "checkpoint-4" / MARKER
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert marker.exists() and not (output_dir / "model.safetensors").exists(), "the run ended before it could be killed"
+
+    run_script("train_hf.py", *tiny_args(data_dir, output_dir), check=True, timeout=300)
+    assert_same_losses(baseline[0], output_dir, range(1, 9))
+    steps = [json.loads(line)["step"] for line in (output_dir / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == list(range(1, 9))  # records after the checkpoint were re-logged once, not twice
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_warning(baseline, data_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    shutil.copytree(baseline[0], output_dir)
+    weights = output_dir / "checkpoint-8" / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+
+    proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir), check=True, timeout=300)
+    assert "checkpoint-8 is not usable" in proc.stderr and "falling back" in proc.stderr
+    assert (output_dir / "corrupt-checkpoint-8").is_dir()
+    assert checkpoint_problem(output_dir / "checkpoint-8") is None  # re-trained from checkpoint-6 and saved again
+    assert_same_losses(baseline[0], output_dir, [7, 8])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(data_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    args = tiny_args(data_dir, output_dir, "--max_steps", "100000", "--save_steps", "100000", "--eval_steps", "100000")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train_hf.py"), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = output_dir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if metrics.exists() and '"loss"' in metrics.read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    checkpoints = list_checkpoints(output_dir)
+    assert len(checkpoints) == 1 and checkpoint_problem(checkpoints[0]) is None, output
+    step = int(checkpoints[0].name.split("-")[1])
+    assert step >= 1 and max(train_records(output_dir)) == step
+    assert not (output_dir / "model.safetensors").exists()  # preempted: no "final" model
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(data_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    output_dir = tmp_path / "run"
+    proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir, "--learning_rate", "1e30", "--warmup_steps", "0",
+                                                "--save_steps", "1"), timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "became non-finite" in proc.stderr or "became nan" in proc.stderr
+    assert "last good checkpoint is" in proc.stderr and "Traceback" not in proc.stderr
+    checkpoints = list_checkpoints(output_dir)
+    assert checkpoints, proc.stderr
+    for checkpoint in checkpoints:
+        weights = load_file(checkpoint / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values()), checkpoint
+    assert not (output_dir / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--dataset_dir", "/nonexistent/prepared"], "does not exist"),
+        (["--seq_len", "128"], "does not match the data's blocks of 64"),
+        (["--vocab_size", "1000"], "vocabulary"),
+        (["--n_positions", "32"], "n_positions"),
+        (["--n_head", "3"], "not divisible by n_head"),
+    ],
+)
+def test_user_errors_name_the_problem(data_dir, tmp_path, extra, message):
+    with pytest.raises(EduGPTError, match=message):
+        load_main()([*tiny_args(data_dir, tmp_path / "run"), *extra])
+
+
+def test_data_dir_not_made_by_prepare_data_is_rejected(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(EduGPTError, match="not made by prepare_data.py"):
+        load_main()(tiny_args(tmp_path / "data", tmp_path / "run"))
+
+
+def test_resuming_with_another_model_shape_is_rejected(baseline, data_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    shutil.copytree(baseline[0], output_dir)
+    with pytest.raises(EduGPTError, match="different shape.*n_embd 32 vs 64"):
+        load_main()(tiny_args(data_dir, output_dir, "--n_embd", "64"))
+
+
+def test_unknown_config_key_and_missing_data_exit_2_without_traceback(data_dir, tmp_path):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("n_layers: 2\n")
+    proc = run_script("train_hf.py", "--config", recipe, "--output_dir", tmp_path / "run", timeout=120)
+    assert proc.returncode == 2 and "n_layers" in proc.stderr and "n_layer" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    proc = run_script("train_hf.py", *tiny_args(tmp_path / "missing", tmp_path / "run"), timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_accelerate_launch_two_cpu_processes_trains_and_checkpoints(data_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    # `accelerate launch --cpu --num_processes 2` would start one process (accelerate's multi-CPU mode needs
+    # mpirun); this config uses torchrun with use_cpu, i.e. two gloo DDP processes.
+    launcher = Path(sys.executable).parent / "accelerate"
+    command = [
+        str(launcher), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "cpu_ddp_2proc.yaml"),
+        str(ROOT / "train_hf.py"),
+        *tiny_args(data_dir, output_dir, "--max_steps", "4", "--sample_steps", "0"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    train = train_records(output_dir)
+    assert sorted(train) == [1, 2, 3, 4]
+    assert train[4]["tokens"] == 4 * 2 * 4 * 64  # steps x processes x micro-batch x seq_len
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-4", "checkpoint-2"]
+    assert all(checkpoint_problem(p) is None for p in list_checkpoints(output_dir))
+    assert (output_dir / "model.safetensors").is_file() and not (output_dir / "samples.md").exists()
