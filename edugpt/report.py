@@ -109,29 +109,68 @@ def read_log_history(run_dir: Path) -> list[dict]:
     return []
 
 
-def find_lm_eval_results(run_dir: Path, eval_dir: Path | None = None) -> dict | None:
-    """The newest lm-eval results JSON (`results*.json` with a "results" mapping) under eval_dir or run_dir.
+def _evaluated_model(results: dict) -> str | None:
+    """The model path/id an lm-eval results dict was scored on: eval_harness.py records it as config.model, the lm_eval
+    CLI as `pretrained=...` in config.model_args (a string or a dict)."""
+    config = results.get("config") or {}
+    args = config.get("model_args")
+    if isinstance(args, dict) and args.get("pretrained"):
+        return str(args["pretrained"])
+    if isinstance(args, str):
+        match = re.search(r"(?:^|,)\s*pretrained=([^,]+)", args)
+        if match:
+            return match.group(1).strip()
+    model = config.get("model")
+    return model if isinstance(model, str) and model not in ("hf", "hf-auto", "huggingface") else None
 
-    lm-eval writes `OUTPUT/<model name>/results_<timestamp>.json`, so this looks a few folders deep; checkpoint-N
-    folders are skipped (their scores belong to that step, not to the final model).
+
+def _same_model(reference: str, run_dir: Path) -> bool:
+    """Does `reference` (as written at eval time, maybe relative to another working directory) name `run_dir`?"""
+    ref = Path(reference)
+    if ref.exists():
+        return ref.resolve() == run_dir.resolve()
+    tail = Path(os.path.normpath(reference)).parts
+    return not ref.is_absolute() and len(tail) >= 2 and run_dir.resolve().parts[-len(tail):] == tail
+
+
+def find_lm_eval_results(run_dir: Path, eval_dir: Path | None = None) -> dict | None:
+    """The newest lm-eval results JSON (`results*.json` holding a "results" mapping) for this run's final model.
+
+    With `eval_dir` (a folder or a file) that is where results are read. Otherwise: under run_dir (lm-eval writes
+    `OUTPUT/<model name>/results_<timestamp>.json`, so a few folders deep; checkpoint-N folders skipped), and in the
+    run's sibling folders (`runs/demo/eval` next to `runs/demo/pretrain`, as eval_harness.py is used in the demo) —
+    a sibling's file counts only when it names this run directory as the model it scored, and no file that names
+    another model (a checkpoint, the SFT model) is taken for this one.
     """
-    roots = [eval_dir] if eval_dir is not None else [run_dir]
-    files: list[Path] = []
-    for root in roots:
-        if root.is_file():
-            files.append(root)
-            continue
-        if not root.is_dir():
-            raise EduGPTError(f"eval results folder {root} does not exist; pass the --output_path you gave lm_eval.")
-        for path in root.rglob("results*.json"):
-            relative = path.relative_to(root).parts
-            if len(relative) <= 4 and not any(part.startswith("checkpoint-") for part in relative[:-1]):
-                files.append(path)
+    if eval_dir is not None:
+        if not eval_dir.exists():
+            raise EduGPTError(f"eval results folder {eval_dir} does not exist; pass the --output_dir of eval_harness.py "
+                              "(or lm_eval's --output_path).")
+        candidates = [(eval_dir, False)] if eval_dir.is_file() else [(p, False) for p in eval_dir.rglob("results*.json")]
+    else:
+        candidates = [(p, False) for p in run_dir.rglob("results*.json")
+                      if len(p.relative_to(run_dir).parts) <= 4
+                      and not any(part.startswith("checkpoint-") for part in p.relative_to(run_dir).parts[:-1])]
+        for sibling in run_dir.resolve().parent.iterdir():
+            if sibling.is_dir() and sibling != run_dir.resolve():
+                candidates += [(p, True) for p in sibling.rglob("results*.json")
+                               if len(p.relative_to(sibling).parts) <= 3]
     best = None
-    for path in sorted(files, key=lambda p: p.stat().st_mtime):
-        data = _read_json(path)
-        if isinstance(data, dict) and isinstance(data.get("results"), dict) and data["results"]:
-            best = {**data, "_path": path}
+    for path, must_match in sorted(candidates, key=lambda c: c[0].stat().st_mtime):
+        try:
+            data = _read_json(path)
+        except EduGPTError:
+            if eval_dir is not None:
+                raise
+            continue  # an unrelated broken file somewhere near the run is not this card's problem
+        if not (isinstance(data, dict) and isinstance(data.get("results"), dict) and data["results"]):
+            continue
+        reference = _evaluated_model(data) if eval_dir is None else None
+        if reference is not None and not _same_model(reference, run_dir):
+            continue
+        if reference is None and must_match:
+            continue
+        best = {**data, "_path": path}
     return best
 
 
@@ -321,8 +360,9 @@ def _lm_eval_rows(lm_eval: dict) -> list[dict]:
         if not isinstance(metrics, dict):
             continue
         for key, value in metrics.items():
-            name, _, filter_name = key.partition(",")
-            if "stderr" in name or not isinstance(value, (int, float)) or isinstance(value, bool):
+            name, comma, filter_name = key.partition(",")
+            # Metric keys are "metric,filter"; others (alias, sample_len) are not metrics.
+            if not comma or "stderr" in name or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             stderr = metrics.get(f"{name}_stderr,{filter_name}" if filter_name else f"{name}_stderr")
             n_shot = (lm_eval.get("n-shot") or {}).get(task, 0)
@@ -447,12 +487,12 @@ def _hellaswag(facts: RunFacts, lm_rows: list[dict]) -> str:
     if plot in facts.images:
         out += ["", "![HellaSwag accuracy by step](images/hellaswag.png)"]
     if lm_rows:
-        config = facts.lm_eval.get("config") or {}
         version = facts.lm_eval.get("lm_eval_version")
         source = f"lm-evaluation-harness{' ' + version if version else ''}"
+        model = _evaluated_model(facts.lm_eval)
         limit = lm_rows[0]["limit"]
-        scope = f", limited to {limit} examples per task" if limit else ""
-        out += ["", f"Final model, {source} (`{config.get('model', 'hf')}` backend{scope}):", "",
+        scope = (f" on `{model}`" if model else "") + (f", first {limit} items per task" if limit else "")
+        out += ["", f"Final model, {source}{scope}:", "",
                 _table(["Task", "n-shot", "Metric", "Value", "± stderr", "Examples"],
                        [[r["task"], r["n_shot"], r["metric"], _num(r["value"]),
                          _num(r["stderr"]) if isinstance(r["stderr"], (int, float)) else "—",

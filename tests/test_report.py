@@ -174,9 +174,30 @@ def test_torn_metrics_line_and_explicit_eval_dir(run_dir, tmp_path):
     with (run_dir / "metrics.jsonl").open("a") as f:
         f.write('{"step": 5, "loss": 1.0')  # killed mid-write
     shutil.move(run_dir / "eval", tmp_path / "elsewhere")
-    assert build_model_card(run_dir).data.eval_results is None
+    results_path = next((tmp_path / "elsewhere").rglob("results*.json"))
+    results = json.loads(results_path.read_text())
+    results["config"]["model_args"] = "pretrained=/copied/from/another/machine/run"
+    results_path.write_text(json.dumps(results))
+    assert build_model_card(run_dir).data.eval_results is None  # names another model: not auto-detected
     card = build_model_card(run_dir, eval_dir=tmp_path / "elsewhere")
     assert card.data.eval_results and f"{FINAL_TRAIN_LOSS:.4f}" in card.text
+
+
+def test_lm_eval_results_found_beside_the_run_only_for_this_model(run_dir, tiny_model_dir):
+    """eval_harness.py --output_dir runs/demo/eval next to runs/demo/pretrain: used when it scored this run dir."""
+    results_path = next((run_dir / "eval").rglob("results*.json"))
+    sibling = run_dir.parent / "eval"
+    shutil.move(run_dir / "eval", sibling)
+    results = json.loads(next(sibling.rglob("results*.json")).read_text())
+    assert build_model_card(run_dir).data.eval_results  # config.model_args names run_dir
+    other = run_dir.parent / "sft"
+    shutil.copytree(tiny_model_dir, other)
+    assert build_model_card(other).data.eval_results is None  # the sibling scored another model
+    results["config"] = {"model": str(run_dir / "checkpoint-2"), "model_args": None, "limit": None}
+    results_path.parent.mkdir(parents=True)
+    results_path.write_text(json.dumps(results))
+    shutil.rmtree(sibling)
+    assert build_model_card(run_dir).data.eval_results is None  # a checkpoint's scores are not the final model's
 
 
 def test_local_hellaswag_file_is_labelled_and_kept_out_of_model_index(run_dir):
