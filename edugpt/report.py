@@ -645,11 +645,13 @@ print(tokenizer.decode(out[0], skip_special_tokens=True))
 Evaluate on HellaSwag with the project's wrapper or with lm-evaluation-harness directly:
 
 ```sh
-python eval_harness.py --model_path {repo} --tasks hellaswag
+python eval_harness.py --model {repo} --tasks hellaswag --batch_size auto --output_dir {eval_out}
 lm_eval --model hf --model_args pretrained={repo}{rev_arg} --tasks hellaswag --batch_size 16 --output_path {eval_out}
 ```
 
-Regenerate this card from the run directory (offline): `python -m edugpt.report RUN_DIR`."""
+Offline, `--hellaswag_file edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl` runs HellaSwag's scoring on a
+smoke file (not HellaSwag). Regenerate this card from the run directory, offline, with
+`python -m edugpt.report RUN_DIR` (results in RUN_DIR/eval or a sibling folder are picked up)."""
 
 
 def _metadata(facts: RunFacts, title: str, lm_rows: list[dict], license: str):
