@@ -1,4 +1,4 @@
-"""Where documents come from: the Hub's FineWeb-Edu (streamed or downloaded), local parquet/jsonl, or the embedded corpus.
+"""Where documents come from: Hub FineWeb-Edu (streamed or downloaded), local parquet/jsonl, or the embedded corpus.
 
 Every source yields rows in FineWeb-Edu's schema; only `text` is required (`id` is derived from the text when
 missing). `load_source` returns a `datasets.Dataset` (Arrow, memory-mapped, cached: map-able with `num_proc`) or, for
@@ -96,7 +96,7 @@ def _local_source(path: Path) -> Source:
 
 
 def load_source(source: Source, *, max_docs: int | None = None, num_proc: int = 1, cache_dir: str | None = None):
-    """Load the raw documents: a `Dataset` (local, embedded, downloaded Hub subset) or an `IterableDataset` (streamed)."""
+    """Raw documents: a `Dataset` (local, embedded, downloaded Hub subset) or an `IterableDataset` (streamed)."""
     import datasets
 
     if source.kind == "hub":

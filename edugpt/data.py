@@ -40,7 +40,14 @@ from edugpt.corpus import (
     resolve_source,
 )
 from edugpt.errors import EduGPTError
-from edugpt.tokenizer import GPT2_EOS_ID, GPT2_NAMES, GPT2_VOCAB_SIZE, gpt2_tiktoken, load_tokenizer, require_gpt2_compatible
+from edugpt.tokenizer import (
+    GPT2_EOS_ID,
+    GPT2_NAMES,
+    GPT2_VOCAB_SIZE,
+    gpt2_tiktoken,
+    load_tokenizer,
+    require_gpt2_compatible,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -241,17 +248,19 @@ def tokenized_batches(raw, *, has_id: bool, args: PrepareDataArguments, salt: st
     import pyarrow as pa
     from tqdm.auto import tqdm
 
-    features = datasets.Features({"id": datasets.Value("string"), "split": datasets.Value("string"),
-                                  "input_ids": datasets.List(datasets.Value("uint16")), "skipped": datasets.Value("bool")})
+    string, uint16 = datasets.Value("string"), datasets.Value("uint16")
+    features = datasets.Features({"id": string, "split": string, "input_ids": datasets.List(uint16),
+                                  "skipped": datasets.Value("bool")})
     # One tiktoken thread per map process; a single process (or a stream) spreads its batches over all cores.
     threads = max(1, (os.cpu_count() or 1) // args.num_proc) if isinstance(raw, datasets.Dataset) else os.cpu_count()
     kwargs = {"tokenizer": args.tokenizer, "val_fraction": args.val_fraction, "salt": salt, "num_threads": threads}
     columns = [TEXT_COLUMN, ID_COLUMN] if has_id else [TEXT_COLUMN]
     if isinstance(raw, datasets.Dataset):
-        tokenized = raw.with_format("arrow").map(_tokenize_columns, batched=True, batch_size=MAP_BATCH_SIZE, input_columns=columns,
-                            remove_columns=raw.column_names, features=features, fn_kwargs=kwargs,
-                            num_proc=args.num_proc if args.num_proc > 1 else None,
-                            desc="tokenize")
+        tokenized = raw.with_format("arrow").map(
+            _tokenize_columns, batched=True, batch_size=MAP_BATCH_SIZE, input_columns=columns, fn_kwargs=kwargs,
+            remove_columns=raw.column_names, features=features, num_proc=args.num_proc if args.num_proc > 1 else None,
+            desc="tokenize",
+        )
         yield from tqdm(tokenized.with_format("arrow").iter(batch_size=10 * MAP_BATCH_SIZE), desc="pack",
                         total=-(-len(tokenized) // (10 * MAP_BATCH_SIZE)), unit="batch")
         return
@@ -287,11 +296,6 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
 
 def prepare(args: PrepareDataArguments) -> dict:
     """Run the whole preparation; returns the manifest. Output appears at `output_dir` only when complete."""
-    import datasets
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     started = time.perf_counter()
     out = Path(args.output_dir)
     _check_output_dir(out, args.overwrite)
@@ -306,30 +310,8 @@ def prepare(args: PrepareDataArguments) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_work(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    scratch = tmp / "scratch"
-    scratch.mkdir(parents=True)
     try:
-        writers = {split: SplitWriter(scratch / f"{split}.arrow", args.seq_len) for split in SPLITS}
-        id_schema = pa.schema([("id", pa.string()), ("split", pa.string())])
-        with pq.ParquetWriter(tmp / DOC_IDS, id_schema, compression="zstd") as ids_writer:
-            for table in tokenized_batches(raw, has_id=has_id, args=args):
-                for split, writer in writers.items():
-                    part = table.filter(pc.equal(table["split"], split))
-                    writer.add(part)
-                    kept = part.filter(pc.invert(part["skipped"])).select(["id", "split"])
-                    ids_writer.write_table(kept.cast(id_schema))
-        stats = {split: writer.close() for split, writer in writers.items()}
-        for split, s in stats.items():
-            if s.blocks == 0:
-                raise EduGPTError(
-                    f"the {split} split would have 0 blocks ({s.tokens} tokens from {s.documents} documents < "
-                    f"--seq_len {args.seq_len}); "
-                    + ("raise --val_fraction, " if split == "validation" else "lower --val_fraction, ")
-                    + "use more documents (--max_docs) or lower --seq_len.")
-        splits = datasets.DatasetDict({s: datasets.Dataset.from_file(str(scratch / f"{s}.arrow")) for s in SPLITS})
-        splits.save_to_disk(str(tmp))
-        del splits
-        shutil.rmtree(scratch)
+        stats = _write_splits(tokenized_batches(raw, has_id=has_id, args=args), tmp, args.seq_len)
         manifest = _manifest(args, source, has_id, backend, stats)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _move_into_place(tmp, out)
@@ -344,6 +326,38 @@ def prepare(args: PrepareDataArguments) -> dict:
           f"{args.seq_len} in {elapsed:.1f} s ({total['tokens'] / elapsed:,.0f} tokens/s)")
     print(f"manifest: {out / MANIFEST}")
     return manifest
+
+
+def _write_splits(batches, tmp: Path, seq_len: int) -> dict[str, SplitStats]:
+    """Pack each split's tokens into blocks, list kept ids, then `save_to_disk` both splits into `tmp`."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    scratch = tmp / "scratch"
+    scratch.mkdir(parents=True)
+    writers = {split: SplitWriter(scratch / f"{split}.arrow", seq_len) for split in SPLITS}
+    id_schema = pa.schema([("id", pa.string()), ("split", pa.string())])
+    with pq.ParquetWriter(tmp / DOC_IDS, id_schema, compression="zstd") as ids_writer:
+        for table in batches:
+            for split, writer in writers.items():
+                part = table.filter(pc.equal(table["split"], split))
+                writer.add(part)
+                ids_writer.write_table(part.filter(pc.invert(part["skipped"])).select(["id", "split"]).cast(id_schema))
+    stats = {split: writer.close() for split, writer in writers.items()}
+    for split, s in stats.items():
+        if s.blocks == 0:
+            raise EduGPTError(
+                f"the {split} split would have 0 blocks ({s.tokens} tokens from {s.documents} documents < "
+                f"--seq_len {seq_len}); " + ("raise" if split == "validation" else "lower") + " --val_fraction, "
+                "use more documents (--max_docs) or lower --seq_len.")
+    # save_to_disk copies the scratch files into the standard layout (shards, dataset_info.json, state.json).
+    splits = datasets.DatasetDict({s: datasets.Dataset.from_file(str(scratch / f"{s}.arrow")) for s in SPLITS})
+    splits.save_to_disk(str(tmp))
+    del splits
+    shutil.rmtree(scratch)
+    return stats
 
 
 def _manifest(args, source: Source, has_id: bool, backend: str, stats: dict) -> dict:

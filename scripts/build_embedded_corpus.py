@@ -36,7 +36,8 @@ MIN_CHARS = 400
 SKIP_PARTS = {"test", "tests", "idle_test", "site-packages", "encodings", "pydoc_data", "__pycache__", "__phello__"}
 PYTHON_VERSION = ".".join(map(str, sys.version_info[:3]))
 # FineWeb's `date` is the crawl time; ours is when this interpreter (and so its documentation) was built.
-BUILD_DATE = datetime.strptime(" ".join(platform.python_build()[1].split()), "%b %d %Y %H:%M:%S").strftime("%Y-%m-%dT%H:%M:%SZ")
+BUILD_DATE = datetime.strptime(" ".join(platform.python_build()[1].split()), "%b %d %Y %H:%M:%S").strftime(
+    "%Y-%m-%dT%H:%M:%SZ")
 # FineWeb-Edu's columns and types; `language_score`, `score`, `int_score` come from classifiers we do not run, so null.
 SCHEMA = pa.schema([
     ("text", pa.string()), ("id", pa.string()), ("dump", pa.string()), ("url", pa.string()), ("date", pa.string()),

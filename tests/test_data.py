@@ -1,4 +1,4 @@
-"""edugpt.data / edugpt.corpus: the split rule, the packer, and whole preparations of tiny local corpora (in-process)."""
+"""edugpt.data / edugpt.corpus: split rule, packer, and whole preparations of tiny local corpora (in-process)."""
 
 from __future__ import annotations
 
@@ -269,7 +269,8 @@ def test_hf_tokenizer_path_gives_the_same_blocks(tmp_path, gpt2_tokenizer):
     a, out_a = run_prepare(tmp_path, EMBEDDED_CORPUS, name="a", max_docs=40)
     b, out_b = run_prepare(tmp_path, EMBEDDED_CORPUS, name="b", max_docs=40, tokenizer=str(tmp_path / "tok"))
     assert b["tokenizer"]["backend"] == "transformers" and a["splits"] == b["splits"]
-    assert all(np.array_equal(x, y) for x, y in zip(load_split_blocks(out_a).values(), load_split_blocks(out_b).values()))
+    blocks_a, blocks_b = load_split_blocks(out_a), load_split_blocks(out_b)
+    assert all(np.array_equal(blocks_a[split], blocks_b[split]) for split in blocks_a)
 
 
 def test_hub_dataset_fails_fast_offline(tmp_path):
