@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,10 @@ def _read_json(path: Path) -> Any:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl records; a torn last line (a run killed mid-write) is skipped rather than fatal."""
+    """metrics.jsonl records; a torn last line (a run killed mid-write) is skipped rather than fatal.
+
+    Same rule as edugpt.callbacks.read_metrics, kept here so that writing a card never imports torch/transformers.
+    """
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -174,30 +178,40 @@ def find_lm_eval_results(run_dir: Path, eval_dir: Path | None = None) -> dict | 
     return best
 
 
+def _safetensors_shapes(path: Path) -> dict[str, list[int]] | None:
+    """Tensor name -> shape from a safetensors header (8-byte little-endian length, then JSON); None if the file is
+    missing or truncated. Reading the header directly keeps torch out of card writing."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
+        if 8 + length + end != path.stat().st_size:
+            return None
+        return {k: v["shape"] for k, v in tensors.items()}
+    except (OSError, struct.error, ValueError, KeyError, TypeError):
+        return None
+
+
 def read_parameter_counts(model_dir: Path) -> dict | None:
-    """Total and non-embedding parameters from the safetensors headers (no weights are loaded).
+    """Total and non-embedding parameters from the safetensors headers (no weights are loaded); None if unreadable.
 
     Tied lm_head weights are stored once, so the sum equals `sum(p.numel() for p in model.parameters())`.
     """
-    from safetensors import safe_open
-
     index = _read_json(model_dir / "model.safetensors.index.json")
     names = sorted(set(index["weight_map"].values())) if index else ["model.safetensors"]
     total = embedding = 0
     for name in names:
-        path = model_dir / name
-        if not path.is_file():
+        shapes = _safetensors_shapes(model_dir / name)
+        if shapes is None:
             return None
-        try:
-            with safe_open(str(path), framework="pt") as weights:
-                for key in weights.keys():
-                    numel = math.prod(weights.get_slice(key).get_shape())
-                    total += numel
-                    # Kaplan et al. count "non-embedding" parameters: everything but token and position embeddings.
-                    if key.endswith(("wte.weight", "wpe.weight")):
-                        embedding += numel
-        except Exception:  # a truncated file: leave the count out rather than fail the whole card
-            return None
+        for key, shape in shapes.items():
+            numel = math.prod(shape)
+            total += numel
+            # Kaplan et al. count "non-embedding" parameters: everything but token and position embeddings.
+            if key.endswith(("wte.weight", "wpe.weight")):
+                embedding += numel
     return {"total": total, "non_embedding": total - embedding}
 
 
@@ -424,9 +438,9 @@ def _results(facts: RunFacts, lm_rows: list[dict]) -> str:
     speeds = sorted(r["tokens_per_second"] for r in facts.records if isinstance(r.get("tokens_per_second"), (int, float)))
     if speeds:
         rows.append(["Throughput (median)", f"{human(speeds[len(speeds) // 2])} tokens/s"])
-    mfu = _last(facts.records, "mfu")
-    if mfu:
-        rows.append(["MFU (last logged)", f"{mfu['mfu']:.1%}" if mfu["mfu"] <= 1 else _num(mfu["mfu"])])
+    mfus = sorted(r["mfu"] for r in facts.records if isinstance(r.get("mfu"), (int, float)))
+    if mfus:  # a fraction of the accelerator's peak FLOP/s (edugpt.callbacks.ThroughputCallback)
+        rows.append(["MFU (median)", f"{mfus[len(mfus) // 2]:.1%}"])
     in_loop = _last(facts.records, "hellaswag/acc_norm")
     if in_loop:
         local = "local file, " if "local file" in _in_loop_source(facts) else ""

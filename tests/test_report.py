@@ -54,7 +54,7 @@ def make_run_dir(root: Path, model_dir: Path, *, steps=(2, 4), lm_eval: bool = T
     for step in range(1, 5):
         tokens = step * 2048
         records.append({"step": step, "tokens": tokens, "loss": 10.0 - step * 0.5 if step < 4 else FINAL_TRAIN_LOSS,
-                        "grad_norm": 1.5, "learning_rate": 3e-4, "tokens_per_second": 1000.0 + step})
+                        "grad_norm": 1.5, "learning_rate": 3e-4, "tokens_per_second": 1000.0 + step, "mfu": 0.3125})
         if step in (2, 4):
             records.append({"step": step, "tokens": tokens, "eval_loss": 8.5 if step == 2 else FINAL_VAL_LOSS})
             records.append({"step": step, "tokens": tokens, "hellaswag/acc": 0.23 + step / 100,
@@ -131,7 +131,7 @@ def test_full_run_card_metadata_and_numbers(run_dir):
     assert "1,637,792" in body  # parameters, from the safetensors header (tied lm_head counted once)
     assert f"Final train loss (step 4) | {FINAL_TRAIN_LOSS:.4f}" in body
     assert f"Final validation loss (step 4) | {FINAL_VAL_LOSS:.4f}" in body
-    assert "8,192" in body  # tokens seen
+    assert "8,192" in body and "| MFU (median) | 31.2% |" in body
     assert "| 4 | 8.19k | 0.2700 | 0.2800 |" in body  # in-loop HellaSwag at step 4
     assert f"| hellaswag | 0 | acc_norm | {LM_EVAL_ACC_NORM:.4f} | 0.0197 | 500 |" in body
     assert "![Training and validation loss by step](images/train-loss.png)" in body
