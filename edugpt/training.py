@@ -112,7 +112,8 @@ def load_prepared(dataset_dir: str | Path, model_config, seq_len: int | None = N
             )
     if len(splits["train"]) == 0:
         raise EduGPTError(f"{root} has an empty train split; prepare more documents (raise --max_docs).")
-    # numpy rows: the collator converts a whole batch at once, no per-token Python objects.
+    # numpy rows (datasets' numpy formatter widens the stored uint16 to int64 per row): the collator stacks a whole
+    # batch at once, with no per-token Python objects.
     return PreparedData(
         train=splits["train"].with_format("numpy"),
         validation=splits["validation"].with_format("numpy"),
@@ -122,7 +123,7 @@ def load_prepared(dataset_dir: str | Path, model_config, seq_len: int | None = N
 
 
 def collate_blocks(examples: list[dict]) -> dict:
-    """Stack packed uint16 blocks into int64 `input_ids` and `labels` (the model shifts labels itself).
+    """Stack packed blocks (stored as uint16) into int64 `input_ids` and `labels` (the model shifts labels itself).
 
     Every token, `<|endoftext|>` included, is a target: the eos between documents is what teaches the model where
     a document ends (DataCollatorForLanguageModeling with pad = eos would mask it out of the loss).

@@ -1,0 +1,192 @@
+"""Callbacks: throughput/MFU, metrics.jsonl, samples table (RNG- and mode-neutral), plots, SIGTERM, non-finite guard."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, TrainingArguments
+
+from edugpt import callbacks as cb
+from edugpt.plots import plot_hellaswag, plot_losses
+
+
+def state_at(step, tokens=0):
+    state = TrainerState()
+    state.global_step, state.num_input_tokens_seen, state.max_steps = step, tokens, 100
+    return state
+
+
+@pytest.fixture(scope="module")
+def args(tmp_path_factory):
+    return TrainingArguments(output_dir=str(tmp_path_factory.mktemp("out")), use_cpu=True, report_to="none")
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+
+def test_throughput_counts_training_time_only_and_adds_mfu(args):
+    callback = cb.ThroughputCallback(flops_per_token=1e6, peak_flops=1e10, world_size=2)
+    state, control = state_at(0), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    for _ in range(2):
+        callback.clock.last = time.perf_counter() - 0.25  # each step took 0.25 s after the previous step's callbacks
+        state.num_input_tokens_seen += 500
+        callback.on_step_end(args, state, control)
+        callback.clock.on_step_end(args, state, control)
+        time.sleep(0.2)  # "evaluation" between steps: not counted
+    logs = {"loss": 1.0}
+    callback.on_log(args, state, control, logs=logs)
+    assert logs["tokens_per_second"] == pytest.approx(2000, rel=0.05)
+    assert logs["mfu"] == pytest.approx(2000 * 1e6 / (1e10 * 2), rel=0.05)
+    eval_logs = {"eval_loss": 2.0}
+    callback.on_log(args, state, control, logs=eval_logs)
+    assert eval_logs == {"eval_loss": 2.0}
+
+
+def test_no_mfu_without_a_known_peak(args):
+    callback = cb.ThroughputCallback(flops_per_token=1e6, peak_flops=None)
+    state, control = state_at(0), TrainerControl()
+    callback.on_train_begin(args, state, control)
+    state.num_input_tokens_seen = 100
+    callback.on_step_end(args, state, control)
+    logs = {"loss": 1.0}
+    callback.on_log(args, state, control, logs=logs)
+    assert logs["tokens_per_second"] > 0 and "mfu" not in logs
+
+
+def test_throughput_goes_first_and_its_clock_last(tiny_model, args, tmp_path):
+    from transformers import Trainer
+
+    seen = []
+
+    class Recorder(cb.TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs))
+
+    trainer = Trainer(model=tiny_model, args=args)
+    throughput = cb.ThroughputCallback(1e6, None)
+    cb.install_callbacks(trainer, Recorder(), throughput)
+    assert trainer.callback_handler.callbacks[0] is throughput
+    assert trainer.callback_handler.callbacks[-1] is throughput.clock
+    throughput.on_train_begin(args, trainer.state, trainer.control)
+    trainer.state.num_input_tokens_seen = 64
+    throughput.on_step_end(args, trainer.state, trainer.control)
+    trainer.log({"loss": 1.0})
+    assert "tokens_per_second" in seen[-1]  # added before the other callbacks (console, report_to) saw the record
+
+
+def test_metrics_jsonl_records_have_step_and_tokens_and_resume_truncates(args, tmp_path):
+    metrics = cb.MetricsLog(tmp_path / "metrics.jsonl")
+    callback = cb.MetricsJsonlCallback(metrics)
+    for step in (1, 2, 3):
+        callback.on_log(args, state_at(step, step * 64), TrainerControl(), logs={"loss": 5.0 - step})
+    with open(metrics.path, "a") as f:
+        f.write('{"step": 4, "tok')  # torn line of a killed run
+    assert [(r["step"], r["tokens"], r["loss"]) for r in metrics.read()] == [(1, 64, 4.0), (2, 128, 3.0), (3, 192, 2.0)]
+    callback.on_train_begin(args, state_at(2), TrainerControl())  # resumed from checkpoint-2
+    assert [r["step"] for r in metrics.read()] == [1, 2]
+    disabled = cb.MetricsLog(tmp_path / "other.jsonl", enabled=False)
+    disabled.append({"step": 1})
+    assert not disabled.path.exists()
+
+
+def test_samples_do_not_disturb_rng_or_model_mode_and_fill_the_table(tiny_model, gpt2_tokenizer, args, tmp_path):
+    metrics = cb.MetricsLog(tmp_path / "metrics.jsonl")
+    callback = cb.SamplesCallback(gpt2_tokenizer, ["Once upon a time"], every_steps=5, max_new_tokens=6, top_k=50,
+                                  seed=7, samples_path=tmp_path / "samples.md", metrics=metrics)
+    tiny_model.train()
+    torch.manual_seed(123)
+    rng_before = torch.get_rng_state()
+    callback.on_train_begin(args, state_at(0), TrainerControl(), model=tiny_model)
+    callback.on_step_end(args, state_at(3), TrainerControl(), model=tiny_model)  # not a sample step
+    callback.on_step_end(args, state_at(5), TrainerControl(), model=tiny_model)
+    callback.on_train_end(args, state_at(5), TrainerControl(), model=tiny_model)  # already sampled at 5
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert tiny_model.training
+
+    rows = (tmp_path / "samples.md").read_text().splitlines()
+    assert rows[:2] == ["| Step | Output |", "|------|--------|"]
+    assert [row.split("|")[1].strip() for row in rows[2:]] == ["0", "5"]
+    assert all(row.startswith("| ") and row.endswith(" |") and "Once upon a time" in row for row in rows[2:])
+    records = metrics.read()
+    assert [(r["step"], r["sample/prompt"]) for r in records] == [(0, "Once upon a time"), (5, "Once upon a time")]
+    # Same weights, same seed: the same continuation, whatever the training RNG did in between.
+    assert records[0]["sample/text"] == records[1]["sample/text"]
+    assert len(gpt2_tokenizer(records[0]["sample/text"]).input_ids) == 4 + 6
+
+
+def test_samples_on_resume_keep_earlier_rows_only(gpt2_tokenizer, args, tmp_path):
+    path = tmp_path / "samples.md"
+    path.write_text(cb.SAMPLES_HEADER + "| 0 | a |\n| 5 | b |\n| 10 | c |\n")
+    callback = cb.SamplesCallback(gpt2_tokenizer, ["x"], 5, 4, 0, 0, path, cb.MetricsLog(tmp_path / "m.jsonl"))
+    callback.on_train_begin(args, state_at(5), TrainerControl(), model=None)
+    assert path.read_text() == cb.SAMPLES_HEADER + "| 0 | a |\n| 5 | b |\n"
+
+
+def test_markdown_cell_keeps_the_table_intact():
+    assert cb.markdown_cell("a|b\nc  <|endoftext|>") == "a\\|b c &lt;\\|endoftext\\|&gt;"
+
+
+def test_non_finite_loss_or_grad_norm_stops_without_saving(args):
+    guard = cb.NonFiniteLossCallback()
+    control = TrainerControl(should_save=True)
+    guard.on_log(args, state_at(3), control, logs={"loss": 2.0, "grad_norm": 1.0})
+    assert guard.failure is None and not control.should_training_stop
+    guard.on_log(args, state_at(4), control, logs={"loss": 2.0, "grad_norm": float("nan")})
+    assert "grad norm became nan at step 4" in guard.failure
+    assert control.should_training_stop and not control.should_save
+
+
+def test_non_finite_weights_are_never_checkpointed(tiny_model, args):
+    guard = cb.NonFiniteLossCallback()
+    control = TrainerControl(should_save=True)
+    guard.on_step_end(args, state_at(2), control, model=tiny_model)
+    assert guard.failure is None and control.should_save
+    with torch.no_grad():
+        next(tiny_model.parameters())[0, 0] = float("inf")
+    guard.on_step_end(args, state_at(3), control, model=tiny_model)
+    assert "weights became non-finite at step 3" in guard.failure and not control.should_save
+
+
+def test_sigterm_sets_save_and_stop_at_the_step_end_then_restores_the_handler(args):
+    callback = cb.SigtermCallback()
+    previous = signal.getsignal(signal.SIGTERM)
+    callback.on_train_begin(args, state_at(0), TrainerControl())
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert callback.received
+    control = TrainerControl()
+    callback.on_step_end(args, state_at(7), control)
+    assert control.should_save and control.should_training_stop and callback.stopped_at == 7
+    callback.on_train_end(args, state_at(7), control)
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_plots_draw_losses_and_hellaswag_from_records(tmp_path):
+    records = [{"step": s, "tokens": s * 2048, "loss": 10 - math.log(s)} for s in range(1, 51)]
+    records += [{"step": s, "tokens": s * 2048, "eval_loss": 10.2 - math.log(s)} for s in (10, 20, 50)]
+    assert plot_losses(records, tmp_path / "images" / "train-loss.png").stat().st_size > 10_000
+    assert plot_hellaswag(records, tmp_path / "images" / "hellaswag.png") is None
+    records += [{"step": s, "tokens": s * 2048, "hellaswag/acc": 0.25 + s / 1000, "hellaswag/acc_norm": 0.26}
+                for s in (25, 50)]
+    assert plot_hellaswag(records, tmp_path / "images" / "hellaswag.png").stat().st_size > 10_000
+    assert plot_losses([], tmp_path / "none.png") is None
+
+
+def test_plot_callback_redraws_on_eval_and_hellaswag(args, tmp_path):
+    metrics = cb.MetricsLog(tmp_path / "metrics.jsonl")
+    for record in ({"step": 1, "tokens": 64, "loss": 9.0}, {"step": 2, "tokens": 128, "eval_loss": 8.5}):
+        metrics.append(record)
+    callback = cb.PlotCallback(tmp_path, metrics)
+    callback.on_evaluate(args, state_at(2), TrainerControl())
+    assert (tmp_path / "images" / "train-loss.png").exists() and not (tmp_path / "images" / "hellaswag.png").exists()
+    metrics.append({"step": 2, "tokens": 128, "hellaswag/acc": 0.26, "hellaswag/acc_norm": 0.27})
+    callback.on_log(args, state_at(2), TrainerControl(), logs={"hellaswag/acc": 0.26, "hellaswag/acc_norm": 0.27})
+    assert (tmp_path / "images" / "hellaswag.png").exists()

@@ -1,0 +1,91 @@
+"""Checkpoint validity (completion marker, sizes, safetensors headers) and resume fallback to the newest valid one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+
+from edugpt.checkpoints import MARKER, checkpoint_problem, find_resume_checkpoint, list_checkpoints, write_marker
+
+
+def make_checkpoint(root, step, source, complete=True):
+    """A checkpoint-N folder like Trainer's (weights, config, trainer_state.json), marked complete when asked."""
+    path = root / f"checkpoint-{step}"
+    shutil.copytree(source, path)
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    if complete:
+        write_marker(path)
+    return path
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_model_dir):
+    for step in (2, 4, 6):
+        make_checkpoint(tmp_path, step, tiny_model_dir)
+    return tmp_path
+
+
+def test_list_checkpoints_newest_first_by_number(run_dir):
+    (run_dir / "checkpoint-10").mkdir()
+    (run_dir / "checkpoint-x").mkdir()
+    (run_dir / "corrupt-checkpoint-12").mkdir()
+    assert [p.name for p in list_checkpoints(run_dir)] == ["checkpoint-10", "checkpoint-6", "checkpoint-4", "checkpoint-2"]
+    assert list_checkpoints(run_dir / "missing") == []
+
+
+def test_complete_checkpoint_is_valid_and_marker_lists_sizes(run_dir):
+    path = run_dir / "checkpoint-6"
+    assert checkpoint_problem(path) is None
+    recorded = json.loads((path / MARKER).read_text())["files"]
+    assert recorded["model.safetensors"] == (path / "model.safetensors").stat().st_size
+    assert "trainer_state.json" in recorded and MARKER not in recorded
+
+
+def test_unmarked_checkpoint_is_a_save_that_did_not_finish(run_dir, tiny_model_dir):
+    path = make_checkpoint(run_dir, 8, tiny_model_dir, complete=False)
+    assert "did not finish" in checkpoint_problem(path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "grow"])
+def test_damaged_files_are_detected(run_dir, damage):
+    weights = run_dir / "checkpoint-6" / "model.safetensors"
+    if damage == "truncate":
+        with open(weights, "r+b") as f:
+            f.truncate(weights.stat().st_size // 2)
+    elif damage == "delete":
+        weights.unlink()
+    else:
+        with open(weights, "ab") as f:
+            f.write(b"\0" * 10)
+    assert "model.safetensors" in checkpoint_problem(run_dir / "checkpoint-6")
+
+
+def test_safetensors_header_is_checked_even_when_sizes_match_the_marker(run_dir):
+    path = run_dir / "checkpoint-6"
+    with open(path / "model.safetensors", "r+b") as f:
+        f.write(b"\xff" * 8)  # header length now points past the end of the file
+    write_marker(path)
+    assert "header runs past the end" in checkpoint_problem(path)
+
+
+def test_resume_falls_back_to_previous_with_warning_and_quarantines(run_dir, tiny_model_dir, caplog):
+    make_checkpoint(run_dir, 8, tiny_model_dir, complete=False)  # killed mid-save
+    weights = run_dir / "checkpoint-6" / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(100)
+    with caplog.at_level(logging.WARNING, logger="edugpt.checkpoints"):
+        assert find_resume_checkpoint(run_dir) == run_dir / "checkpoint-4"
+    assert "checkpoint-8 is not usable" in caplog.text and "checkpoint-6 is not usable" in caplog.text
+    assert "falling back" in caplog.text
+    assert (run_dir / "corrupt-checkpoint-8").is_dir() and (run_dir / "corrupt-checkpoint-6").is_dir()
+    assert [p.name for p in list_checkpoints(run_dir)] == ["checkpoint-4", "checkpoint-2"]
+
+
+def test_no_valid_checkpoint_means_start_fresh(tmp_path, tiny_model_dir):
+    assert find_resume_checkpoint(tmp_path) is None
+    make_checkpoint(tmp_path, 2, tiny_model_dir, complete=False)
+    assert find_resume_checkpoint(tmp_path, quarantine=False) is None
+    assert (tmp_path / "checkpoint-2").is_dir()  # without quarantine nothing is moved

@@ -1,0 +1,126 @@
+"""Loading a prepared dataset for training: manifest validation, the uint16 -> int64 collator, eval bounding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edugpt.args import ModelArguments
+from edugpt.errors import EduGPTError
+from edugpt.modeling import gpt2_config
+from edugpt.training import bound_eval_split, collate_blocks, load_prepared, read_manifest
+
+SEQ = 16
+CONFIG = gpt2_config(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32))
+
+
+def write_prepared(path, train_blocks=6, val_blocks=2, seq_len=SEQ, **manifest_overrides):
+    """A directory in the data contract's format, written directly (what prepare_data.py produces)."""
+    import datasets
+
+    tokens = np.arange((train_blocks + val_blocks) * seq_len, dtype=np.int64) % 50257
+    tokens[seq_len - 1] = 50256  # an <|endoftext|> inside the first block
+    blocks = tokens.astype(np.uint16).reshape(-1, seq_len)
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("uint16"), length=seq_len)})
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"input_ids": blocks[:train_blocks]}, features=features),
+        "validation": datasets.Dataset.from_dict({"input_ids": blocks[train_blocks:]}, features=features),
+    }).save_to_disk(str(path))
+    counts = lambda n: {"documents": 1, "tokens": n * seq_len, "blocks": n, "dropped_tail_tokens": 0,
+                        "skipped_empty_documents": 0}
+    manifest = {
+        "format": "edugpt-prepared-v1", "created_by": "prepare_data.py",
+        "source": {"dataset": "test", "subset": None, "max_docs": None},
+        "tokenizer": {"name": "gpt2", "vocab_size": 50257, "eos_token_id": 50256},
+        "seq_len": seq_len,
+        "split_rule": {"hash": "sha256", "salt": "t", "val_fraction": 0.25, "description": "test"},
+        "splits": {"train": counts(train_blocks), "validation": counts(val_blocks)},
+        **manifest_overrides,
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return write_prepared(tmp_path_factory.mktemp("prepared") / "data")
+
+
+def test_load_prepared_returns_numpy_rows_of_uint16_data(prepared):
+    data = load_prepared(prepared, CONFIG)
+    assert data.seq_len == SEQ and len(data.train) == 6 and len(data.validation) == 2
+    row = data.train[0]["input_ids"]
+    assert isinstance(row, np.ndarray) and row.shape == (SEQ,) and row[SEQ - 1] == 50256
+    assert data.train.features["input_ids"].feature.dtype == "uint16"  # 2 bytes/token on disk
+    assert data.manifest["created_by"] == "prepare_data.py"
+
+
+def test_collator_makes_int64_labels_equal_to_inputs_keeping_eos(prepared):
+    data = load_prepared(prepared, CONFIG)
+    batch = collate_blocks([data.train[0], data.train[1]])
+    assert batch["input_ids"].dtype == batch["labels"].dtype == __import__("torch").int64
+    assert batch["input_ids"].shape == (2, SEQ)
+    assert batch["labels"].equal(batch["input_ids"])
+    assert batch["labels"][0, SEQ - 1].item() == 50256  # eos is a target, not masked to -100
+    assert (batch["labels"] >= 0).all()
+
+
+def test_eval_split_is_bounded_by_batches_and_devices(prepared):
+    validation = load_prepared(write_prepared(prepared.parent / "big", train_blocks=2, val_blocks=20), CONFIG).validation
+    assert len(bound_eval_split(validation, None, 4)) == 20
+    assert len(bound_eval_split(validation, 2, 4)) == 8
+    assert len(bound_eval_split(validation, 2, 4, world_size=2)) == 16
+    assert len(bound_eval_split(validation, 100, 4)) == 20
+    assert bound_eval_split(validation, 2, 4)[0]["input_ids"].tolist() == validation[0]["input_ids"].tolist()
+
+
+def test_missing_and_foreign_directories_are_user_errors(tmp_path):
+    with pytest.raises(EduGPTError, match="dataset_dir is not set"):
+        read_manifest(None)
+    with pytest.raises(EduGPTError, match="does not exist"):
+        read_manifest(tmp_path / "nope")
+    with pytest.raises(EduGPTError, match="no manifest.json, so it was not made by prepare_data.py"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(EduGPTError, match="expected 'edugpt-prepared-v1'"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(EduGPTError, match="not valid JSON"):
+        read_manifest(tmp_path)
+
+
+def test_manifest_without_dataset_is_a_user_error(tmp_path, prepared):
+    (tmp_path / "manifest.json").write_text((prepared / "manifest.json").read_text())
+    with pytest.raises(EduGPTError, match="no saved dataset"):
+        load_prepared(tmp_path, CONFIG)
+
+
+def test_vocab_and_seq_len_mismatches_are_user_errors(tmp_path, prepared):
+    with pytest.raises(EduGPTError, match="seq_len 32 does not match the data's blocks of 16"):
+        load_prepared(prepared, CONFIG, seq_len=32)
+    short = gpt2_config(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=8))
+    with pytest.raises(EduGPTError, match="n_positions is 8"):
+        load_prepared(prepared, short)
+    small_vocab = gpt2_config(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32, vocab_size=1000))
+    with pytest.raises(EduGPTError, match="50257-token vocabulary"):
+        load_prepared(prepared, small_vocab)
+    other = write_prepared(tmp_path / "other", tokenizer={"name": "llama", "vocab_size": 32000, "eos_token_id": 2})
+    with pytest.raises(EduGPTError, match="end-of-text id is 2"):
+        load_prepared(other, CONFIG)
+
+
+def test_block_count_or_dtype_not_matching_the_manifest_is_rejected(tmp_path):
+    lying = write_prepared(tmp_path / "lying")
+    manifest = json.loads((lying / "manifest.json").read_text())
+    manifest["splits"]["train"]["blocks"] = 99
+    (lying / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EduGPTError, match="has 6 blocks but the manifest says 99"):
+        load_prepared(lying, CONFIG)
+    wrong_len = write_prepared(tmp_path / "wrong", seq_len=8)
+    manifest = json.loads((wrong_len / "manifest.json").read_text())
+    manifest["seq_len"] = 16
+    (wrong_len / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EduGPTError, match="does not hold uint16 blocks of 16 tokens"):
+        load_prepared(wrong_len, CONFIG)
