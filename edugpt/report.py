@@ -736,7 +736,9 @@ def build_model_card(run_dir: str | os.PathLike, *, eval_dir: str | os.PathLike 
                  _model(facts), _recipe(facts), _data(facts), _other_images(facts),
                  _usage(facts, hub_model_id or str(facts.run_dir), revision)]
     body = "\n\n".join(s for s in sections if s) + "\n"
-    metadata = _metadata(facts, title, lm_rows, license)
+    # A step-N branch's card keeps the final model's lm-eval scores in its body but not in its model-index, which
+    # would attribute them to that checkpoint.
+    metadata = _metadata(facts, title, [] if revision else lm_rows, license)
     return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{body}")
 
 

@@ -148,6 +148,7 @@ def test_hub_id_and_revision_in_snippets(run_dir):
     assert card.data.model_name == "edugpt-tiny"
     assert 'from_pretrained("someone/edugpt-tiny", revision="step-2")' in card.text
     assert "revision `step-2`" in card.text
+    assert card.data.eval_results is None  # the final model's lm-eval scores are not this checkpoint's
 
 
 def test_card_never_repeats_a_token_from_run_config(run_dir):
