@@ -145,7 +145,7 @@ def test_full_run_card_metadata_and_numbers(run_dir):
 
 def test_hub_id_and_revision_in_snippets(run_dir):
     card = build_model_card(run_dir, hub_model_id="someone/edugpt-tiny", revision="step-2")
-    assert card.data.model_name == "edugpt-tiny"
+    assert card.text.startswith("\n# edugpt-tiny\n")
     assert 'from_pretrained("someone/edugpt-tiny", revision="step-2")' in card.text
     assert "revision `step-2`" in card.text
     assert card.data.eval_results is None  # the final model's lm-eval scores are not this checkpoint's
