@@ -1,0 +1,100 @@
+"""Direct Preference Optimization: align an SFT'd edugpt chat model on preference pairs with TRL's DPOTrainer.
+
+Real run (270M SFT model, UltraFeedback pairs; one GPU, or several with accelerate):
+    accelerate launch finetune/dpo.py --config configs/dpo.yaml --model_name_or_path runs/sft --output_dir runs/dpo
+CPU-sized (offline, bundled pairs, about a minute on 2 cores with a tiny model):
+    python finetune/dpo.py --config configs/dpo_smoke.yaml --model_name_or_path RUN/sft --output_dir RUN/dpo
+
+The order is pretrain -> finetune/sft.py -> finetune/dpo.py: the model must already carry a chat template (a
+pretrained checkpoint is refused with that explanation). The reference policy is the same SFT model, loaded a second
+time and frozen. It is passed explicitly: with `ref_model=None` TRL reloads the reference from
+`config._name_or_path`, which is wrong or empty for a model object. With `precompute_ref_log_probs: true` TRL scores
+the pairs with it once up front instead. TRL logs rewards/chosen, rewards/rejected, rewards/accuracies and
+rewards/margins (beta * policy-vs-reference log-ratio) every `logging_steps`; trainer_state.json in the output keeps
+them.
+
+Output: a standard HF model folder (same layout as SFT's, same tokenizer and template), written to
+`output_dir.partial` and renamed into place after the final save.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments
+
+from edugpt.chat import add_chat_template, require_chat_template, resolve_model_dir
+from edugpt.cli import parse_config, run
+from edugpt.errors import EduGPTError
+from edugpt.finetune_data import load_finetune_dataset, publish_output_dir, staged_output_dir
+
+logger = logging.getLogger("edugpt.dpo")
+
+
+def main(argv: list[str] | None = None) -> None:
+    script_args, training_args, model_args = parse_config([ScriptArguments, DPOConfig, ModelConfig], argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level())
+    if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
+        raise EduGPTError("dpo.py trains all weights of the model (a 270M model fits one GPU); drop use_peft/load_in_*.")
+    model_path = resolve_model_dir(model_args.model_name_or_path)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    require_chat_template(tokenizer, model_path)  # before any data or weights are loaded
+    final_dir = training_args.output_dir
+    resume = bool(training_args.resume_from_checkpoint)
+    staging = staged_output_dir(final_dir, resume, training_args.process_index == 0)
+
+    def load(split):
+        return load_finetune_dataset(
+            script_args.dataset_name, "dpo", script_args.dataset_config, split, training_args.dataset_num_proc
+        )
+
+    train_dataset = load(script_args.dataset_train_split)
+    eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
+
+    def load_model():
+        return AutoModelForCausalLM.from_pretrained(
+            model_path,
+            revision=model_args.model_revision,
+            dtype=model_args.dtype,
+            attn_implementation=model_args.attn_implementation,
+        )
+
+    model, ref_model = load_model(), load_model()
+    add_chat_template(tokenizer, model)  # keeps the SFT template; sets pad = eos as SFT did
+    context = getattr(model.config, "n_positions", None)
+    if context is not None and (training_args.max_length is None or training_args.max_length > context):
+        raise EduGPTError(
+            f"max_length {training_args.max_length} exceeds the model's context of {context} tokens (n_positions); "
+            f"pass --max_length {context} or less."
+        )
+
+    training_args.output_dir = staging  # checkpoints and the final save go to the staging folder
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
+    checkpoint = None
+    if resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        checkpoint = get_last_checkpoint(staging) if training_args.resume_from_checkpoint in ("true", "True") else training_args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(staging)
+    if trainer.accelerator.is_main_process:
+        trainer.state.save_to_json(f"{staging}/trainer_state.json")  # rewards/* curves, even with save_strategy "no"
+        trainer.create_model_card(model_name=final_dir.rstrip("/").split("/")[-1], dataset_name=script_args.dataset_name)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        publish_output_dir(staging, final_dir)
+        logger.info("DPO model saved to %s", final_dir)
+
+
+if __name__ == "__main__":
+    run(main)
