@@ -46,4 +46,4 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
         if "Unknown arguments from config file" not in str(err) and "must contain a YAML mapping" not in str(err):
             raise
         valid = sorted({f.name for cls in dataclass_types for f in fields(cls) if f.init})
-        raise EduGPTError(f"{err}. Valid keys are: {', '.join(valid)}.") from None
+        raise EduGPTError(f"{str(err).rstrip('.')}. Valid keys are: {', '.join(valid)}.") from None
