@@ -4,11 +4,11 @@
     python scripts/build_hellaswag_smoke.py --num_items 50 --output_file /tmp/smoke.jsonl
 
 Each item is honest about what it is: the context is a passage of one document (1-2 consecutive sentences), the
-right ending is the sentence that really follows it, and the three distractors are sentences of similar length
-from other documents. Nothing imitates a real HellaSwag item; the file only exercises the HellaSwag task end to end
-offline (prompt cleaning, acc/acc_norm, lm-eval plumbing). It is easy for a trained model and about 25% for a
-random one. The rows use HellaSwag's schema (ind, activity_label, ctx_a, ctx_b, ctx, endings, label, split,
-split_type, source_id) with `source_id` = "edugpt-embedded~<document id>".
+right ending is the sentence that really follows it, and the three distractors are sentences from other documents
+with exactly as many GPT-2 tokens as the right ending. Nothing imitates a real HellaSwag item; the file only
+exercises the HellaSwag task end to end offline (prompt cleaning, acc/acc_norm, lm-eval plumbing). The rows use
+HellaSwag's schema (ind, activity_label, ctx_a, ctx_b, ctx, endings, label, split, split_type, source_id) with
+`source_id` = "edugpt-embedded~<document id>".
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from edugpt.cli import parse_config, run
 from edugpt.corpus import EMBEDDED, load_source, resolve_source
 from edugpt.errors import EduGPTError
 from edugpt.tasks.hellaswag_local import NUM_ENDINGS, SMOKE_FILE, read_hellaswag_jsonl
+from edugpt.tokenizer import gpt2_tiktoken
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
@@ -77,9 +78,10 @@ def candidate_items(doc: dict) -> list[tuple[str, str]]:
 
 def build_items(documents: list[dict], args: SmokeArguments) -> list[dict]:
     rng = random.Random(args.seed)
-    pool = [  # every clean sentence with the document it came from: the distractor pool
-        (doc["id"], s) for doc in documents for para in paragraphs_of_sentences(doc["text"]) for s in para
-        if is_clean_sentence(s)
+    encoding = gpt2_tiktoken()
+    pool = [  # every clean sentence with its document and GPT-2 token count: the distractor pool
+        (doc["id"], s, len(encoding.encode_ordinary(" " + s)))
+        for doc in documents for para in paragraphs_of_sentences(doc["text"]) for s in para if is_clean_sentence(s)
     ]
     order = list(range(len(documents)))
     rng.shuffle(order)
@@ -88,8 +90,14 @@ def build_items(documents: list[dict], args: SmokeArguments) -> list[dict]:
         doc = documents[doc_index]
         pairs = candidate_items(doc)
         rng.shuffle(pairs)
+        own_sentences = {s for para in paragraphs_of_sentences(doc["text"]) for s in para}
         for passage, ending in pairs[: args.max_items_per_document]:
-            similar = [s for d, s in pool if d != doc["id"] and 0.6 <= len(s) / len(ending) <= 1.6 and s != ending]
+            # Exactly the right ending's GPT-2 token count: an untrained model's summed log-likelihood is mostly
+            # -log(50257) per token, so any length difference, not the text, would decide its answer.
+            length = len(encoding.encode_ordinary(" " + ending))
+            similar = [s for d, s, n in pool if d != doc["id"] and n == length and s not in own_sentences]
+            if len(set(similar)) < NUM_ENDINGS - 1:
+                continue
             distractors = rng.sample(sorted(set(similar)), NUM_ENDINGS - 1)
             endings = [ending, *distractors]
             rng.shuffle(endings)
