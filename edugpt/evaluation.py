@@ -34,8 +34,6 @@ from transformers import TrainerCallback
 from edugpt.errors import EduGPTError
 from edugpt.net import hub_available
 
-logger = logging.getLogger(__name__)
-
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 LOCAL_HELLASWAG_TASK = "hellaswag_local"
 LOCAL_HELLASWAG_YAML = TASKS_DIR / f"{LOCAL_HELLASWAG_TASK}.yaml"
@@ -77,30 +75,26 @@ def task_manager(names: list[str]):
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=any(n != LOCAL_HELLASWAG_TASK for n in names))
 
 
-def load_tasks(specs: list[str | dict]) -> tuple[dict, object]:
-    """lm-eval's `TaskManager.load` over its own tasks plus edugpt/tasks, with user errors turned into EduGPTError.
-
-    Returns lm-eval's TaskDict and the TaskManager (hand it to `simple_evaluate`, which would otherwise build one).
-    """
+def checked_task_manager(specs: list[str | dict]):
+    """The TaskManager for `specs`, after checking that every task name is one lm-eval or edugpt/tasks defines."""
     names = [s if isinstance(s, str) else s["task"] for s in specs]
     manager = task_manager(names)
-    for spec in specs:
-        if isinstance(spec, str) and spec not in manager.all_tasks and not Path(spec).is_file():
+    for name in names:
+        if name not in manager.all_tasks and not Path(name).is_file():
             raise EduGPTError(
-                f"unknown lm-eval task {spec!r}; run `lm_eval ls tasks` for the names (offline, use "
+                f"unknown lm-eval task {name!r}; run `lm_eval ls tasks` for the names (offline, use "
                 f"--tasks hellaswag with --hellaswag_file, or {LOCAL_HELLASWAG_TASK})."
             )
-    try:
-        return manager.load(specs), manager
-    except EduGPTError:
-        raise
-    except Exception as err:
-        if not hub_available():
-            raise EduGPTError(
-                f"could not load the data of task(s) {', '.join(names)} ({type(err).__name__}) and the Hugging Face "
-                "Hub is offline; go online, or for HellaSwag pass a local file with --hellaswag_file."
-            ) from None
-        raise
+    return manager
+
+
+def offline_data_error(specs: list[str | dict], err: Exception) -> EduGPTError:
+    names = ", ".join(s if isinstance(s, str) else s["task"] for s in specs)
+    return EduGPTError(
+        f"could not download the data of task(s) {names} ({type(err).__name__}): the Hugging Face Hub is offline or "
+        "unreachable; go online, or for HellaSwag pass a local HellaSwag-format jsonl with --hellaswag_file "
+        "(e.g. edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl, a smoke file, not HellaSwag)."
+    )
 
 
 def hub_hellaswag_task(max_items: int | None):
@@ -110,7 +104,10 @@ def hub_hellaswag_task(max_items: int | None):
             "HellaSwag from the Hub needs the Hugging Face Hub, which is offline or unreachable; set hellaswag_file "
             "to a local HellaSwag-format jsonl (e.g. edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl)."
         )
-    task = load_tasks([HELLASWAG])[0]["tasks"][HELLASWAG]
+    try:
+        task = checked_task_manager([HELLASWAG]).load([HELLASWAG])["tasks"][HELLASWAG]
+    except ConnectionError as err:  # what `datasets` raises when the Hub cannot be reached
+        raise offline_data_error([HELLASWAG], err) from None
     if max_items is not None:
         split = task.config.validation_split
         rows = task.dataset[split]
@@ -172,19 +169,19 @@ def evaluate_checkpoint(
 
     check_model_source(model)
     specs = task_specs(tasks, hellaswag_file)
-    loaded, manager = load_tasks(specs)
+    manager = checked_task_manager(specs)
     try:
         lm = HFLM(pretrained=model, batch_size=batch_size, device=device or default_device())
     except OSError as err:  # missing weights / tokenizer, or a Hub id that does not exist
         raise EduGPTError(f"could not load model {model!r} for lm-eval ({err}).") from None
-    return simple_evaluate(
-        model=lm,
-        tasks=list(loaded["tasks"].values()) + list(loaded["groups"].values()),
-        limit=limit,
-        log_samples=log_samples,
-        batch_size=batch_size,
-        task_manager=manager,
-    )
+    try:
+        return simple_evaluate(
+            model=lm, tasks=specs, limit=limit, log_samples=log_samples, batch_size=batch_size, task_manager=manager
+        )
+    except ConnectionError as err:  # a task's dataset had to come from the Hub
+        if hub_available():
+            raise
+        raise offline_data_error(specs, err) from None
 
 
 # ---------------------------------------------------------------------------------------------------------- output
