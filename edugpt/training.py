@@ -1,4 +1,5 @@
-"""Loading the prepared dataset for training: validate it against its manifest, collate uint16 blocks, bound the eval set.
+"""Pretraining pieces: validate + load the prepared dataset, collate its blocks, bound the eval set, and assemble the
+Trainer with the project's callbacks (`build_trainer`, used by train_hf.py and bench/bench_train_cpu.py alike).
 
 The data directory is `prepare_data.py`'s output (see the data contract): a `DatasetDict` saved with
 `save_to_disk` whose rows are packed `uint16` blocks, plus `manifest.json`. Arrow files are memory-mapped, so the
@@ -8,6 +9,7 @@ training set's size does not show up in RAM.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import numpy as np
 
 from edugpt.errors import EduGPTError
 from edugpt.tokenizer import GPT2_EOS_ID
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "edugpt-prepared-v1"
 SPLITS = ("train", "validation")
@@ -143,3 +147,95 @@ def bound_eval_split(validation, max_batches: int | None, per_device_batch_size:
         return validation
     rows = min(len(validation), max_batches * per_device_batch_size * world_size)
     return validation.select(range(rows))
+
+
+@dataclass
+class PretrainingRun:
+    """A ready-to-train Trainer and the callbacks whose outcome the script reads after `train()`."""
+
+    trainer: object
+    config: object  # GPT2Config
+    data: PreparedData
+    metrics: object  # callbacks.MetricsLog
+    sigterm: object  # callbacks.SigtermCallback
+    guard: object  # callbacks.NonFiniteLossCallback
+
+
+def build_trainer(model_args, data_args, script_args, training_args) -> PretrainingRun:
+    """Validate the data, build a from-scratch GPT-2 and a Trainer with the throughput/MFU, metrics.jsonl,
+    checkpoint-marker, plot, samples, SIGTERM, non-finite-loss and (when asked) HellaSwag callbacks."""
+    from pathlib import Path
+
+    from transformers import GPT2LMHeadModel, Trainer, set_seed
+
+    from edugpt import callbacks as cb
+    from edugpt.checkpoints import CompleteCheckpointCallback
+    from edugpt.modeling import current_peak_flops, flops_per_token, gpt2_config, parameter_count
+    from edugpt.tokenizer import load_tokenizer, require_gpt2_compatible
+
+    # Trainer settings the callbacks rely on, whatever the recipe says: tokens seen feed throughput, MFU and
+    # metrics.jsonl; only the eval loss is kept (a batch of 50257-wide logits at seq 1024 would be ~200 MB a row).
+    training_args.include_num_input_tokens_seen = "all"
+    training_args.prediction_loss_only = True
+
+    config = gpt2_config(model_args)
+    data = load_prepared(data_args.dataset_dir, config, data_args.seq_len)
+    data_args.seq_len = data.seq_len
+    tokenizer = load_tokenizer(script_args.tokenizer)
+    require_gpt2_compatible(tokenizer, config.vocab_size)
+
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = bound_eval_split(
+            data.validation, data_args.eval_max_batches, training_args.per_device_eval_batch_size, training_args.world_size
+        )
+        if len(eval_dataset) == 0:
+            raise EduGPTError(
+                f"the validation split of {data_args.dataset_dir} is empty; re-prepare with a larger --val_fraction "
+                "or set eval_strategy: 'no'."
+            )
+
+    set_seed(training_args.seed)  # the from-scratch initialisation is part of what a seed reproduces
+    model = GPT2LMHeadModel(config)
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    logger.info(
+        "GPT-2 %d layers x %d heads x %d wide: %.1fM parameters, %.3g training FLOPs/token at seq_len %d",
+        config.n_layer, config.n_head, config.n_embd, parameter_count(config) / 1e6,
+        flops_per_token(config, data.seq_len), data.seq_len,
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.train,
+        eval_dataset=eval_dataset,
+        data_collator=collate_blocks,
+        processing_class=tokenizer,  # saved into every checkpoint, so each one loads on its own
+    )
+
+    output_dir = Path(training_args.output_dir)
+    is_main = training_args.process_index == 0
+    metrics = cb.MetricsLog(output_dir / cb.METRICS_FILE, enabled=is_main)
+    sigterm, guard = cb.SigtermCallback(), cb.NonFiniteLossCallback()
+    peak = current_peak_flops(script_args.mfu_peak_flops)
+    cb.install_callbacks(
+        trainer,
+        cb.ThroughputCallback(flops_per_token(config, data.seq_len), peak, training_args.world_size),
+        cb.MetricsJsonlCallback(metrics),
+        sigterm,
+        guard,  # after sigterm: checks the weights before the save that SIGTERM asks for
+        CompleteCheckpointCallback(),
+        cb.PlotCallback(output_dir, metrics),
+    )
+    if script_args.sample_steps > 0:
+        trainer.add_callback(cb.SamplesCallback(
+            tokenizer, script_args.sample_prompts, script_args.sample_steps, script_args.sample_max_new_tokens,
+            script_args.sample_top_k, script_args.sample_seed, output_dir / cb.SAMPLES_FILE, metrics,
+        ))
+    if script_args.hellaswag_steps > 0:
+        from edugpt.evaluation import HellaSwagCallback  # imported only when used: it pulls in lm-eval
+
+        trainer.add_callback(HellaSwagCallback(
+            trainer, every_steps=script_args.hellaswag_steps, limit=script_args.hellaswag_limit,
+            hellaswag_file=script_args.hellaswag_file, batch_size=script_args.hellaswag_batch_size,
+        ))
+    return PretrainingRun(trainer=trainer, config=config, data=data, metrics=metrics, sigterm=sigterm, guard=guard)
