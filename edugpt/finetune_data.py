@@ -52,17 +52,20 @@ def load_finetune_dataset(
         raise ValueError(f"stage must be 'sft' or 'dpo', got {stage!r}")
     if not name:
         raise EduGPTError(f"no dataset given; set dataset_name to a Hub dataset or a local .jsonl file ({FORMATS[stage]}).")
-    dataset = _load_raw(name, config, split)
-    _require_columns(dataset.column_names, stage, name)
-    normalize = _normalize_sft if stage == "sft" else _normalize_dpo
-    columns = ["messages"] if stage == "sft" else ["prompt", "chosen", "rejected"]
-    mapped = dataset.map(
-        _with_skip_reason(normalize, columns),
-        remove_columns=dataset.column_names,
-        features=_features(columns),  # explicit, so a first batch of skipped (empty) rows cannot fix the types
-        num_proc=num_proc,
-        desc=f"Checking {stage.upper()} rows",
-    )
+    from datasets import Dataset
+
+    raw = _load_raw(name, config, split)
+    normalize = _with_skip_reason(_normalize_sft if stage == "sft" else _normalize_dpo, stage)
+    features = _features(stage)  # explicit, so a first batch of skipped (empty) rows cannot fix the types
+    if isinstance(raw, list):  # a local file: rows may mix formats (string vs message-list prompts), Arrow may not
+        _require_columns(sorted({key for row in raw for key in row}), stage, name)
+        mapped = Dataset.from_list([normalize(row) for row in raw], features=features)
+    else:
+        _require_columns(raw.column_names, stage, name)
+        mapped = raw.map(
+            normalize, remove_columns=raw.column_names, features=features, num_proc=num_proc,
+            desc=f"Checking {stage.upper()} rows",
+        )
     reasons = Counter(reason for reason in mapped["skip_reason"] if reason)
     kept = mapped.filter(lambda reason: not reason, input_columns="skip_reason", num_proc=num_proc)
     kept = kept.remove_columns("skip_reason")
@@ -79,7 +82,8 @@ def load_finetune_dataset(
 
 
 def _load_raw(name: str, config: str | None, split: str):
-    from datasets import Dataset, load_dataset, load_from_disk
+    """A local .jsonl file as a list of row dicts; a dataset folder or Hub dataset as a `datasets.Dataset`."""
+    from datasets import load_dataset, load_from_disk
 
     path = _local_path(name)
     if path is not None and path.is_file():
@@ -90,13 +94,7 @@ def _load_raw(name: str, config: str | None, split: str):
                 f"{name!r} is a single local file, which has no {split!r} split; set eval_strategy: no, or put the "
                 "evaluation rows in a Hub dataset or a dataset folder with splits."
             )
-        rows = _read_jsonl(path)
-        try:
-            return Dataset.from_list(rows)
-        except Exception as err:  # pyarrow cannot type a column that is a string in one row and a list in another
-            raise EduGPTError(
-                f"{name!r}: rows disagree on a column's type ({_first_line(err)}); give every row the same format."
-            ) from None
+        return _read_jsonl(path)
     if path is not None and path.is_dir():
         try:
             loaded = load_from_disk(str(path)) if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file() else load_dataset(str(path), config)
@@ -167,23 +165,26 @@ def _require_columns(columns: list[str], stage: str, name: str) -> None:
     )
 
 
-def _features(columns: list[str]):
+COLUMNS = {"sft": ["messages"], "dpo": ["prompt", "chosen", "rejected"]}
+
+
+def _features(stage: str):
     from datasets import Features, List, Value
 
     messages = List({"role": Value("string"), "content": Value("string")})
-    return Features({**{column: messages for column in columns}, "skip_reason": Value("string")})
+    return Features({**{column: messages for column in COLUMNS[stage]}, "skip_reason": Value("string")})
 
 
 class _SkipRow(Exception):
     """A row that cannot be trained on; its message is the reason counted in the log."""
 
 
-def _with_skip_reason(normalize, columns):
+def _with_skip_reason(normalize, stage: str):
     def apply(row):
         try:
             return {**normalize(row), "skip_reason": ""}
         except _SkipRow as reason:
-            return {**{column: [] for column in columns}, "skip_reason": str(reason)}
+            return {**{column: [] for column in COLUMNS[stage]}, "skip_reason": str(reason)}
 
     return apply
 

@@ -1,0 +1,288 @@
+"""finetune/sft.py and finetune/dpo.py on the bundled smoke data, the shared loader, and bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from edugpt.chat import EDUGPT_CHAT_TEMPLATE, add_chat_template
+from edugpt.errors import EduGPTError
+from edugpt.finetune_data import load_finetune_dataset, staged_output_dir
+
+SFT_SMOKE = ROOT / "edugpt/assets/finetune/sft_smoke.jsonl"
+DPO_SMOKE = ROOT / "edugpt/assets/finetune/dpo_smoke.jsonl"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+# --- the shared loader ------------------------------------------------------------------------------------------------
+
+
+def test_sft_formats_all_become_messages(tmp_path):
+    rows = [
+        {"messages": [user("Hi"), assistant("Hello!")], "prompt": "Hi", "source": "x"},  # ultrachat-like extra columns
+        {"messages": [user("Hi")], "prompt": "Hi", "source": "x"},  # no assistant turn: skipped
+    ]
+    data = load_finetune_dataset(str(write_jsonl(tmp_path / "a.jsonl", rows)), "sft")
+    assert data.column_names == ["messages"]  # `prompt` dropped, or TRL would treat it as prompt-completion data
+    assert data[0]["messages"] == [user("Hi"), assistant("Hello!")] and len(data) == 1
+
+    sharegpt = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}]
+    assert load_finetune_dataset(str(write_jsonl(tmp_path / "b.jsonl", sharegpt)), "sft")[0]["messages"][1] == assistant("Hello!")
+    completion = [{"prompt": [user("Hi")], "completion": [assistant("Hello!")]}]
+    assert load_finetune_dataset(str(write_jsonl(tmp_path / "c.jsonl", completion)), "sft")[0]["messages"] == [user("Hi"), assistant("Hello!")]
+
+
+def test_missing_columns_name_what_is_missing_and_the_formats(tmp_path):
+    text_only = str(write_jsonl(tmp_path / "text.jsonl", [{"text": "just text"}]))
+    with pytest.raises(EduGPTError, match=r"lacks the column\(s\) messages.*it has: text.*accepted formats: `messages`"):
+        load_finetune_dataset(text_only, "sft")
+    with pytest.raises(EduGPTError, match=r"lacks the column\(s\) rejected.*accepted formats: `prompt` \+ `chosen`"):
+        load_finetune_dataset(str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a"}])), "dpo")
+
+
+def test_preference_rows_equal_or_empty_are_skipped_and_counted(tmp_path, caplog):
+    good = {"prompt": [user("2+2?")], "chosen": [assistant("4")], "rejected": [assistant("5")]}
+    rows = [
+        good,
+        {"prompt": "2+2?", "chosen": "4", "rejected": "4"},  # chosen == rejected
+        {"prompt": "", "chosen": "4", "rejected": "5"},  # empty prompt
+        {"prompt": "2+2?", "chosen": " ", "rejected": "5"},  # empty chosen
+        {"prompt": "3+3?", "chosen": "6", "rejected": "7"},  # string format, kept
+    ]
+    with caplog.at_level(logging.WARNING, logger="edugpt.finetune_data"):
+        data = load_finetune_dataset(str(write_jsonl(tmp_path / "p.jsonl", rows)), "dpo")
+    assert len(data) == 2
+    assert data[1] == {"prompt": [user("3+3?")], "chosen": [assistant("6")], "rejected": [assistant("7")]}
+    assert "skipped 3 of 5 rows" in caplog.text
+    assert "1 where chosen == rejected" in caplog.text and "1 with an empty prompt" in caplog.text
+    with pytest.raises(EduGPTError, match="no usable rows"):
+        load_finetune_dataset(str(write_jsonl(tmp_path / "bad.jsonl", rows[1:4])), "dpo")
+
+
+def test_implicit_prompt_is_extracted_as_in_ultrafeedback_binarized(tmp_path):
+    row = {  # HuggingFaceH4/ultrafeedback_binarized: string prompt + whole conversations
+        "prompt": "Name a color.",
+        "chosen": [user("Name a color."), assistant("Blue.")],
+        "rejected": [user("Name a color."), assistant("Seven.")],
+        "messages": [user("Name a color."), assistant("Blue.")],
+        "score_chosen": 8.0,
+    }
+    data = load_finetune_dataset(str(write_jsonl(tmp_path / "uf.jsonl", [row])), "dpo")
+    assert data.column_names == ["prompt", "chosen", "rejected"]
+    assert data[0] == {"prompt": [user("Name a color.")], "chosen": [assistant("Blue.")], "rejected": [assistant("Seven.")]}
+
+
+def test_unreadable_inputs(tmp_path):
+    with pytest.raises(EduGPTError, match="does not exist"):
+        load_finetune_dataset(str(tmp_path / "missing.jsonl"), "sft")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"messages": []}\n{not json\n')
+    with pytest.raises(EduGPTError, match="broken.jsonl:2 is not valid JSON"):
+        load_finetune_dataset(str(broken), "sft")
+    with pytest.raises(EduGPTError, match="no dataset given"):
+        load_finetune_dataset(None, "dpo")
+
+
+def test_output_dir_must_be_free(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.json").write_text("{}")
+    with pytest.raises(EduGPTError, match="already exists and is not empty"):
+        staged_output_dir(str(tmp_path / "taken"), resume=False)
+    assert staged_output_dir(str(tmp_path / "new"), resume=False) == str(tmp_path / "new.partial")
+
+
+def test_every_finetune_recipe_parses():
+    from trl import DPOConfig, ModelConfig, ScriptArguments, SFTConfig
+
+    from edugpt.cli import parse_config
+
+    cpu = ["--bf16", "false", "--tf32", "false"]  # the real recipes ask for GPU precision modes
+    for name, config_cls in [("sft", SFTConfig), ("sft_smoke", SFTConfig), ("dpo", DPOConfig), ("dpo_smoke", DPOConfig)]:
+        script, training, _ = parse_config(
+            [ScriptArguments, config_cls, ModelConfig], ["--config", f"configs/{name}.yaml", "--output_dir", "x", *cpu]
+        )
+        assert script.dataset_name and training.max_length in (128, 1024)
+        if name.startswith("sft"):
+            assert training.assistant_only_loss and training.packing
+
+
+# --- SFT masks the prompt -----------------------------------------------------------------------------------------------
+
+
+def test_sft_trains_on_assistant_tokens_only(tiny_model_dir, tmp_path):
+    """The prepared (packed) SFT rows carry a label exactly on every reply token and its <|endoftext|>: the prompt
+    tokens ("System: ...", "User: ...", "Assistant:") are all -100."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
+
+    from edugpt.cli import parse_config
+
+    _, args, _ = parse_config(
+        [ScriptArguments, SFTConfig, ModelConfig],
+        ["--config", "configs/sft_smoke.yaml", "--output_dir", str(tmp_path / "out")],
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    add_chat_template(tokenizer, model)
+    data = load_finetune_dataset(str(SFT_SMOKE), "sft")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+
+    expected = 0  # reply tokens counted independently of TRL, from the template's assistant mask
+    for row in data:
+        out = tokenizer.apply_chat_template(row["messages"], return_dict=True, return_assistant_tokens_mask=True)
+        expected += sum(out["assistant_masks"])
+    trained = 0
+    for row in trainer.train_dataset:
+        ids, labels = row["input_ids"], row["labels"]
+        assert len(ids) <= 128 and sum(row["seq_lengths"]) == len(ids)  # packed to max_length
+        assert all(label in (-100, token) for token, label in zip(ids, labels))
+        trained_text = tokenizer.decode([t for t, label in zip(ids, labels) if label != -100])
+        assert "User:" not in trained_text and "Assistant:" not in trained_text and "System:" not in trained_text
+        trained += sum(label != -100 for label in labels)
+    assert trained == expected > 0
+
+    batch = next(iter(trainer.get_train_dataloader()))  # padding-free: one flat row, positions restart per conversation
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1
+    assert (batch["labels"][batch["position_ids"] == 0] == -100).all()
+
+
+# --- end to end: SFT then DPO, as `make demo` runs them -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft") / "sft"
+    proc = run_script(
+        "finetune/sft.py", "--config", "configs/sft_smoke.yaml", "--model_name_or_path", tiny_model_dir,
+        "--output_dir", out, "--max_steps", "10", "--logging_steps", "1", "--learning_rate", "3e-3", timeout=300,
+    )
+    return proc, out
+
+
+@pytest.mark.slow
+def test_sft_writes_a_chat_model_and_the_loss_falls(sft_run):
+    proc, out = sft_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not Path(f"{out}.partial").exists()
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "chat_template.jinja"):
+        assert (out / name).is_file(), name
+    losses = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+    assert len(losses) == 10
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1, losses
+
+    from transformers import AutoTokenizer, pipeline
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template == EDUGPT_CHAT_TEMPLATE and tokenizer.pad_token_id == tokenizer.eos_token_id
+    messages = [user("What is the capital of France?")]
+    assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True).endswith("Assistant:")
+    reply = pipeline("text-generation", model=str(out))(messages, max_new_tokens=4)[0]["generated_text"][-1]
+    assert reply["role"] == "assistant" and isinstance(reply["content"], str)
+
+
+def completion_logps(model, tokenizer, prompt, reply) -> float:
+    """Summed log-probability of the reply tokens given the prompt, as DPO scores them."""
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"]
+    full_ids = tokenizer.apply_chat_template(prompt + reply, return_dict=True)["input_ids"]
+    ids = torch.tensor([full_ids])
+    with torch.no_grad():
+        logps = model(ids, use_cache=False).logits[0, :-1].log_softmax(-1)
+    targets = ids[0, 1:]
+    per_token = logps.gather(-1, targets[:, None])[:, 0]
+    return per_token[len(prompt_ids) - 1 :].sum().item()
+
+
+@pytest.mark.slow
+def test_dpo_raises_the_margin_above_the_reference(sft_run, tmp_path):
+    _, sft_dir = sft_run
+    rows = [json.loads(line) for line in DPO_SMOKE.read_text().splitlines()]
+    bad = [{"prompt": "2+2?", "chosen": "4", "rejected": "4"}, {"prompt": "2+2?", "chosen": "", "rejected": "5"}]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows + bad)
+    out = tmp_path / "dpo"
+    proc = run_script(
+        "finetune/dpo.py", "--config", "configs/dpo_smoke.yaml", "--model_name_or_path", sft_dir,
+        "--output_dir", out, "--dataset_name", data, "--max_steps", "8", "--learning_rate", "1e-3", timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped 2 of 70 rows" in proc.stderr
+
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logged = [h for h in history if "rewards/margins" in h]
+    assert logged and {"rewards/chosen", "rewards/rejected", "rewards/accuracies"} <= set(logged[-1])
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template == EDUGPT_CHAT_TEMPLATE
+    policy, reference = AutoModelForCausalLM.from_pretrained(out), AutoModelForCausalLM.from_pretrained(sft_dir)
+    margins = {"policy": [], "reference": []}
+    for row in rows:
+        for name, model in (("policy", policy), ("reference", reference)):
+            chosen = completion_logps(model, tokenizer, row["prompt"], row["chosen"])
+            rejected = completion_logps(model, tokenizer, row["prompt"], row["rejected"])
+            margins[name].append(chosen - rejected)
+    mean = {name: sum(values) / len(values) for name, values in margins.items()}
+    assert mean["policy"] > mean["reference"] + 0.1, mean
+    wins = sum(p > r for p, r in zip(margins["policy"], margins["reference"]))
+    assert wins > len(rows) * 0.6, (wins, len(rows))
+
+
+# --- bad input: one clear error, exit status 2, nothing written ---------------------------------------------------------
+
+
+def assert_clean_failure(proc, out: Path, *phrases: str):
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1, proc.stderr[-3000:]
+    for phrase in phrases:
+        assert phrase in error_lines[0], error_lines[0]
+    assert not out.exists() and not Path(f"{out}.partial").exists()
+
+
+@pytest.mark.slow
+def test_sft_missing_model_path(tmp_path):
+    out = tmp_path / "sft"
+    proc = run_script(
+        "finetune/sft.py", "--config", "configs/sft_smoke.yaml", "--model_name_or_path", tmp_path / "no-such-model",
+        "--output_dir", out, timeout=120,
+    )
+    assert_clean_failure(proc, out, "no-such-model", "does not exist", "train_hf.py's output_dir")
+
+
+@pytest.mark.slow
+def test_sft_dataset_without_messages(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "text.jsonl", [{"text": "plain pretraining text"}])
+    out = tmp_path / "sft"
+    proc = run_script(
+        "finetune/sft.py", "--config", "configs/sft_smoke.yaml", "--model_name_or_path", tiny_model_dir,
+        "--dataset_name", data, "--output_dir", out, timeout=120,
+    )
+    assert_clean_failure(proc, out, "lacks the column(s) messages", "accepted formats")
+
+
+@pytest.mark.slow
+def test_dpo_on_a_pretrained_model_says_run_sft_first(tiny_model_dir, tmp_path):
+    out = tmp_path / "dpo"
+    proc = run_script(
+        "finetune/dpo.py", "--config", "configs/dpo_smoke.yaml", "--model_name_or_path", tiny_model_dir,
+        "--output_dir", out, timeout=120,
+    )
+    assert_clean_failure(proc, out, "no chat template", "pretrain -> finetune/sft.py -> finetune/dpo.py")
