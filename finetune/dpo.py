@@ -34,6 +34,7 @@ logger = logging.getLogger("edugpt.dpo")
 def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args = parse_config([ScriptArguments, DPOConfig, ModelConfig], argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level())
+    logging.getLogger("edugpt").setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)
     if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
         raise EduGPTError("dpo.py trains all weights of the model (a 270M model fits one GPU); drop use_peft/load_in_*.")
     model_path = resolve_model_dir(model_args.model_name_or_path)
@@ -51,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
             script_args.dataset_name, "dpo", script_args.dataset_config, split, training_args.dataset_num_proc
         )
 
-    train_dataset = load(script_args.dataset_train_split)
-    eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
+    with training_args.main_process_first(desc="loading the dataset"):  # rank 0 downloads and caches, then the rest
+        train_dataset = load(script_args.dataset_train_split)
+        eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
 
     def load_model():
         return AutoModelForCausalLM.from_pretrained(
