@@ -312,7 +312,8 @@ class HellaSwagCallback(TrainerCallback):
     `hellaswag_file` selects a local HellaSwag-format jsonl (task `hellaswag_local`); without it lm-eval's Hub
     `hellaswag` task is used, and an offline run fails here, before training starts. The items are loaded once.
     Scoring runs under `preserved_training_state`, so the training trajectory is the same with or without it.
-    `batch_size` defaults to the run's `per_device_eval_batch_size`.
+    `batch_size` defaults to the run's `per_device_eval_batch_size`. Under DDP every process scores the same items
+    on its own replica (HFLM treats a pre-built model as single-process); sharded models (FSDP) are not supported.
     """
 
     def __init__(self, trainer, every_steps: int, limit: int | None, hellaswag_file: str | None = None,
