@@ -44,7 +44,7 @@ EDUGPT_CHAT_TEMPLATE = (
     "{%- elif message['role'] == 'assistant' -%}"
     "{{ 'Assistant:' }}{% generation %}{{ ' ' + message['content'] + eos_token }}{% endgeneration %}"
     "{%- else -%}"
-    "{{ raise_exception('edugpt chat template: unsupported role ' + message['role'] + '; use system, user or assistant') }}"
+    "{{ raise_exception('edugpt chat template: unsupported role ' + message['role'] + '; use system/user/assistant') }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
@@ -104,6 +104,16 @@ def resolve_model_dir(model_name_or_path: str | None, flag: str = "--model_name_
         f"model path {model_name_or_path!r} does not exist; pass {flag} with the folder a previous stage wrote "
         "(train_hf.py's output_dir for SFT, sft.py's output_dir for DPO)."
     )
+
+
+def require_fits_context(model, max_length: int | None) -> None:
+    """Raise unless training rows of `max_length` tokens fit the model's position embeddings."""
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if context is not None and (max_length is None or max_length > context):
+        raise EduGPTError(
+            f"max_length {max_length} exceeds the model's context of {context} tokens; pass --max_length {context} "
+            "or less."
+        )
 
 
 def load_chat_model(model_dir: str):

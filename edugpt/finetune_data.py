@@ -1,4 +1,5 @@
-"""The one dataset loader of finetune/sft.py and finetune/dpo.py: Hub id or local jsonl in, TRL's conversational format out.
+"""The one dataset loader of finetune/sft.py and finetune/dpo.py (Hub id or local jsonl in, TRL's conversational
+format out), and the staged output folder both scripts write.
 
 `load_finetune_dataset(name, stage="sft"|"dpo", ...)` returns a `datasets.Dataset` holding only the columns the stage
 trains on, in TRL's explicit conversational form:
@@ -11,7 +12,8 @@ Rows that cannot train are skipped and counted (logged as one warning): SFT conv
 assistant turn; preference pairs where chosen equals rejected or a prompt/chosen/rejected is empty (DPO would push
 the same sequence up and down, or learn from nothing). A dataset where every row is skipped is an error.
 
-The staged output folder shared by both scripts lives here too (`staged_output_dir`, `publish_output_dir`).
+`staged_output_dir` + `train_and_publish` are the shared tail of both scripts: train in `<output_dir>.partial`, move
+it into place after the final save.
 """
 
 from __future__ import annotations
@@ -46,12 +48,17 @@ def load_finetune_dataset(
     config: str | None = None,
     split: str = "train",
     num_proc: int | None = None,
+    streaming: bool = False,
 ):
     """Load `name` (local .jsonl/.json file, local dataset folder, or Hub id) and return it in the stage's format."""
     if stage not in FORMATS:
         raise ValueError(f"stage must be 'sft' or 'dpo', got {stage!r}")
     if not name:
-        raise EduGPTError(f"no dataset given; set dataset_name to a Hub dataset or a local .jsonl file ({FORMATS[stage]}).")
+        raise EduGPTError(
+            f"no dataset given; set dataset_name to a Hub dataset or a local .jsonl file ({FORMATS[stage]})."
+        )
+    if streaming:
+        raise EduGPTError("dataset_streaming is not supported: rows are checked and counted before training; drop it.")
     from datasets import Dataset
 
     raw = _load_raw(name, config, split)
@@ -63,7 +70,10 @@ def load_finetune_dataset(
     else:
         _require_columns(raw.column_names, stage, name)
         mapped = raw.map(
-            normalize, remove_columns=raw.column_names, features=features, num_proc=num_proc,
+            normalize,
+            remove_columns=raw.column_names,
+            features=features,
+            num_proc=num_proc,
             desc=f"Checking {stage.upper()} rows",
         )
     reasons = Counter(reason for reason in mapped["skip_reason"] if reason)
@@ -71,7 +81,8 @@ def load_finetune_dataset(
     kept = kept.remove_columns("skip_reason")
     if reasons:
         detail = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
-        logger.warning("%s data %r: skipped %d of %d rows (%s).", stage.upper(), name, sum(reasons.values()), len(mapped), detail)
+        skipped = sum(reasons.values())
+        logger.warning("%s data %r: skipped %d of %d rows (%s).", stage.upper(), name, skipped, len(mapped), detail)
     if len(kept) == 0:
         raise EduGPTError(
             f"no usable rows in {name!r} ({dict(reasons) or 'the split is empty'}); a {stage.upper()} dataset needs "
@@ -96,10 +107,13 @@ def _load_raw(name: str, config: str | None, split: str):
             )
         return _read_jsonl(path)
     if path is not None and path.is_dir():
+        saved = (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()  # save_to_disk
         try:
-            loaded = load_from_disk(str(path)) if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file() else load_dataset(str(path), config)
+            loaded = load_from_disk(str(path)) if saved else load_dataset(str(path), config)
         except Exception as err:
-            raise EduGPTError(f"could not read the dataset folder {name!r} ({type(err).__name__}: {_first_line(err)}).") from None
+            raise EduGPTError(
+                f"could not read the dataset folder {name!r} ({type(err).__name__}: {_first_line(err)})."
+            ) from None
         if hasattr(loaded, "keys"):  # a DatasetDict
             if split not in loaded:
                 raise EduGPTError(f"dataset folder {name!r} has no split {split!r}; its splits are {sorted(loaded)}.")
@@ -140,9 +154,13 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise EduGPTError(f"{path}:{line_number} is not valid JSON ({err.msg}); write one JSON object per line.") from None
+                raise EduGPTError(
+                    f"{path}:{line_number} is not valid JSON ({err.msg}); write one JSON object per line."
+                ) from None
             if not isinstance(row, dict):
-                raise EduGPTError(f"{path}:{line_number} is a JSON {type(row).__name__}, not an object; write one object per line.")
+                raise EduGPTError(
+                    f"{path}:{line_number} is a JSON {type(row).__name__}, not an object; write one object per line."
+                )
             rows.append(row)
     if not rows:
         raise EduGPTError(f"{path} holds no rows; write one JSON object per line.")
@@ -154,14 +172,15 @@ def _require_columns(columns: list[str], stage: str, name: str) -> None:
     if stage == "sft":
         if "messages" in have or "conversations" in have or {"prompt", "completion"} <= have:
             return
-        missing = "messages" if not ({"prompt", "completion"} & have) else " and ".join(sorted({"prompt", "completion"} - have))
+        half_of_prompt_completion = {"prompt", "completion"} & have
+        missing = " and ".join(sorted({"prompt", "completion"} - have)) if half_of_prompt_completion else "messages"
     else:
         if {"chosen", "rejected"} <= have:
             return
         missing = " and ".join(c for c in ("chosen", "rejected") if c not in have)
     raise EduGPTError(
-        f"dataset {name!r} lacks the column(s) {missing} that {stage.upper()} needs (it has: {', '.join(sorted(have)) or 'none'}); "
-        f"accepted formats: {FORMATS[stage]}."
+        f"dataset {name!r} lacks the column(s) {missing} that {stage.upper()} needs (it has: "
+        f"{', '.join(sorted(have)) or 'none'}); accepted formats: {FORMATS[stage]}."
     )
 
 
@@ -213,7 +232,8 @@ def _normalize_sft(row: dict) -> dict:
         turns = row["conversations"]
         if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
             raise _SkipRow("with malformed messages")
-        messages = _messages([{"role": SHAREGPT_ROLES.get(t.get("from")), "content": t.get("value")} for t in turns], "user")
+        renamed = [{"role": SHAREGPT_ROLES.get(t.get("from")), "content": t.get("value")} for t in turns]
+        messages = _messages(renamed, "user")
     else:
         messages = _messages(row.get("prompt"), "user") + _messages(row.get("completion"), "assistant")
     if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
@@ -235,7 +255,8 @@ def _normalize_dpo(row: dict) -> dict:
         else:
             prompt = _messages(prompt or "", "user")
     else:
-        prompt, chosen, rejected = _messages(prompt or "", "user"), _messages(chosen, "assistant"), _messages(rejected, "assistant")
+        prompt = _messages(prompt or "", "user")
+        chosen, rejected = _messages(chosen, "assistant"), _messages(rejected, "assistant")
     if not any(m["content"].strip() for m in prompt):
         raise _SkipRow("with an empty prompt")
     for reply in (chosen, rejected):
@@ -256,17 +277,19 @@ def _first_line(err: Exception) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # Output folders: train into `<output_dir>.partial`, rename to `<output_dir>` only after the final save, so a failed
 # or interrupted run never leaves a half-written model where a good one would go (its checkpoints stay in .partial,
-# where `--resume_from_checkpoint true` finds them).
+# where `--resume_from_checkpoint true` finds the newest valid one).
 
 
 def staged_output_dir(output_dir: str, resume: bool, is_main_process: bool = True) -> str:
     """Check `output_dir` is free and return the staging folder to train in."""
     target = Path(output_dir)
     if target.exists() and any(target.iterdir()):
-        raise EduGPTError(f"output_dir {output_dir!r} already exists and is not empty; pass a new --output_dir or delete it.")
+        raise EduGPTError(
+            f"output_dir {output_dir!r} already exists and is not empty; pass a new --output_dir or delete it."
+        )
     staging = Path(f"{output_dir.rstrip('/')}.partial")
     if staging.exists() and not resume and is_main_process:
-        logger.warning("Removing %s left by an interrupted run (pass --resume_from_checkpoint true to continue it).", staging)
+        logger.warning("Removing %s left by an earlier run (--resume_from_checkpoint true continues one).", staging)
         shutil.rmtree(staging)
     return str(staging)
 
@@ -277,3 +300,43 @@ def publish_output_dir(staging: str, output_dir: str) -> None:
     if target.exists():
         target.rmdir()  # empty (checked in staged_output_dir); os.replace cannot overwrite a folder
     os.replace(staging, target)
+
+
+def train_and_publish(trainer, staging: str, output_dir: str, resume_from_checkpoint, dataset_name: str) -> bool:
+    """Train, save into `staging`, then move it to `output_dir`; the shared tail of sft.py and dpo.py.
+
+    Uses the pretraining guards (edugpt.checkpoints / edugpt.callbacks): checkpoints get a completion marker and resume
+    skips broken ones; SIGTERM saves a checkpoint and stops (returns False: nothing is published, rerun with
+    `--resume_from_checkpoint true`); a NaN/inf loss stops the run with an error before broken weights are saved.
+    """
+    from edugpt.callbacks import NonFiniteLossCallback, SigtermCallback
+    from edugpt.checkpoints import CompleteCheckpointCallback, find_resume_checkpoint
+
+    sigterm, guard = SigtermCallback(), NonFiniteLossCallback()
+    for callback in (CompleteCheckpointCallback(), sigterm, guard):
+        trainer.add_callback(callback)
+    is_main = trainer.accelerator.is_main_process
+    checkpoint = resume_from_checkpoint
+    if str(resume_from_checkpoint).lower() == "true":
+        checkpoint = find_resume_checkpoint(staging, quarantine=is_main)
+        if checkpoint is None:
+            logger.warning("No valid checkpoint in %s to resume from; starting from the model.", staging)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if guard.failure:
+        raise EduGPTError(
+            f"{guard.failure}, so training stopped without saving those weights; lower learning_rate and rerun "
+            f"(checkpoints so far are in {staging})."
+        )
+    if sigterm.stopped_at is not None:
+        logger.warning("Stopped by SIGTERM at step %d; checkpoint saved in %s. Resume with --resume_from_checkpoint "
+                       "true and the same --output_dir.", sigterm.stopped_at, staging)
+        return False
+    trainer.save_model(staging)  # model, generation config and tokenizer (with its chat template)
+    if is_main:
+        trainer.state.save_to_json(f"{staging}/trainer_state.json")  # loss/rewards curves, also with save_strategy no
+        trainer.create_model_card(model_name=Path(output_dir).name, dataset_name=dataset_name)
+    trainer.accelerator.wait_for_everyone()
+    if is_main:
+        publish_output_dir(staging, output_dir)
+        logger.info("Model saved to %s", output_dir)
+    return True

@@ -23,10 +23,10 @@ import logging
 
 from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments
 
-from edugpt.chat import add_chat_template, require_chat_template, resolve_model_dir
+from edugpt.chat import add_chat_template, require_chat_template, require_fits_context, resolve_model_dir
 from edugpt.cli import parse_config, run
 from edugpt.errors import EduGPTError
-from edugpt.finetune_data import load_finetune_dataset, publish_output_dir, staged_output_dir
+from edugpt.finetune_data import load_finetune_dataset, staged_output_dir, train_and_publish
 
 logger = logging.getLogger("edugpt.dpo")
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level())
     logging.getLogger("edugpt").setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)
     if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
-        raise EduGPTError("dpo.py trains all weights of the model (a 270M model fits one GPU); drop use_peft/load_in_*.")
+        raise EduGPTError("dpo.py trains all weights (a 270M model fits one GPU); drop use_peft/load_in_4bit/8bit.")
     model_path = resolve_model_dir(model_args.model_name_or_path)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -44,12 +44,16 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
     require_chat_template(tokenizer, model_path)  # before any data or weights are loaded
     final_dir = training_args.output_dir
-    resume = bool(training_args.resume_from_checkpoint)
-    staging = staged_output_dir(final_dir, resume, training_args.process_index == 0)
+    staging = staged_output_dir(final_dir, bool(training_args.resume_from_checkpoint), training_args.process_index == 0)
 
     def load(split):
         return load_finetune_dataset(
-            script_args.dataset_name, "dpo", script_args.dataset_config, split, training_args.dataset_num_proc
+            script_args.dataset_name,
+            "dpo",
+            script_args.dataset_config,
+            split,
+            num_proc=training_args.dataset_num_proc,
+            streaming=script_args.dataset_streaming,
         )
 
     with training_args.main_process_first(desc="loading the dataset"):  # rank 0 downloads and caches, then the rest
@@ -66,12 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model, ref_model = load_model(), load_model()
     add_chat_template(tokenizer, model)  # keeps the SFT template; sets pad = eos as SFT did
-    context = getattr(model.config, "n_positions", None)
-    if context is not None and (training_args.max_length is None or training_args.max_length > context):
-        raise EduGPTError(
-            f"max_length {training_args.max_length} exceeds the model's context of {context} tokens (n_positions); "
-            f"pass --max_length {context} or less."
-        )
+    require_fits_context(model, training_args.max_length)
 
     training_args.output_dir = staging  # checkpoints and the final save go to the staging folder
     trainer = DPOTrainer(
@@ -82,20 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
-    checkpoint = None
-    if resume:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        checkpoint = get_last_checkpoint(staging) if training_args.resume_from_checkpoint in ("true", "True") else training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(staging)
-    if trainer.accelerator.is_main_process:
-        trainer.state.save_to_json(f"{staging}/trainer_state.json")  # rewards/* curves, even with save_strategy "no"
-        trainer.create_model_card(model_name=final_dir.rstrip("/").split("/")[-1], dataset_name=script_args.dataset_name)
-    trainer.accelerator.wait_for_everyone()
-    if trainer.accelerator.is_main_process:
-        publish_output_dir(staging, final_dir)
-        logger.info("DPO model saved to %s", final_dir)
+    train_and_publish(trainer, staging, final_dir, training_args.resume_from_checkpoint, script_args.dataset_name)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The chat bootstrap: template layout and loss mask, vocabulary untouched, packed rows isolated, replies from a folder."""
+"""The chat bootstrap: template layout and loss mask, vocabulary untouched, packed rows isolated, model replies."""
 
 from __future__ import annotations
 
@@ -60,7 +60,9 @@ def test_assistant_mask_covers_replies_and_their_eos_only(chat_tokenizer):
 
 def test_prompt_is_a_token_prefix_of_prompt_plus_reply(chat_tokenizer):
     """TRL's DPO splits prompt and reply where the two tokenizations diverge; they must not diverge early."""
-    prompt_ids = chat_tokenizer.apply_chat_template(CONVERSATION[:2], add_generation_prompt=True, return_dict=True)["input_ids"]
+    prompt_ids = chat_tokenizer.apply_chat_template(
+        CONVERSATION[:2], add_generation_prompt=True, return_dict=True
+    )["input_ids"]
     full_ids = chat_tokenizer.apply_chat_template(CONVERSATION[:3], return_dict=True)["input_ids"]
     assert full_ids[: len(prompt_ids)] == prompt_ids
     assert chat_tokenizer.decode(full_ids[len(prompt_ids) :]) == " 4.<|endoftext|>"

@@ -44,14 +44,15 @@ def test_sft_formats_all_become_messages(tmp_path):
     assert data[0]["messages"] == [user("Hi"), assistant("Hello!")] and len(data) == 1
 
     sharegpt = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}]
-    assert load_finetune_dataset(str(write_jsonl(tmp_path / "b.jsonl", sharegpt)), "sft")[0]["messages"][1] == assistant("Hello!")
     completion = [{"prompt": [user("Hi")], "completion": [assistant("Hello!")]}]
-    assert load_finetune_dataset(str(write_jsonl(tmp_path / "c.jsonl", completion)), "sft")[0]["messages"] == [user("Hi"), assistant("Hello!")]
+    for name, rows in (("sharegpt", sharegpt), ("completion", completion)):
+        data = load_finetune_dataset(str(write_jsonl(tmp_path / f"{name}.jsonl", rows)), "sft")
+        assert data[0]["messages"] == [user("Hi"), assistant("Hello!")], name
 
 
 def test_missing_columns_name_what_is_missing_and_the_formats(tmp_path):
     text_only = str(write_jsonl(tmp_path / "text.jsonl", [{"text": "just text"}]))
-    with pytest.raises(EduGPTError, match=r"lacks the column\(s\) messages.*it has: text.*accepted formats: `messages`"):
+    with pytest.raises(EduGPTError, match=r"lacks the column\(s\) messages.*it has: text.*formats: `messages`"):
         load_finetune_dataset(text_only, "sft")
     with pytest.raises(EduGPTError, match=r"lacks the column\(s\) rejected.*accepted formats: `prompt` \+ `chosen`"):
         load_finetune_dataset(str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a"}])), "dpo")
@@ -86,7 +87,8 @@ def test_implicit_prompt_is_extracted_as_in_ultrafeedback_binarized(tmp_path):
     }
     data = load_finetune_dataset(str(write_jsonl(tmp_path / "uf.jsonl", [row])), "dpo")
     assert data.column_names == ["prompt", "chosen", "rejected"]
-    assert data[0] == {"prompt": [user("Name a color.")], "chosen": [assistant("Blue.")], "rejected": [assistant("Seven.")]}
+    assert data[0]["prompt"] == [user("Name a color.")]
+    assert (data[0]["chosen"], data[0]["rejected"]) == ([assistant("Blue.")], [assistant("Seven.")])
 
 
 def test_unreadable_inputs(tmp_path):
@@ -114,7 +116,8 @@ def test_every_finetune_recipe_parses():
     from edugpt.cli import parse_config
 
     cpu = ["--bf16", "false", "--tf32", "false"]  # the real recipes ask for GPU precision modes
-    for name, config_cls in [("sft", SFTConfig), ("sft_smoke", SFTConfig), ("dpo", DPOConfig), ("dpo_smoke", DPOConfig)]:
+    recipes = [("sft", SFTConfig), ("sft_smoke", SFTConfig), ("dpo", DPOConfig), ("dpo_smoke", DPOConfig)]
+    for name, config_cls in recipes:
         script, training, _ = parse_config(
             [ScriptArguments, config_cls, ModelConfig], ["--config", f"configs/{name}.yaml", "--output_dir", "x", *cpu]
         )
@@ -123,7 +126,7 @@ def test_every_finetune_recipe_parses():
             assert training.assistant_only_loss and training.packing
 
 
-# --- SFT masks the prompt -----------------------------------------------------------------------------------------------
+# --- SFT masks the prompt ---------------------------------------------------------------------------------------------
 
 
 def test_sft_trains_on_assistant_tokens_only(tiny_model_dir, tmp_path):
@@ -163,7 +166,7 @@ def test_sft_trains_on_assistant_tokens_only(tiny_model_dir, tmp_path):
     assert (batch["labels"][batch["position_ids"] == 0] == -100).all()
 
 
-# --- end to end: SFT then DPO, as `make demo` runs them -----------------------------------------------------------------
+# --- end to end: SFT then DPO, as `make demo` runs them ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +247,7 @@ def test_dpo_raises_the_margin_above_the_reference(sft_run, tmp_path):
     assert wins > len(rows) * 0.6, (wins, len(rows))
 
 
-# --- bad input: one clear error, exit status 2, nothing written ---------------------------------------------------------
+# --- bad input: one clear error, exit status 2, nothing written -------------------------------------------------------
 
 
 def assert_clean_failure(proc, out: Path, *phrases: str):
