@@ -128,8 +128,11 @@ def load_chat_model(model_dir: str):
     return model, tokenizer, had_template
 
 
-def generate_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 48) -> str:
-    """Greedy-decode one assistant reply to `messages` (deterministic, so side-by-side comparisons are repeatable)."""
+def generate_reply(model, tokenizer, messages: list[dict], max_new_tokens: int = 48, raw: bool = False) -> str:
+    """Greedy-decode one assistant reply to `messages` (deterministic, so side-by-side comparisons are repeatable).
+
+    `raw=True` keeps what a clean reply hides: the `<|endoftext|>` that ends the turn and surrounding whitespace.
+    """
     import torch
 
     input_ids = tokenizer.apply_chat_template(
@@ -152,16 +155,17 @@ def generate_reply(model, tokenizer, messages: list[dict], max_new_tokens: int =
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-    return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
+    reply = tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=not raw)
+    return reply if raw else reply.strip()
 
 
-def compare_replies(model_dirs: list[str], message: str, max_new_tokens: int = 48) -> list[tuple[str, str, bool]]:
+def compare_replies(model_dirs: list[str], message: str, max_new_tokens: int = 48, raw: bool = False):
     """One greedy reply per model folder to the same user message: [(model_dir, reply, had_template), ...]."""
     messages = [{"role": "user", "content": message}]
     results = []
     for model_dir in model_dirs:
         model, tokenizer, had_template = load_chat_model(model_dir)
-        results.append((model_dir, generate_reply(model, tokenizer, messages, max_new_tokens), had_template))
+        results.append((model_dir, generate_reply(model, tokenizer, messages, max_new_tokens, raw), had_template))
     return results
 
 
@@ -174,9 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     for model_dir in args.compare:  # fail on a bad path before loading anything
         resolve_model_dir(model_dir, flag="--compare")
     print(f"User: {args.message}")
-    for model_dir, reply, had_template in compare_replies(args.compare, args.message, args.max_new_tokens):
+    # Raw replies, newlines escaped: a tiny model's reply is often just "\n\n..." or an immediate <|endoftext|>,
+    # which a cleaned-up reply would show as nothing at all.
+    for model_dir, reply, had_template in compare_replies(args.compare, args.message, args.max_new_tokens, raw=True):
         note = "" if had_template else "  (base model: no chat template, given the one SFT adds)"
-        print(f"\n[{model_dir}]{note}\nAssistant: {reply}")
+        shown = reply.replace("\n", "\\n")
+        print(f"\n[{model_dir}]{note}\nAssistant:{shown}")
 
 
 if __name__ == "__main__":
