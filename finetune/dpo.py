@@ -14,7 +14,7 @@ rewards/margins (beta * policy-vs-reference log-ratio) every `logging_steps`; tr
 them.
 
 Output: a standard HF model folder (same layout as SFT's, same tokenizer and template), written to
-`output_dir.partial` and renamed into place after the final save.
+`output_dir.partial` and renamed into place after the final save (SIGTERM and resume as in sft.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Supervised finetuning: turn a pretrained edugpt GPT-2 into a chat model with TRL's SFTTrainer.
 
 Real run (270M model, smol-smoltalk; one GPU, or several with accelerate):
-    accelerate launch finetune/sft.py --config configs/sft.yaml --model_name_or_path runs/pretrain --output_dir runs/sft
+    accelerate launch finetune/sft.py --config configs/sft.yaml \
+        --model_name_or_path runs/gpt2-270m --output_dir runs/sft
 CPU-sized (offline, bundled data, about a minute on 2 cores with a tiny model):
     python finetune/sft.py --config configs/sft_smoke.yaml --model_name_or_path RUN/pretrain --output_dir RUN/sft
 
@@ -14,7 +15,8 @@ command-line overrides, and an unknown key is an error.
 Output: `output_dir` is a standard HF model folder (config.json, model.safetensors, generation_config.json, tokenizer
 files with chat_template.jinja), so `AutoTokenizer.apply_chat_template`, `pipeline("text-generation")` on a list of
 messages, eval_harness.py and finetune/dpo.py take it as is. Training happens in `output_dir.partial` and is renamed
-into place after the final save, so a failed run leaves nothing half-written at `output_dir`.
+into place after the final save, so a failed run leaves nothing half-written at `output_dir`. SIGTERM saves a
+checkpoint there and exits 0; the same command plus `--resume_from_checkpoint true` continues the run.
 """
 
 from __future__ import annotations
