@@ -12,8 +12,9 @@ Rows that cannot train are skipped and counted (logged as one warning): SFT conv
 assistant turn; preference pairs where chosen equals rejected or a prompt/chosen/rejected is empty (DPO would push
 the same sequence up and down, or learn from nothing). A dataset where every row is skipped is an error.
 
-`staged_output_dir` + `train_and_publish` are the shared tail of both scripts: train in `<output_dir>.partial`, move
-it into place after the final save.
+`staged_output_dir` + `train_and_publish` are the shared tail of both scripts: train in `<output_dir>.partial` (with
+run_config.json and metrics.jsonl, as pretraining writes them), save, write the model card, push when asked, then move
+it into place.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import os
 import shutil
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
@@ -302,25 +304,56 @@ def publish_output_dir(staging: str, output_dir: str) -> None:
     os.replace(staging, target)
 
 
-def train_and_publish(trainer, staging: str, output_dir: str, resume_from_checkpoint, dataset_name: str) -> bool:
-    """Train, save into `staging`, then move it to `output_dir`; the shared tail of sft.py and dpo.py.
+# trl.ModelConfig fields the scripts refuse (LoRA and quantization: both scripts train all weights), left out of
+# run_config.json so the card's recipe table lists only settings that shaped the run.
+UNUSED_MODEL_FIELDS = ("lora_", "use_rslora", "use_dora", "bnb_", "use_bnb_")
+
+
+def finetune_run_config(script: str, script_args, model_args, training_args) -> dict:
+    """run_config.json of a finetune, shaped like train_hf.py's: `script` ("sft"/"dpo"), `model` (trl.ModelConfig),
+    `data` (trl.ScriptArguments: dataset_name, splits), `training` (SFTConfig/DPOConfig.to_dict(), tokens redacted).
+
+    Build it before `output_dir` is pointed at the staging folder, so it records the output_dir the user asked for.
+    """
+    model = {k: v for k, v in asdict(model_args).items() if not k.startswith(UNUSED_MODEL_FIELDS)}
+    return {"script": script, "model": model, "data": asdict(script_args), "training": training_args.to_dict()}
+
+
+def _write_json(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def train_and_publish(trainer, staging: str, output_dir: str, resume_from_checkpoint, run_config: dict) -> bool:
+    """Train in `staging`, save, write the card, push if asked, move to `output_dir`: the tail of sft.py and dpo.py.
 
     Uses the pretraining guards (edugpt.checkpoints / edugpt.callbacks): checkpoints get a completion marker and resume
     skips broken ones; SIGTERM saves a checkpoint and stops (returns False: nothing is published, rerun with
     `--resume_from_checkpoint true`); a NaN/inf loss stops the run with an error before broken weights are saved.
+    `staging` also gets run_config.json (written when training starts) and metrics.jsonl (every log record, as in
+    pretraining), and, after the final save, README.md: edugpt's model card (edugpt.report), the one the Hub shows.
+    With `push_to_hub`, Trainer's own push uploads the folder, then our card replaces the card Trainer wrote. A failed
+    push still moves the finished model into place, then stops with an error saying how to publish it.
     """
-    from edugpt.callbacks import NonFiniteLossCallback, SigtermCallback
+    from edugpt.callbacks import (
+        METRICS_FILE, MetricsJsonlCallback, MetricsLog, NonFiniteLossCallback, SigtermCallback,
+    )
     from edugpt.checkpoints import CompleteCheckpointCallback, find_resume_checkpoint
 
-    sigterm, guard = SigtermCallback(), NonFiniteLossCallback()
-    for callback in (CompleteCheckpointCallback(), sigterm, guard):
-        trainer.add_callback(callback)
     is_main = trainer.accelerator.is_main_process
+    sigterm, guard = SigtermCallback(), NonFiniteLossCallback()
+    metrics = MetricsJsonlCallback(MetricsLog(Path(staging) / METRICS_FILE, enabled=is_main))
+    for callback in (CompleteCheckpointCallback(), sigterm, guard, metrics):
+        trainer.add_callback(callback)
     checkpoint = resume_from_checkpoint
     if str(resume_from_checkpoint).lower() == "true":
         checkpoint = find_resume_checkpoint(staging, quarantine=is_main)
         if checkpoint is None:
             logger.warning("No valid checkpoint in %s to resume from; starting from the model.", staging)
+    if is_main:
+        _write_json(Path(staging) / "run_config.json", run_config)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if guard.failure:
         raise EduGPTError(
@@ -334,9 +367,36 @@ def train_and_publish(trainer, staging: str, output_dir: str, resume_from_checkp
     trainer.save_model(staging)  # model, generation config and tokenizer (with its chat template)
     if is_main:
         trainer.state.save_to_json(f"{staging}/trainer_state.json")  # loss/rewards curves, also with save_strategy no
-        trainer.create_model_card(model_name=Path(output_dir).name, dataset_name=dataset_name)
+    repo_id = trainer.args.hub_model_id if trainer.args.push_to_hub else None
+    push_failure = None
+    if repo_id:
+        try:
+            # On every rank: its save_model gathers FSDP shards. Rank 0 then uploads `staging` (checkpoint-* left out)
+            # with a card of Trainer's own in README.md, replaced below.
+            trainer.push_to_hub(commit_message="End of training")
+        except Exception as err:
+            push_failure = f"{type(err).__name__}: {_first_line(err)}"
+    if is_main:
+        from edugpt.hub import push_model_card
+        from edugpt.report import write_model_card
+
+        # The card names the model as it will be loaded: the Hub repo, or output_dir (not this staging folder).
+        base_model = run_config["model"].get("model_name_or_path")
+        write_model_card(staging, hub_model_id=repo_id or output_dir, base_model=base_model)
+        if repo_id and not push_failure:
+            try:
+                push_model_card(staging, repo_id)
+            except EduGPTError as err:
+                push_failure = str(err).split(";")[0]
     trainer.accelerator.wait_for_everyone()
     if is_main:
         publish_output_dir(staging, output_dir)
-        logger.info("Model saved to %s", output_dir)
+        pushed = f" and pushed to {repo_id}" if repo_id and not push_failure else ""
+        logger.info("Model saved to %s%s", output_dir, pushed)
+    if push_failure:
+        raise EduGPTError(
+            f"the model is saved in {output_dir}, but pushing it to {repo_id} failed ({push_failure}); check the "
+            f"network and your token's write access, then run "
+            f"`python publish.py {output_dir} --hub_model_id {repo_id}`."
+        )
     return True

@@ -26,7 +26,8 @@ from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments
 from edugpt.chat import add_chat_template, require_chat_template, require_fits_context, resolve_model_dir
 from edugpt.cli import parse_config, run
 from edugpt.errors import EduGPTError
-from edugpt.finetune_data import load_finetune_dataset, staged_output_dir, train_and_publish
+from edugpt.finetune_data import finetune_run_config, load_finetune_dataset, staged_output_dir, train_and_publish
+from edugpt.hub import require_push_ready
 
 logger = logging.getLogger("edugpt.dpo")
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("edugpt").setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)
     if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
         raise EduGPTError("dpo.py trains all weights (a 270M model fits one GPU); drop use_peft/load_in_4bit/8bit.")
+    if training_args.push_to_hub:  # before any data or weights: offline or without a login this fails in a second
+        training_args.hub_model_id = require_push_ready(training_args.hub_model_id)
     model_path = resolve_model_dir(model_args.model_name_or_path)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     add_chat_template(tokenizer, model)  # keeps the SFT template; sets pad = eos as SFT did
     require_fits_context(model, training_args.max_length)
 
+    # metrics.jsonl's "tokens" = num_input_tokens_seen; pairs are padded, their attention_mask marks the real tokens.
+    if training_args.include_num_input_tokens_seen == "no":
+        training_args.include_num_input_tokens_seen = "non_padding"
+    run_config = finetune_run_config("dpo", script_args, model_args, training_args)  # with the real output_dir
     training_args.output_dir = staging  # checkpoints and the final save go to the staging folder
     trainer = DPOTrainer(
         model=model,
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
-    train_and_publish(trainer, staging, final_dir, training_args.resume_from_checkpoint, script_args.dataset_name)
+    train_and_publish(trainer, staging, final_dir, training_args.resume_from_checkpoint, run_config)
 
 
 if __name__ == "__main__":
