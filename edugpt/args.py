@@ -75,12 +75,16 @@ class ScriptArguments:
     sample_max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per sample."})
     sample_top_k: int = field(default=50, metadata={"help": "Top-k sampling (0: greedy decoding)."})
     sample_seed: int = field(default=42, metadata={"help": "Seed of the sampler; samples never touch the training RNG."})
-    hellaswag_steps: int = field(default=0, metadata={"help": "Score HellaSwag every N steps (0: off)."})
+    hellaswag_steps: int = field(
+        default=0, metadata={"help": "Score HellaSwag (edugpt.evaluation.HellaSwagCallback) every N steps (0: off)."}
+    )
     hellaswag_limit: int | None = field(default=None, metadata={"help": "Score only the first N HellaSwag items."})
     hellaswag_file: str | None = field(
         default=None, metadata={"help": "Local HellaSwag validation JSONL (default: the Hub dataset via lm-eval)."}
     )
-    hellaswag_batch_size: int = field(default=16, metadata={"help": "Batch size of the in-loop HellaSwag scorer."})
+    hellaswag_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size of the in-loop HellaSwag scorer (default: per_device_eval_batch_size)."}
+    )
     mfu_peak_flops: float | None = field(
         default=None,
         metadata={"help": "Peak FLOP/s of one device for MFU (default: looked up from the GPU's name; none on CPU)."},

@@ -149,6 +149,46 @@ def bound_eval_split(validation, max_batches: int | None, per_device_batch_size:
     return validation.select(range(rows))
 
 
+class CompactRandomSampler:
+    """A fresh random order of `range(n)` every epoch, seeded by (seed, epoch), held as one int32 numpy array.
+
+    torch's `RandomSampler` turns its permutation into a Python list: ~36 bytes per block, 350 MB of RAM for
+    FineWeb-Edu sample-10BT's ~9.7M blocks of 1024, growing with the dataset. This keeps 4 bytes per block. The
+    order depends only on (seed, epoch), never on the global RNG, so a resumed run replays it exactly.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Trainer / accelerate at each epoch start
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n).astype(np.int64 if self.n >= 2**31 else np.int32)
+        for start in range(0, self.n, 65536):
+            yield from order[start:start + 65536].tolist()
+
+
+def _pretraining_trainer_class():
+    from transformers import Trainer
+
+    class PretrainingTrainer(Trainer):
+        """Trainer with a constant-memory shuffle. Subclassed because the train sampler is chosen inside Trainer
+        (`_get_train_sampler`) and no argument or callback can replace RandomSampler's O(dataset) index list."""
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            if self.args.train_sampling_strategy != "random" or not hasattr(dataset, "__len__"):
+                return super()._get_train_sampler(train_dataset)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return CompactRandomSampler(len(dataset), seed)
+
+    return PretrainingTrainer
+
+
 @dataclass
 class PretrainingRun:
     """A ready-to-train Trainer and the callbacks whose outcome the script reads after `train()`."""
@@ -166,7 +206,7 @@ def build_trainer(model_args, data_args, script_args, training_args) -> Pretrain
     checkpoint-marker, plot, samples, SIGTERM, non-finite-loss and (when asked) HellaSwag callbacks."""
     from pathlib import Path
 
-    from transformers import GPT2LMHeadModel, Trainer, set_seed
+    from transformers import GPT2LMHeadModel, set_seed
 
     from edugpt import callbacks as cb
     from edugpt.checkpoints import CompleteCheckpointCallback
@@ -203,7 +243,7 @@ def build_trainer(model_args, data_args, script_args, training_args) -> Pretrain
         config.n_layer, config.n_head, config.n_embd, parameter_count(config) / 1e6,
         flops_per_token(config, data.seq_len), data.seq_len,
     )
-    trainer = Trainer(
+    trainer = _pretraining_trainer_class()(
         model=model,
         args=training_args,
         train_dataset=data.train,

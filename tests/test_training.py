@@ -124,3 +124,29 @@ def test_block_count_or_dtype_not_matching_the_manifest_is_rejected(tmp_path):
     (wrong_len / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(EduGPTError, match="does not hold uint16 blocks of 16 tokens"):
         load_prepared(wrong_len, CONFIG)
+
+
+def test_compact_sampler_is_a_seeded_permutation_per_epoch():
+    from edugpt.training import CompactRandomSampler
+
+    sampler = CompactRandomSampler(100_000, seed=1337)
+    first = list(sampler)
+    assert sorted(first) == list(range(100_000)) and first != sorted(first)
+    assert list(CompactRandomSampler(100_000, seed=1337)) == first  # same (seed, epoch): same order, no global RNG
+    sampler.set_epoch(1)
+    assert list(sampler) != first and len(sampler) == 100_000
+
+
+def test_trainer_shuffles_with_the_compact_sampler(prepared, tmp_path):
+    from transformers import TrainingArguments
+
+    from edugpt.args import DataArguments, ScriptArguments
+    from edugpt.training import CompactRandomSampler, build_trainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", eval_strategy="no",
+                             per_device_train_batch_size=4)
+    pretraining = build_trainer(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32),
+                                DataArguments(dataset_dir=str(prepared)), ScriptArguments(), args)
+    assert isinstance(pretraining.trainer._get_train_sampler(), CompactRandomSampler)
+    batch = next(iter(pretraining.trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape == (4, SEQ) and batch["labels"].equal(batch["input_ids"])

@@ -1,0 +1,155 @@
+"""GPU throughput of configs/gpt2_270m.yaml: tokens/s and MFU in bf16 with and without torch_compile, peak memory,
+and the largest micro-batch that fits. One command on a machine with one CUDA GPU:
+
+    python bench/bench_gpu.py                           # synthetic 1024-token blocks, ~5-10 min on an H100
+    python bench/bench_gpu.py --dataset_dir data/prepared/edu10B --steps 40
+    python bench/bench_gpu.py --tiny                    # CPU sanity check of this script (tiny model, no MFU)
+
+The runs are built by `edugpt.training.build_trainer` exactly as train_hf.py builds them (same callbacks; tokens/s
+and MFU are the numbers train_hf.py logs, MFU = tokens/s x 6N+12LdT FLOPs/token / peak bf16 FLOP/s of the GPU).
+Evaluation, checkpoints and samples are off; gradient accumulation is cut to `--grad_accum` micro-batches per step
+so a step is short (throughput per token does not depend on it). The first `--warmup` steps (compilation, cache
+warm-up) are excluded. Target from the issue: >= 45% MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--n_positions", "128", "--bf16", "false",
+        "--tf32", "false", "--optim", "adamw_torch", "--use_cpu", "true", "--per_device_train_batch_size", "4",
+        "--dataloader_num_workers", "0", "--dataloader_pin_memory", "false"]
+
+
+def build(data_dir: Path, output_dir: Path, overrides: list[str]):
+    from transformers import TrainingArguments
+
+    from edugpt.args import DataArguments, ModelArguments, ScriptArguments
+    from edugpt.cli import parse_config
+    from edugpt.training import build_trainer
+
+    parsed = parse_config(
+        [ModelArguments, DataArguments, ScriptArguments, TrainingArguments],
+        ["--config", str(ROOT / "configs" / "gpt2_270m.yaml"), "--dataset_dir", str(data_dir),
+         "--output_dir", str(output_dir), "--eval_strategy", "no", "--save_strategy", "no", "--sample_steps", "0",
+         "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true", *overrides],
+    )
+    return build_trainer(*parsed)
+
+
+def free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def throughput(data_dir: Path, overrides: list[str], steps: int, warmup: int) -> dict:
+    """Median tokens/s and MFU over steps after `warmup`, and peak GPU memory, of one short train_hf.py run."""
+    import torch
+
+    free_memory()
+    with tempfile.TemporaryDirectory() as out:
+        pretraining = build(data_dir, Path(out), ["--max_steps", str(steps), *overrides])
+        pretraining.trainer.train()
+        records = [r for r in pretraining.metrics.read() if "tokens_per_second" in r and r["step"] > warmup]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    del pretraining
+    free_memory()
+    return {
+        "tokens_per_second": statistics.median(r["tokens_per_second"] for r in records),
+        "mfu": statistics.median(r["mfu"] for r in records) if all("mfu" in r for r in records) else None,
+        "peak_gib": peak,
+    }
+
+
+def fits(data_dir: Path, overrides: list[str], batch_size: int) -> bool:
+    """Whether 2 optimizer steps at this micro-batch run without running out of GPU memory."""
+    import torch
+
+    free_memory()
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            pretraining = build(data_dir, Path(out), ["--max_steps", "2", "--gradient_accumulation_steps", "1",
+                                                      "--per_device_train_batch_size", str(batch_size), *overrides])
+            pretraining.trainer.train()
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        pretraining = None
+        free_memory()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_dir", help="a prepared seq-1024 dataset (default: synthetic blocks)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--grad_accum", type=int, default=4)
+    parser.add_argument("--batch_sizes", default="16,24,32,48,64,96,128", help="micro-batches tried, ascending")
+    parser.add_argument("--tiny", action="store_true", help="CPU sanity check with a tiny model")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    if not args.tiny and not torch.cuda.is_available():
+        raise SystemExit("bench_gpu.py needs a CUDA GPU (use --tiny for a CPU check of the script itself).")
+    base = TINY if args.tiny else []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(args.dataset_dir) if args.dataset_dir else None
+        if data_dir is None:
+            from bench_train_cpu import make_dataset
+
+            data_dir = make_dataset(Path(tmp) / "data", 128 if args.tiny else 1024, 4000)
+        overrides = [*base, "--gradient_accumulation_steps", str(args.grad_accum)]
+        rows = []
+        for compile_ in (False, True):
+            if compile_ and args.tiny:
+                continue  # compiling on a CPU says nothing about the GPU path and takes minutes
+            result = throughput(data_dir, [*overrides, "--torch_compile", str(compile_).lower()], args.steps, args.warmup)
+            rows.append((compile_, result))
+            print(f"torch_compile={compile_}: {result}", flush=True)
+        largest = None
+        if not args.tiny:
+            for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+                if not fits(data_dir, base, batch_size):
+                    break
+                largest = batch_size
+                print(f"micro-batch {batch_size} x 1024 fits", flush=True)
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"\ndevice: {device}; torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"model: configs/gpt2_270m.yaml{' (tiny overrides)' if args.tiny else ''}, bf16, sdpa, micro-batch from the "
+          f"recipe, {args.grad_accum} micro-batches per step; medians over steps {args.warmup + 1}-{args.steps}")
+    print("| torch_compile | tokens/s | MFU | peak memory |")
+    print("|---|---|---|---|")
+    for compile_, r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        print(f"| {compile_} | {r['tokens_per_second']:,.0f} | {mfu} | {r['peak_gib']:.1f} GiB |")
+    if not args.tiny:
+        print(f"\nlargest micro-batch that fits (of {args.batch_sizes}): {largest} x 1024 tokens")
+    if len(rows) == 2:
+        print(f"ratio compiled/eager tokens/s: {rows[1][1]['tokens_per_second'] / rows[0][1]['tokens_per_second']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
