@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import ROOT, run_script
+from edugpt.callbacks import read_metrics
 from edugpt.chat import EDUGPT_CHAT_TEMPLATE, add_chat_template
 from edugpt.errors import EduGPTError
 from edugpt.finetune_data import load_finetune_dataset, staged_output_dir
@@ -110,22 +112,6 @@ def test_output_dir_must_be_free(tmp_path):
     assert staged_output_dir(str(tmp_path / "new"), resume=False) == str(tmp_path / "new.partial")
 
 
-def test_every_finetune_recipe_parses():
-    from trl import DPOConfig, ModelConfig, ScriptArguments, SFTConfig
-
-    from edugpt.cli import parse_config
-
-    cpu = ["--bf16", "false", "--tf32", "false"]  # the real recipes ask for GPU precision modes
-    recipes = [("sft", SFTConfig), ("sft_smoke", SFTConfig), ("dpo", DPOConfig), ("dpo_smoke", DPOConfig)]
-    for name, config_cls in recipes:
-        script, training, _ = parse_config(
-            [ScriptArguments, config_cls, ModelConfig], ["--config", f"configs/{name}.yaml", "--output_dir", "x", *cpu]
-        )
-        assert script.dataset_name and training.max_length in (128, 1024)
-        if name.startswith("sft"):
-            assert training.assistant_only_loss and training.packing
-
-
 # --- SFT masks the prompt ---------------------------------------------------------------------------------------------
 
 
@@ -169,6 +155,26 @@ def test_sft_trains_on_assistant_tokens_only(tiny_model_dir, tmp_path):
 # --- end to end: SFT then DPO, as `make demo` runs them ---------------------------------------------------------------
 
 
+def assert_model_card(out: Path, kind: str, base_model: Path, last: dict):
+    """README.md is edugpt's card (not TRL's): valid Hub metadata, the base model, the final train loss."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "text-generation")
+    assert {kind, "trl", "edugpt"} <= set(card.data.tags)
+    assert f"- Base model: `{base_model}`" in card.text
+    assert card_value(card.text, f"Final train loss (step {last['step']})") == pytest.approx(last["loss"], abs=5e-5)
+    assert f'from_pretrained("{out}")' in card.text and ".partial" not in card.text  # named by where it ends up
+    return card
+
+
+def card_value(text: str, label: str) -> float:
+    """The number in the last cell of the card's table row that starts with `label`."""
+    match = re.search(rf"^\| {re.escape(label)} \|(?:[^|\n]*\|)*? ([-0-9.,e]+) \|$", text, re.MULTILINE)
+    assert match, f"no table row {label!r} in the card"
+    return float(match.group(1).replace(",", ""))
+
+
 @pytest.fixture(scope="module")
 def sft_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "sft"
@@ -180,7 +186,7 @@ def sft_run(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sft_writes_a_chat_model_and_the_loss_falls(sft_run):
+def test_sft_writes_a_chat_model_and_the_loss_falls(sft_run, tiny_model_dir):
     proc, out = sft_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not Path(f"{out}.partial").exists()
@@ -189,6 +195,17 @@ def test_sft_writes_a_chat_model_and_the_loss_falls(sft_run):
     losses = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     assert len(losses) == 10
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.1, losses
+
+    # The run files pretraining writes: every argument used, every log record with its step and tokens seen.
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["script"] == "sft" and run_config["model"]["model_name_or_path"] == str(tiny_model_dir)
+    assert run_config["data"]["dataset_name"].endswith("sft_smoke.jsonl")
+    assert run_config["training"]["max_steps"] == 10 and run_config["training"]["output_dir"] == str(out)
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["loss"] for r in records if "loss" in r] == pytest.approx(losses)
+    assert all(r["tokens"] > 0 for r in records) and records[-1]["tokens"] == records[-1]["num_input_tokens_seen"]
+    card = assert_model_card(out, "sft", tiny_model_dir, [r for r in records if "loss" in r][-1])
+    assert "Supervised finetuning (SFT)" in card.text and "sft_smoke.jsonl" in card.text
 
     from transformers import AutoTokenizer, pipeline
 
@@ -229,6 +246,14 @@ def test_dpo_raises_the_margin_above_the_reference(sft_run, tmp_path):
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     logged = [h for h in history if "rewards/margins" in h]
     assert logged and {"rewards/chosen", "rewards/rejected", "rewards/accuracies"} <= set(logged[-1])
+    assert json.loads((out / "run_config.json").read_text())["script"] == "dpo"
+    rewards = [r for r in read_metrics(out / "metrics.jsonl") if "rewards/margins" in r]
+    assert [r["rewards/margins"] for r in rewards] == pytest.approx([h["rewards/margins"] for h in logged])
+    card = assert_model_card(out, "dpo", sft_dir, logged[-1])
+    assert "Direct Preference Optimization (DPO)" in card.text
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"):
+        value = card_value(card.text, f"{key} | {logged[-1]['step']:,}")
+        assert value == pytest.approx(logged[-1][key], rel=1e-3, abs=5e-5), key  # printed to 4 places
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -289,3 +314,20 @@ def test_dpo_on_a_pretrained_model_says_run_sft_first(tiny_model_dir, tmp_path):
         "--output_dir", out, timeout=120,
     )
     assert_clean_failure(proc, out, "no chat template", "pretrain -> finetune/sft.py -> finetune/dpo.py")
+
+
+FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtokenFAKE12"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["sft", "dpo"])
+def test_push_to_hub_offline_fails_before_any_work(script, tiny_model_dir, tmp_path):
+    """--push_to_hub checks the Hub first: offline, one clear error in about the time it takes to import TRL."""
+    out = tmp_path / script
+    proc = run_script(
+        f"finetune/{script}.py", "--config", f"configs/{script}_smoke.yaml", "--model_name_or_path", tiny_model_dir,
+        "--output_dir", out, "--push_to_hub", "--hub_model_id", "someone/edugpt-chat",
+        env={"HF_TOKEN": FAKE_TOKEN}, timeout=120,
+    )
+    assert_clean_failure(proc, out, "Hub is unreachable", "someone/edugpt-chat", "publish.py")
+    assert FAKE_TOKEN not in proc.stdout + proc.stderr
