@@ -364,15 +364,17 @@ def train_and_publish(trainer, staging: str, output_dir: str, resume_from_checkp
         logger.warning("Stopped by SIGTERM at step %d; checkpoint saved in %s. Resume with --resume_from_checkpoint "
                        "true and the same --output_dir.", sigterm.stopped_at, staging)
         return False
-    trainer.save_model(staging)  # model, generation config and tokenizer (with its chat template)
     if is_main:
         trainer.state.save_to_json(f"{staging}/trainer_state.json")  # loss/rewards curves, also with save_strategy no
     repo_id = trainer.args.hub_model_id if trainer.args.push_to_hub else None
     push_failure = None
-    if repo_id:
+    if not repo_id:
+        trainer.save_model(staging)  # model, generation config and tokenizer (with its chat template)
+    else:
         try:
-            # On every rank: its save_model gathers FSDP shards. Rank 0 then uploads `staging` (checkpoint-* left out)
-            # with a card of Trainer's own in README.md, replaced below.
+            # Saves like save_model (on every rank: FSDP gathers shards there), then rank 0 uploads `staging`
+            # (checkpoint-* left out) with a card of Trainer's own, replaced below. Not save_model + push_to_hub:
+            # with push_to_hub set, save_model pushes too, and the weights would go up twice.
             trainer.push_to_hub(commit_message="End of training")
         except Exception as err:
             push_failure = f"{type(err).__name__}: {_first_line(err)}"
@@ -382,7 +384,7 @@ def train_and_publish(trainer, staging: str, output_dir: str, resume_from_checkp
 
         # The card names the model as it will be loaded: the Hub repo, or output_dir (not this staging folder).
         base_model = run_config["model"].get("model_name_or_path")
-        write_model_card(staging, hub_model_id=repo_id or output_dir, base_model=base_model)
+        write_model_card(staging, hub_model_id=repo_id or str(Path(output_dir)), base_model=base_model)
         if repo_id and not push_failure:
             try:
                 push_model_card(staging, repo_id)

@@ -13,8 +13,9 @@ the pairs with it once up front instead. TRL logs rewards/chosen, rewards/reject
 rewards/margins (beta * policy-vs-reference log-ratio) every `logging_steps`; trainer_state.json in the output keeps
 them.
 
-Output: a standard HF model folder (same layout as SFT's, same tokenizer and template), written to
-`output_dir.partial` and renamed into place after the final save (SIGTERM and resume as in sft.py).
+Output: a standard HF model folder (same layout as SFT's, same tokenizer and template) with run_config.json,
+metrics.jsonl (the rewards/* above included) and edugpt's model card, written to `output_dir.partial` and renamed into
+place after the final save (SIGTERM, resume and `--push_to_hub --hub_model_id NAME` as in sft.py).
 """
 
 from __future__ import annotations

@@ -16,7 +16,12 @@ Output: `output_dir` is a standard HF model folder (config.json, model.safetenso
 files with chat_template.jinja), so `AutoTokenizer.apply_chat_template`, `pipeline("text-generation")` on a list of
 messages, eval_harness.py and finetune/dpo.py take it as is. Training happens in `output_dir.partial` and is renamed
 into place after the final save, so a failed run leaves nothing half-written at `output_dir`. SIGTERM saves a
-checkpoint there and exits 0; the same command plus `--resume_from_checkpoint true` continues the run.
+checkpoint there and exits 0; the same command plus `--resume_from_checkpoint true` continues the run. As pretraining
+does, the folder also holds run_config.json (every argument used), metrics.jsonl (every log record with its step and
+tokens seen) and README.md, edugpt's model card (`python -m edugpt.report DIR` rewrites it).
+
+`--push_to_hub --hub_model_id NAME` checks the token and the Hub before anything is loaded, then at the end uploads
+the folder with Trainer's own push (`hub_strategy` honoured) and replaces Trainer's card with edugpt's.
 """
 
 from __future__ import annotations

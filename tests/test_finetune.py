@@ -331,3 +331,77 @@ def test_push_to_hub_offline_fails_before_any_work(script, tiny_model_dir, tmp_p
     )
     assert_clean_failure(proc, out, "Hub is unreachable", "someone/edugpt-chat", "publish.py")
     assert FAKE_TOKEN not in proc.stdout + proc.stderr
+
+
+class _RecordingHub:
+    """Stands in for the Hub (unreachable here) under both Trainer.push_to_hub and edugpt.hub.push_model_card:
+    records each upload with the README.md it carried, or fails like a dropped connection."""
+
+    def __init__(self, fail: bool):
+        self.fail, self.uploads = fail, []
+
+    def __call__(self, *args, **kwargs):  # hf_api() / HfApi() -> this instance
+        return self
+
+    def create_repo(self, repo_id, **kwargs):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, **kwargs):
+        if self.fail:
+            raise ConnectionError("Connection reset by peer")
+        card = Path(folder_path) / "README.md"
+        files = sorted(p.name for p in Path(folder_path).iterdir())
+        self.uploads.append({"repo_id": repo_id, "files": files, "allow": allow_patterns, "card": card.read_text()})
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["pushed", "push-failed"])
+def test_push_at_the_end_uploads_the_run_then_our_card(fail, tiny_model_dir, tmp_path, monkeypatch):
+    """Trainer's push uploads the finished folder (with a card of its own), then edugpt's card replaces it; when the
+    Hub fails, the finished model still lands in output_dir and the error says how to publish it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
+
+    from edugpt.cli import parse_config
+    from edugpt.finetune_data import finetune_run_config, train_and_publish
+
+    hub = _RecordingHub(fail)
+    monkeypatch.setattr("transformers.trainer.hf_api", hub)
+    monkeypatch.setattr("huggingface_hub.HfApi", hub)
+    out = tmp_path / "sft"
+    script_args, args, model_args = parse_config(
+        [ScriptArguments, SFTConfig, ModelConfig],
+        ["--config", "configs/sft_smoke.yaml", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out),
+         "--max_steps", "1", "--push_to_hub", "true", "--hub_model_id", "someone/edugpt-chat"],
+    )
+    run_config = finetune_run_config("sft", script_args, model_args, args)
+    staging = staged_output_dir(str(out), resume=False)
+    args.output_dir = staging
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    add_chat_template(tokenizer, model)
+    data = load_finetune_dataset(str(SFT_SMOKE), "sft").select(range(8))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+
+    if fail:
+        with pytest.raises(EduGPTError, match=r"saved in .*sft, but pushing it to someone/edugpt-chat failed "
+                                              r"\(ConnectionError.*python publish.py .*sft --hub_model_id someone/"):
+            train_and_publish(trainer, staging, str(out), None, run_config)
+    else:
+        assert train_and_publish(trainer, staging, str(out), None, run_config)
+    assert not Path(staging).exists()
+    for name in ("config.json", "model.safetensors", "run_config.json", "metrics.jsonl", "README.md"):
+        assert (out / name).is_file(), name
+    local_card = (out / "README.md").read_text()
+    assert 'from_pretrained("someone/edugpt-chat")' in local_card  # the card describes the pushed repo
+    if fail:
+        assert hub.uploads == []
+        return
+    trainer_push, card_push = hub.uploads
+    assert trainer_push["repo_id"] == card_push["repo_id"] == "someone/edugpt-chat"
+    assert {"model.safetensors", "metrics.jsonl", "run_config.json"} <= set(trainer_push["files"])
+    assert "generated_from_trainer" in trainer_push["card"]  # TRL's own card went up with the model ...
+    assert "generated_from_trainer" not in local_card and "Built with [edugpt]" in local_card
+    assert card_push["allow"] == ["README.md", "images/*.png"]  # ... then ours replaced it
+    assert card_push["card"] == local_card
