@@ -356,6 +356,7 @@ class _RecordingHub:
         self.uploads.append({"repo_id": repo_id, "files": files, "allow": allow_patterns, "card": card.read_text()})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fail", [False, True], ids=["pushed", "push-failed"])
 def test_push_at_the_end_uploads_the_run_then_our_card(fail, tiny_model_dir, tmp_path, monkeypatch):
     """Trainer's push uploads the finished folder (with a card of its own), then edugpt's card replaces it; when the
