@@ -138,7 +138,7 @@ def main() -> None:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"\ndevice: {device}; torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"model: configs/gpt2_270m.yaml{' (tiny overrides)' if args.tiny else ''}, bf16, sdpa, micro-batch from the "
+    print(f"model: configs/gpt2_270m.yaml{' with tiny CPU overrides (fp32)' if args.tiny else ', bf16'}, sdpa, micro-batch from the "
           f"recipe, {args.grad_accum} micro-batches per step; medians over steps {args.warmup + 1}-{args.steps}")
     print("| torch_compile | tokens/s | MFU | peak memory |")
     print("|---|---|---|---|")

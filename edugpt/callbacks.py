@@ -237,9 +237,10 @@ def truncate_samples(path: Path, step: int) -> None:
 class PlotCallback(TrainerCallback):
     """Redraws images/train-loss.png after each evaluation and at the end; images/hellaswag.png when scored."""
 
-    def __init__(self, output_dir: str | Path, metrics: MetricsLog):
+    def __init__(self, output_dir: str | Path, metrics: MetricsLog, hellaswag_name: str = "HellaSwag"):
         self.images = Path(output_dir) / "images"
         self.metrics = metrics
+        self.hellaswag_name = hellaswag_name  # the plot says which file was scored when it is not HellaSwag itself
 
     def draw(self, state) -> None:
         from edugpt import plots
@@ -249,7 +250,7 @@ class PlotCallback(TrainerCallback):
         records = self.metrics.read()
         plots.plot_losses(records, self.images / "train-loss.png")
         if any("hellaswag/acc" in record for record in records):
-            plots.plot_hellaswag(records, self.images / "hellaswag.png")
+            plots.plot_hellaswag(records, self.images / "hellaswag.png", name=self.hellaswag_name)
 
     def on_evaluate(self, args, state, control, **kwargs):
         self.draw(state)

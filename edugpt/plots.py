@@ -83,8 +83,10 @@ def plot_losses(records: list[dict], path: str | Path, title: str | None = None)
     return path
 
 
-def plot_hellaswag(records: list[dict], path: str | Path, title: str | None = None) -> Path | None:
-    """HellaSwag acc and acc_norm against optimizer step, with the 25% chance line; None without records."""
+def plot_hellaswag(records: list[dict], path: str | Path, title: str | None = None, name: str = "HellaSwag") -> Path | None:
+    """HellaSwag acc and acc_norm against optimizer step, with the 25% chance line; None without records.
+
+    `name` says what was scored (e.g. a local HellaSwag-format file) in the title and the y label."""
     steps, tokens, acc = _series(records, "hellaswag/acc")
     norm_steps, _, acc_norm = _series(records, "hellaswag/acc_norm")
     if not steps:
@@ -96,11 +98,11 @@ def plot_hellaswag(records: list[dict], path: str | Path, title: str | None = No
         ax.plot(norm_steps, [100 * a for a in acc_norm], label="acc_norm", marker="s", markersize=3)
     ax.axhline(25, color="gray", linestyle="--", linewidth=1, label="chance (25%)")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("HellaSwag accuracy (%)")
+    ax.set_ylabel(f"{'HellaSwag' if name == 'HellaSwag' else 'HellaSwag-format'} accuracy (%)")
     ax.grid(True, alpha=0.3)
     ax.legend()
     _tokens_axis(ax, steps, tokens)
-    ax.set_title(title or f"HellaSwag — step {steps[-1]}: acc {100 * acc[-1]:.1f}%"
+    ax.set_title(title or f"{name} — step {steps[-1]}: acc {100 * acc[-1]:.1f}%"
                  + (f", acc_norm {100 * acc_norm[-1]:.1f}%" if norm_steps else ""))
     path = Path(path)
     _save(fig, path)

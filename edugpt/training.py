@@ -264,7 +264,9 @@ def build_trainer(model_args, data_args, script_args, training_args) -> Pretrain
         sigterm,
         guard,  # after sigterm: checks the weights before the save that SIGTERM asks for
         CompleteCheckpointCallback(),
-        cb.PlotCallback(output_dir, metrics),
+        cb.PlotCallback(output_dir, metrics, hellaswag_name=(
+            f"HellaSwag-format file {Path(script_args.hellaswag_file).name}" if script_args.hellaswag_file else "HellaSwag"
+        )),
     )
     if script_args.sample_steps > 0:
         trainer.add_callback(cb.SamplesCallback(

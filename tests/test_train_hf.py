@@ -65,7 +65,11 @@ def data_dir(tmp_path_factory):
 def baseline(data_dir, tmp_path_factory):
     """One uninterrupted 8-step run: the reference for outputs, resume and fallback tests."""
     output_dir = tmp_path_factory.mktemp("baseline") / "run"
-    proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir), check=True, timeout=300)
+    # In-loop HellaSwag on here only: the resume tests compare runs without it, so their equal losses also show that
+    # scoring leaves the weights, optimizer state and data order alone.
+    hellaswag = ["--hellaswag_steps", "4", "--hellaswag_limit", "12",
+                 "--hellaswag_file", "edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl"]
+    proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir, *hellaswag), check=True, timeout=300)
     return output_dir, proc
 
 
@@ -97,6 +101,9 @@ def test_run_writes_the_run_directory_contract(baseline, data_dir):
     assert train[-1]["loss"] < train[0]["loss"]
     assert [r["step"] for r in records if "eval_loss" in r] == [4, 8]
     assert [r["step"] for r in records if "sample/text" in r] == [0, 4, 8]
+    hellaswag = [r for r in records if "hellaswag/acc" in r]
+    assert [r["step"] for r in hellaswag] == [4, 8] and all(0 <= r["hellaswag/acc_norm"] <= 1 for r in hellaswag)
+    assert (output_dir / "images" / "hellaswag.png").stat().st_size > 10_000
 
     rows = (output_dir / "samples.md").read_text().splitlines()
     assert rows[0] == "| Step | Output |" and [row.split("|")[1].strip() for row in rows[2:]] == ["0", "4", "8"]
