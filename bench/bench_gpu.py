@@ -46,7 +46,8 @@ def build(data_dir: Path, output_dir: Path, overrides: list[str]):
         [ModelArguments, DataArguments, ScriptArguments, TrainingArguments],
         ["--config", str(ROOT / "configs" / "gpt2_270m.yaml"), "--dataset_dir", str(data_dir),
          "--output_dir", str(output_dir), "--eval_strategy", "no", "--save_strategy", "no", "--sample_steps", "0",
-         "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true", *overrides],
+         "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--hellaswag_steps", "0",
+         *overrides],
     )
     return build_trainer(*parsed)
 
@@ -138,7 +139,8 @@ def main() -> None:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"\ndevice: {device}; torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"model: configs/gpt2_270m.yaml{' with tiny CPU overrides (fp32)' if args.tiny else ', bf16'}, sdpa, micro-batch from the "
+    shape = " with tiny CPU overrides (fp32)" if args.tiny else ", bf16"
+    print(f"model: configs/gpt2_270m.yaml{shape}, sdpa, micro-batch from the "
           f"recipe, {args.grad_accum} micro-batches per step; medians over steps {args.warmup + 1}-{args.steps}")
     print("| torch_compile | tokens/s | MFU | peak memory |")
     print("|---|---|---|---|")

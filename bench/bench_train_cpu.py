@@ -69,8 +69,8 @@ def parse(argv, data_dir: Path, output_dir: Path, steps: int):
         [ModelArguments, DataArguments, ScriptArguments, TrainingArguments],
         ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"),
          "--dataset_dir", str(data_dir), "--output_dir", str(output_dir), "--max_steps", str(steps),
-         "--eval_strategy", "no", "--save_strategy", "no", "--sample_steps", "0", "--disable_tqdm", "true",
-         "--warmup_steps", "5", *argv],
+         "--eval_strategy", "no", "--save_strategy", "no", "--sample_steps", "0", "--hellaswag_steps", "0",
+         "--disable_tqdm", "true", "--warmup_steps", "5", *argv],
     )
 
 

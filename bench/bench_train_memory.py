@@ -56,7 +56,7 @@ def peak_rss_mib(data_dir: Path, output_dir: Path, steps: int) -> dict:
     command = [sys.executable, str(ROOT / "train_hf.py"), "--config", str(ROOT / "configs" / "smoke.yaml"),
                "--dataset_dir", str(data_dir), "--output_dir", str(output_dir), "--max_steps", str(steps),
                "--eval_steps", str(steps), "--save_steps", str(steps), "--sample_steps", str(steps),
-               "--disable_tqdm", "true"]
+               "--hellaswag_steps", "0", "--disable_tqdm", "true"]
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peaks = {"RssAnon": 0, "RssFile": 0}

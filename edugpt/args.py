@@ -95,4 +95,6 @@ class ScriptArguments:
             if getattr(self, name) < 0:
                 raise EduGPTError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.mfu_peak_flops is not None and self.mfu_peak_flops <= 0:
-            raise EduGPTError(f"mfu_peak_flops must be positive FLOP/s (e.g. 989e12 for an H100), got {self.mfu_peak_flops}.")
+            raise EduGPTError(
+                f"mfu_peak_flops must be positive FLOP/s (e.g. 989e12 for an H100), got {self.mfu_peak_flops}."
+            )

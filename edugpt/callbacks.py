@@ -196,9 +196,8 @@ class SamplesCallback(TrainerCallback):
                 self.samples_path.write_text(SAMPLES_HEADER)
             with open(self.samples_path, "a") as f:
                 f.write(f"| {state.global_step} | {markdown_cell(text)} |\n")
-            self.metrics.append(
-                {"step": state.global_step, "tokens": state.num_input_tokens_seen, "sample/prompt": prompt, "sample/text": text}
-            )
+            self.metrics.append({"step": state.global_step, "tokens": state.num_input_tokens_seen,
+                                 "sample/prompt": prompt, "sample/text": text})
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:

@@ -100,7 +100,9 @@ def require_compatible_checkpoint(checkpoint_dir: str | Path, config) -> None:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         raise EduGPTError(f"{path} is missing or unreadable; delete {checkpoint_dir} or use a fresh output_dir.") from None
-    differences = [f"{key} {saved.get(key)} vs {getattr(config, key)}" for key in SHAPE_KEYS if saved.get(key) != getattr(config, key)]
+    differences = [
+        f"{key} {saved.get(key)} vs {getattr(config, key)}" for key in SHAPE_KEYS if saved.get(key) != getattr(config, key)
+    ]
     if differences:
         raise EduGPTError(
             f"cannot resume from {checkpoint_dir}: its model has a different shape ({'; '.join(differences)} "

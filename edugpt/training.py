@@ -167,7 +167,8 @@ class CompactRandomSampler:
         return self.n
 
     def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n).astype(np.int64 if self.n >= 2**31 else np.int32)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        order = order.astype(np.int64 if self.n >= 2**31 else np.int32)
         for start in range(0, self.n, 65536):
             yield from order[start:start + 65536].tolist()
 

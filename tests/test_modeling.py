@@ -31,7 +31,8 @@ def test_parameter_count_matches_the_instantiated_model(shape):
 
 def test_270m_model_numbers():
     config = gpt2_config(ModelArguments())  # the defaults are configs/gpt2_270m.yaml's shape
-    assert (config.n_layer, config.n_head, config.n_embd, config.n_positions, config.vocab_size) == (16, 16, 1024, 1024, 50257)
+    shape = (config.n_layer, config.n_head, config.n_embd, config.n_positions, config.vocab_size)
+    assert shape == (16, 16, 1024, 1024, 50257)
     assert parameter_count(config) == 254_053_376
     # 6 * (254.05M - 1M position embedding) + 12 * 16 layers * 1024 * 1024 tokens
     assert flops_per_token(config, 1024) == 6 * 253_004_800 + 12 * 16 * 1024 * 1024

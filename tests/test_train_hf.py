@@ -113,7 +113,8 @@ def test_run_writes_the_run_directory_contract(baseline, data_dir):
     run_config = json.loads((output_dir / "run_config.json").read_text())
     assert run_config["model"]["n_embd"] == 32 and run_config["data"]["seq_len"] == 64
     assert run_config["training"]["max_steps"] == 8
-    assert json.loads((output_dir / "data_manifest.json").read_text()) == json.loads((data_dir / "manifest.json").read_text())
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert json.loads((output_dir / "data_manifest.json").read_text()) == manifest
 
     # save_total_limit 2 with saves every 2 steps: only the two newest remain, both complete.
     assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-8", "checkpoint-6"]
