@@ -336,7 +336,9 @@ class NonFiniteLossCallback(TrainerCallback):
         if control.should_save and not self.failure:
             import torch
 
-            broken = any(not torch.isfinite(p).all() for p in model.parameters())
+            # Under FSDP2 parameters are DTensors: check this rank's shard; _any_rank combines the verdicts.
+            shards = (p.to_local() if hasattr(p, "to_local") else p for p in model.parameters())
+            broken = any(not torch.isfinite(shard).all() for shard in shards)
             if _any_rank(broken, args.device):
                 return self._stop(control, state, "the model weights became non-finite")
         return control
