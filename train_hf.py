@@ -27,6 +27,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from safetensors.torch import load_file
 from transformers import TrainingArguments
 
 from edugpt.args import DataArguments, ModelArguments, ScriptArguments
@@ -64,6 +65,15 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = find_resume_checkpoint(output_dir, quarantine=is_main)
     if checkpoint is not None:
         require_compatible_checkpoint(checkpoint, pretraining.config)
+        done = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+        if done >= training_args.max_steps:
+            # Trainer would run one more step past max_steps when resumed at it; a finished run has nothing to do.
+            if is_main and not (output_dir / "model.safetensors").exists():
+                pretraining.trainer.model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
+                pretraining.trainer.save_model()
+            logger.info("%s already reached max_steps %d; final model in %s", checkpoint, training_args.max_steps,
+                        output_dir)
+            return
         logger.info("resuming from %s", checkpoint)
     if is_main:
         write_run_files(output_dir, model_args, data_args, script_args, training_args, pretraining.data.manifest)

@@ -267,3 +267,18 @@ def test_accelerate_launch_two_cpu_processes_trains_and_checkpoints(data_dir, tm
     assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-4", "checkpoint-2"]
     assert all(checkpoint_problem(p) is None for p in list_checkpoints(output_dir))
     assert (output_dir / "model.safetensors").is_file() and not (output_dir / "samples.md").exists()
+
+
+def test_rerunning_a_finished_run_changes_nothing_and_restores_a_missing_final_model(baseline, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    output_dir = tmp_path / "run"
+    shutil.copytree(baseline[0], output_dir)
+    (output_dir / "model.safetensors").unlink()  # e.g. killed between the last checkpoint and the final save
+    before = {name: (output_dir / name).read_text() for name in ("metrics.jsonl", "samples.md")}
+
+    proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir), check=True, timeout=300)
+    assert "already reached max_steps 8" in proc.stderr
+    assert {name: (output_dir / name).read_text() for name in before} == before  # no extra step, sample or record
+    final, last = load_file(output_dir / "model.safetensors"), load_file(output_dir / "checkpoint-8" / "model.safetensors")
+    assert final.keys() == last.keys() and all(final[k].equal(last[k]) for k in final)
