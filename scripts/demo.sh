@@ -20,7 +20,7 @@ python train_hf.py --config configs/smoke.yaml --dataset_dir "$RUN_DIR/data" --o
 step "3/8 samples by step (\"Once upon a time\")"
 cat "$RUN_DIR/pretrain/samples.md"
 
-step "4/8 evaluate with lm-eval on the HellaSwag-format smoke file (not HellaSwag itself)"
+step "4/8 evaluate the final model with lm-eval on the HellaSwag-format smoke file (built from Python docs, not HellaSwag)"
 python eval_harness.py --model "$RUN_DIR/pretrain" --tasks hellaswag --limit 100 \
   --hellaswag_file edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl --output_dir "$RUN_DIR/eval"
 
@@ -41,8 +41,9 @@ echo
 echo "== demo finished in $((SECONDS - START))s. Results are in $RUN_DIR:"
 echo "   report (model card):  $RUN_DIR/pretrain/README.md"
 echo "   loss curve:           $RUN_DIR/pretrain/images/train-loss.png"
+echo "   HellaSwag-format curve: $RUN_DIR/pretrain/images/hellaswag.png"
 echo "   samples by step:      $RUN_DIR/pretrain/samples.md"
 echo "   metrics:              $RUN_DIR/pretrain/metrics.jsonl"
 echo "   lm-eval results:      $RUN_DIR/eval"
-echo "   SFT / DPO models:     $RUN_DIR/sft  $RUN_DIR/dpo"
+echo "   SFT / DPO models:     $RUN_DIR/sft  $RUN_DIR/dpo  (cards: README.md in each)"
 echo "   publish dry run:      $RUN_DIR/publish-dry-run"
