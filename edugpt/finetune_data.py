@@ -341,6 +341,7 @@ def train_and_publish(trainer, staging: str, output_dir: str, resume_from_checkp
         METRICS_FILE, MetricsJsonlCallback, MetricsLog, NonFiniteLossCallback, SigtermCallback,
     )
     from edugpt.checkpoints import CompleteCheckpointCallback, find_resume_checkpoint
+    from edugpt.hub import push_failed_error, save_card_and_push
 
     is_main = trainer.accelerator.is_main_process
     sigterm, guard = SigtermCallback(), NonFiniteLossCallback()
@@ -366,39 +367,15 @@ def train_and_publish(trainer, staging: str, output_dir: str, resume_from_checkp
         return False
     if is_main:
         trainer.state.save_to_json(f"{staging}/trainer_state.json")  # loss/rewards curves, also with save_strategy no
+    # The card names the model as it will be loaded: the Hub repo, or output_dir (not this staging folder).
+    push_failure = save_card_and_push(trainer, card_model_id=str(Path(output_dir)),
+                                      base_model=run_config["model"].get("model_name_or_path"))
     repo_id = trainer.args.hub_model_id if trainer.args.push_to_hub else None
-    push_failure = None
-    if not repo_id:
-        trainer.save_model(staging)  # model, generation config and tokenizer (with its chat template)
-    else:
-        try:
-            # Saves like save_model (on every rank: FSDP gathers shards there), then rank 0 uploads `staging`
-            # (checkpoint-* left out) with a card of Trainer's own, replaced below. Not save_model + push_to_hub:
-            # with push_to_hub set, save_model pushes too, and the weights would go up twice.
-            trainer.push_to_hub(commit_message="End of training")
-        except Exception as err:
-            push_failure = f"{type(err).__name__}: {_first_line(err)}"
-    if is_main:
-        from edugpt.hub import push_model_card
-        from edugpt.report import write_model_card
-
-        # The card names the model as it will be loaded: the Hub repo, or output_dir (not this staging folder).
-        base_model = run_config["model"].get("model_name_or_path")
-        write_model_card(staging, hub_model_id=repo_id or str(Path(output_dir)), base_model=base_model)
-        if repo_id and not push_failure:
-            try:
-                push_model_card(staging, repo_id)
-            except EduGPTError as err:
-                push_failure = str(err).split(";")[0]
     trainer.accelerator.wait_for_everyone()
     if is_main:
         publish_output_dir(staging, output_dir)
         pushed = f" and pushed to {repo_id}" if repo_id and not push_failure else ""
         logger.info("Model saved to %s%s", output_dir, pushed)
     if push_failure:
-        raise EduGPTError(
-            f"the model is saved in {output_dir}, but pushing it to {repo_id} failed ({push_failure}); check the "
-            f"network and your token's write access, then run "
-            f"`python publish.py {output_dir} --hub_model_id {repo_id}`."
-        )
+        raise push_failed_error(output_dir, repo_id, push_failure)
     return True

@@ -328,3 +328,44 @@ def push_model_card(run_dir: str | os.PathLike, hub_model_id: str, *, revision: 
             f"uploading the model card to {hub_model_id} failed ({type(err).__name__}: {_scrub(str(err))}); the "
             f"model is on the Hub, rerun `python publish.py {run_dir} --hub_model_id {hub_model_id}` to refresh the card."
         ) from None
+
+
+def save_card_and_push(trainer, *, card_model_id: str | None = None, base_model: str | None = None) -> str | None:
+    """The end of a finished run, shared by train_hf.py and the finetune scripts: save the final model into
+    `trainer.args.output_dir`, write edugpt's card there (README.md, main process), and with `push_to_hub` upload both.
+
+    With `push_to_hub`, Trainer's own push saves and uploads the folder (checkpoint-* left out; `hub_strategy` already
+    pushed during training as asked) with a card of Trainer's, then `push_model_card` replaces that card with ours.
+    Not save_model + push_to_hub: with push_to_hub set, save_model pushes too, and the weights would go up twice.
+    `card_model_id` is how the card names the model when nothing is pushed (default: the folder itself).
+
+    Returns None, or why the push failed (one line, token scrubbed); the local folder is complete either way.
+    """
+    from edugpt.report import write_model_card
+
+    folder = trainer.args.output_dir
+    repo_id = trainer.args.hub_model_id if trainer.args.push_to_hub else None
+    failure = None
+    if not repo_id:
+        trainer.save_model(folder)  # model, generation config and tokenizer (on every rank: FSDP gathers shards there)
+    else:
+        try:
+            trainer.push_to_hub(commit_message="End of training")
+        except Exception as err:
+            failure = f"{type(err).__name__}: {_scrub(str(err))}"
+    if trainer.is_world_process_zero():
+        write_model_card(folder, hub_model_id=repo_id or card_model_id, base_model=base_model)
+        if repo_id and not failure:
+            try:
+                push_model_card(folder, repo_id)
+            except EduGPTError as err:
+                failure = str(err).split(";")[0]
+    return failure
+
+
+def push_failed_error(output_dir: str | os.PathLike, repo_id: str, failure: str) -> EduGPTError:
+    """The one error a run whose push failed ends with: the model is local, and this is how to publish it later."""
+    return EduGPTError(
+        f"the model is saved in {output_dir}, but pushing it to {repo_id} failed ({failure}); check the network and "
+        f"your token's write access, then run `python publish.py {output_dir} --hub_model_id {repo_id}`."
+    )
