@@ -16,7 +16,11 @@ are an error listing the valid ones. Re-running the same command resumes from th
 output_dir, bit-exact; SIGTERM saves a checkpoint at the current step and exits 0. output_dir ends up holding
 checkpoint-N/, the final model (`AutoModelForCausalLM.from_pretrained(output_dir)`,
 `lm_eval --model hf --model_args pretrained=output_dir`), metrics.jsonl, samples.md, images/train-loss.png,
-run_config.json and data_manifest.json.
+run_config.json, data_manifest.json and README.md, edugpt's model card (`python -m edugpt.report DIR` rewrites it).
+
+`--push_to_hub --hub_model_id NAME` checks the token and the Hub before anything is loaded, then at the end uploads
+output_dir with Trainer's own push (`hub_strategy` honoured) and replaces Trainer's card with edugpt's. A failed push
+leaves the run directory complete; `python publish.py output_dir --hub_model_id NAME` publishes it later.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from edugpt.args import DataArguments, ModelArguments, ScriptArguments
 from edugpt.checkpoints import find_resume_checkpoint, list_checkpoints
 from edugpt.cli import parse_config, run
 from edugpt.errors import EduGPTError
+from edugpt.hub import push_failed_error, require_push_ready, save_card_and_push
 from edugpt.modeling import require_compatible_checkpoint
 from edugpt.training import build_trainer
 
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     is_main = training_args.process_index == 0
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if training_args.push_to_hub:  # before any data or model: offline or without a login this fails in a second
+        training_args.hub_model_id = require_push_ready(training_args.hub_model_id)
     pretraining = build_trainer(model_args, data_args, script_args, training_args)
 
     output_dir = Path(training_args.output_dir)
@@ -96,8 +103,12 @@ def main(argv: list[str] | None = None) -> None:
         "eval_loss" in record and record["step"] == state.global_step for record in state.log_history
     ):
         trainer.evaluate()  # the final validation loss, for the table and the plot
-    trainer.save_model()  # model + generation config + tokenizer into output_dir
-    logger.info("final model saved to %s", output_dir)
+    # The final model (+ generation config, tokenizer) and README.md, edugpt's card; with push_to_hub both go up.
+    push_failure = save_card_and_push(trainer)
+    if push_failure:
+        raise push_failed_error(output_dir, training_args.hub_model_id, push_failure)
+    logger.info("final model and model card saved to %s%s", output_dir,
+                f" and pushed to {training_args.hub_model_id}" if training_args.push_to_hub else "")
 
 
 if __name__ == "__main__":

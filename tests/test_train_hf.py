@@ -122,6 +122,15 @@ def test_run_writes_the_run_directory_contract(baseline, data_dir):
     for name in ("model.safetensors", "generation_config.json", "tokenizer.json", "optimizer.pt", "rng_state.pth"):
         assert (output_dir / "checkpoint-8" / name).is_file(), name
 
+    # edugpt's model card, written at the end of every finished run
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(output_dir / "README.md")
+    assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "text-generation")
+    assert "pretraining" in card.data.tags and not card.data.eval_results  # the local smoke file is not HellaSwag
+    assert "![Training and validation loss by step](images/train-loss.png)" in card.text
+    assert f"Final train loss (step 8) | {train[-1]['loss']:.4f}" in card.text
+
 
 def test_final_model_loads_with_auto_classes(baseline):
     import torch
@@ -282,3 +291,87 @@ def test_rerunning_a_finished_run_changes_nothing_and_restores_a_missing_final_m
     assert {name: (output_dir / name).read_text() for name in before} == before  # no extra step, sample or record
     final, last = load_file(output_dir / "model.safetensors"), load_file(output_dir / "checkpoint-8" / "model.safetensors")
     assert final.keys() == last.keys() and all(final[k].equal(last[k]) for k in final)
+
+
+FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtokenFAKE12"
+
+
+def test_push_to_hub_offline_fails_before_any_work(data_dir, tmp_path):
+    """--push_to_hub checks the Hub before loading anything: offline, one clear error and no output_dir."""
+    output_dir = tmp_path / "run"
+    start = time.time()
+    proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir, "--push_to_hub", "true",
+                                                "--hub_model_id", "someone/edugpt-tiny"),
+                      env={"HF_TOKEN": FAKE_TOKEN}, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Hub is unreachable" in errors[0] and "publish.py" in errors[0], proc.stderr
+    assert FAKE_TOKEN not in proc.stdout + proc.stderr
+    assert not output_dir.exists() and "loss" not in proc.stderr
+    assert time.time() - start < 60  # interpreter + imports only: no data, model or training
+
+
+class _RecordingHub:
+    """Stands in for the Hub (unreachable here) under Trainer's pushes and edugpt.hub.push_model_card: records each
+    upload, or fails like a dropped connection. As HfApi does, a `run_as_future` upload (Trainer's pushes at each
+    save, per hub_strategy) returns a Future holding the outcome instead of raising."""
+
+    def __init__(self, fail: bool):
+        self.fail, self.uploads = fail, []
+
+    def __call__(self, *args, **kwargs):  # hf_api() / HfApi() -> this instance
+        return self
+
+    def create_repo(self, repo_id, **kwargs):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, commit_message=None, run_as_future=False,
+                      **kwargs):
+        from concurrent.futures import Future
+
+        outcome = Future()
+        if self.fail:
+            outcome.set_exception(ConnectionError("Connection reset by peer"))
+        else:
+            card = Path(folder_path) / "README.md"
+            self.uploads.append({"repo_id": repo_id, "message": commit_message, "allow": allow_patterns,
+                                 "files": sorted(p.name for p in Path(folder_path).iterdir()),
+                                 "card": card.read_text() if card.is_file() else None})
+            outcome.set_result(None)
+        return outcome if run_as_future else outcome.result()
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["pushed", "push-failed"])
+def test_push_at_the_end_uploads_the_run_then_our_card(fail, data_dir, tmp_path, monkeypatch):
+    """Trainer pushes at each save (hub_strategy every_save) and at the end with a card of its own, then edugpt's card
+    replaces it; when the Hub fails, the run directory is complete and the error says how to publish it later."""
+    hub = _RecordingHub(fail)
+    monkeypatch.setattr("transformers.trainer.hf_api", hub)
+    monkeypatch.setattr("huggingface_hub.HfApi", hub)
+    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)  # no token or network here
+    output_dir = tmp_path / "run"
+    args = tiny_args(data_dir, output_dir, "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2",
+                     "--sample_steps", "0", "--hellaswag_steps", "0", "--push_to_hub", "true",
+                     "--hub_model_id", "someone/edugpt-tiny")
+    if fail:
+        with pytest.raises(EduGPTError, match=r"saved in .*run, but pushing it to someone/edugpt-tiny failed "
+                                              r"\(ConnectionError.*python publish.py .*run --hub_model_id someone/"):
+            load_main()(args)
+    else:
+        load_main()(args)
+    for name in ("config.json", "model.safetensors", "run_config.json", "metrics.jsonl", "README.md"):
+        assert (output_dir / name).is_file(), name
+    local_card = (output_dir / "README.md").read_text()
+    assert 'from_pretrained("someone/edugpt-tiny")' in local_card and "generated_from_trainer" not in local_card
+    if fail:
+        assert hub.uploads == []
+        return
+    checkpoint_push, trainer_push, card_push = hub.uploads
+    assert checkpoint_push["message"] == "Training in progress, step 2"  # hub_strategy every_save, Trainer's default
+    assert trainer_push["message"] == "End of training"
+    assert {"model.safetensors", "metrics.jsonl", "run_config.json"} <= set(trainer_push["files"])
+    assert "generated_from_trainer" in trainer_push["card"]  # Trainer's own card went up with the model ...
+    assert card_push["allow"] == ["README.md", "images/*.png"]  # ... then ours replaced it
+    assert card_push["repo_id"] == "someone/edugpt-tiny" and card_push["card"] == local_card
