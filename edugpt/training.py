@@ -212,6 +212,7 @@ def build_trainer(model_args, data_args, script_args, training_args) -> Pretrain
     from edugpt import callbacks as cb
     from edugpt.checkpoints import CompleteCheckpointCallback
     from edugpt.modeling import current_peak_flops, flops_per_token, gpt2_config, parameter_count
+    from edugpt.plots import hellaswag_name
     from edugpt.tokenizer import load_tokenizer, require_gpt2_compatible
 
     # Trainer settings the callbacks rely on, whatever the recipe says: tokens seen feed throughput, MFU and
@@ -265,9 +266,7 @@ def build_trainer(model_args, data_args, script_args, training_args) -> Pretrain
         sigterm,
         guard,  # after sigterm: checks the weights before the save that SIGTERM asks for
         CompleteCheckpointCallback(),
-        cb.PlotCallback(output_dir, metrics, hellaswag_name=(
-            f"HellaSwag-format file {Path(script_args.hellaswag_file).name}" if script_args.hellaswag_file else "HellaSwag"
-        )),
+        cb.PlotCallback(output_dir, metrics, hellaswag_name=hellaswag_name(script_args.hellaswag_file)),
     )
     if script_args.sample_steps > 0:
         trainer.add_callback(cb.SamplesCallback(
