@@ -40,6 +40,7 @@ from edugpt.cli import parse_config, run
 from edugpt.errors import EduGPTError
 from edugpt.hub import push_failed_error, require_push_ready, save_card_and_push
 from edugpt.modeling import require_compatible_checkpoint
+from edugpt.report import CARD_NAME, write_model_card
 from edugpt.training import build_trainer
 
 logger = logging.getLogger("train_hf")
@@ -54,6 +55,15 @@ def write_run_files(output_dir: Path, model_args, data_args, script_args, traini
         tmp = output_dir / f".{name}.tmp"
         tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
         os.replace(tmp, output_dir / name)
+
+
+def save_final_model(trainer, output_dir: Path) -> None:
+    """The final model (+ generation config, tokenizer) and README.md, edugpt's card; with push_to_hub both go up."""
+    push_failure = save_card_and_push(trainer)
+    if push_failure:
+        raise push_failed_error(output_dir, trainer.args.hub_model_id, push_failure)
+    logger.info("final model and model card saved to %s%s", output_dir,
+                f" and pushed to {trainer.args.hub_model_id}" if trainer.args.push_to_hub else "")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,10 +84,14 @@ def main(argv: list[str] | None = None) -> None:
         require_compatible_checkpoint(checkpoint, pretraining.config)
         done = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
         if done >= training_args.max_steps:
-            # Trainer would run one more step past max_steps when resumed at it; a finished run has nothing to do.
-            if is_main and not (output_dir / "model.safetensors").exists():
+            # Trainer would run one more step past max_steps when resumed at it; a finished run has nothing to train.
+            # Killed between its last checkpoint and the final save, it lacks the final model and card; asked to push
+            # (again, after a failed push), it pushes: both from the last checkpoint's weights.
+            if training_args.push_to_hub or not (output_dir / "model.safetensors").exists():
                 pretraining.trainer.model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
-                pretraining.trainer.save_model()
+                save_final_model(pretraining.trainer, output_dir)
+            elif is_main and not (output_dir / CARD_NAME).exists():
+                write_model_card(output_dir)
             logger.info("%s already reached max_steps %d; final model in %s", checkpoint, training_args.max_steps,
                         output_dir)
             return
@@ -103,12 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         "eval_loss" in record and record["step"] == state.global_step for record in state.log_history
     ):
         trainer.evaluate()  # the final validation loss, for the table and the plot
-    # The final model (+ generation config, tokenizer) and README.md, edugpt's card; with push_to_hub both go up.
-    push_failure = save_card_and_push(trainer)
-    if push_failure:
-        raise push_failed_error(output_dir, training_args.hub_model_id, push_failure)
-    logger.info("final model and model card saved to %s%s", output_dir,
-                f" and pushed to {training_args.hub_model_id}" if training_args.push_to_hub else "")
+    save_final_model(trainer, output_dir)
 
 
 if __name__ == "__main__":

@@ -284,6 +284,7 @@ def test_rerunning_a_finished_run_changes_nothing_and_restores_a_missing_final_m
     output_dir = tmp_path / "run"
     shutil.copytree(baseline[0], output_dir)
     (output_dir / "model.safetensors").unlink()  # e.g. killed between the last checkpoint and the final save
+    (output_dir / "README.md").unlink()
     before = {name: (output_dir / name).read_text() for name in ("metrics.jsonl", "samples.md")}
 
     proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir), check=True, timeout=300)
@@ -291,6 +292,7 @@ def test_rerunning_a_finished_run_changes_nothing_and_restores_a_missing_final_m
     assert {name: (output_dir / name).read_text() for name in before} == before  # no extra step, sample or record
     final, last = load_file(output_dir / "model.safetensors"), load_file(output_dir / "checkpoint-8" / "model.safetensors")
     assert final.keys() == last.keys() and all(final[k].equal(last[k]) for k in final)
+    assert "Final train loss (step 8)" in (output_dir / "README.md").read_text()
 
 
 FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtokenFAKE12"
@@ -367,6 +369,11 @@ def test_push_at_the_end_uploads_the_run_then_our_card(fail, data_dir, tmp_path,
     assert 'from_pretrained("someone/edugpt-tiny")' in local_card and "generated_from_trainer" not in local_card
     if fail:
         assert hub.uploads == []
+        # Re-running the same command once the Hub answers trains nothing more and pushes the finished run.
+        hub.fail = False
+        load_main()(args)
+        assert [u["message"] for u in hub.uploads] == ["End of training", "Model card from edugpt.report"]
+        assert 'from_pretrained("someone/edugpt-tiny")' in hub.uploads[1]["card"]
         return
     checkpoint_push, trainer_push, card_push = hub.uploads
     assert checkpoint_push["message"] == "Training in progress, step 2"  # hub_strategy every_save, Trainer's default
