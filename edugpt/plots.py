@@ -97,7 +97,8 @@ def plot_losses(records: list[dict], path: str | Path, title: str | None = None)
     return path
 
 
-def plot_hellaswag(records: list[dict], path: str | Path, title: str | None = None, name: str = HELLASWAG) -> Path | None:
+def plot_hellaswag(records: list[dict], path: str | Path, title: str | None = None,
+                   name: str = HELLASWAG) -> Path | None:
     """HellaSwag acc and acc_norm against optimizer step, with the 25% chance line and, for the real task, GPT-2
     124M's acc_norm; None without records.
 
