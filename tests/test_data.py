@@ -18,6 +18,8 @@ from edugpt.data import (
     derive_id,
     pack_blocks,
     prepare,
+    record_batch_rows,
+    save_blocks,
     split_of,
     tokenize_batch,
     verify,
@@ -86,6 +88,31 @@ def test_tokenize_batch_appends_eos_and_skips_unusable_texts():
     # Without ids, identical texts get identical derived ids.
     derived = tokenize_batch(["same", "same", "other"], None, tokenizer="gpt2", val_fraction=0.5)["id"]
     assert derived[0] == derived[1] == derive_id("same") != derived[2]
+
+
+def test_save_blocks_writes_few_large_record_batches(tmp_path):
+    """Every record batch header is read (and ~64 KiB of the file faulted into RSS) when a split is memory-mapped."""
+    import datasets
+
+    from edugpt.data import block_features
+
+    assert record_batch_rows(1024) == 8192 and record_batch_rows(128) == 65536
+    blocks = np.arange(5000 * 8, dtype=np.uint16).reshape(5000, 8)
+    features = block_features(8)
+    splits = datasets.DatasetDict({name: datasets.Dataset.from_dict({"input_ids": blocks}, features=features)
+                                   for name in ("train", "validation")})
+    splits.save_to_disk(str(tmp_path / "plain"))
+    save_blocks(splits, tmp_path / "big", seq_len=8)
+    assert datasets.config.DEFAULT_MAX_BATCH_SIZE == 1000  # restored
+
+    def batches(root):
+        return [len(pa.ipc.open_stream(pa.memory_map(str(f))).read_all().to_batches())
+                for f in sorted((root / "train").glob("*.arrow"))]
+
+    assert batches(tmp_path / "plain") == [5] and batches(tmp_path / "big") == [1]
+    loaded = datasets.load_from_disk(str(tmp_path / "big"))
+    assert loaded["train"].features == features
+    assert np.array_equal(np.asarray(loaded["train"].with_format("numpy")["input_ids"]), blocks)
 
 
 # ------------------------------------------------------------------------------------------- whole preparations
