@@ -190,3 +190,78 @@ def test_plot_callback_redraws_on_eval_and_hellaswag(args, tmp_path):
     metrics.append({"step": 2, "tokens": 128, "hellaswag/acc": 0.26, "hellaswag/acc_norm": 0.27})
     callback.on_log(args, state_at(2), TrainerControl(), logs={"hellaswag/acc": 0.26, "hellaswag/acc_norm": 0.27})
     assert (tmp_path / "images" / "hellaswag.png").exists()
+
+
+def nan_train(model, tmp_path, poisoned_steps, max_steps, guard, **training):
+    """Train `model` in-process for `max_steps` steps (batch 2 x 16 tokens) with a NaN embedding output, hence a NaN
+    loss and NaN gradients, on the forward passes of `poisoned_steps` (1-based; one forward per step here)."""
+    from transformers import Trainer
+
+    forwards = []
+
+    def poison(module, inputs, output):
+        forwards.append(1)
+        return output * float("nan") if len(forwards) in poisoned_steps else output
+
+    model.get_input_embeddings().register_forward_hook(poison)
+    rows = torch.randint(0, 50257, (2 * max_steps, 16), generator=torch.Generator().manual_seed(0))
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True, max_steps=max_steps,
+        per_device_train_batch_size=2, learning_rate=1e-3, weight_decay=0.1, logging_steps=1, seed=0, **training,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=[{"input_ids": r, "labels": r} for r in rows])
+    snapshots = {}
+
+    class Snapshots(cb.TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            snapshots[state.global_step] = model.transformer.h[0].mlp.c_fc.weight.detach().clone()
+
+    metrics = cb.MetricsLog(tmp_path / "metrics.jsonl")
+    cb.install_callbacks(trainer, cb.MetricsJsonlCallback(metrics), guard, Snapshots())
+    trainer.train()
+    return trainer, snapshots, [r for r in metrics.read() if "loss" in r]
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "adamw_torch_fused"])  # foreach and fused AdamW
+def test_skip_mode_drops_exactly_the_non_finite_step_and_trains_on(tiny_model, tmp_path, caplog, optim):
+    guard = cb.NonFiniteLossCallback("skip", max_skipped_steps=2)
+    with caplog.at_level("WARNING", logger="edugpt.callbacks"):
+        trainer, snapshots, records = nan_train(tiny_model, tmp_path, {3}, 6, guard, optim=optim, save_strategy="no")
+    assert guard.failure is None and guard.skipped_steps == [3] and trainer.state.global_step == 6
+    assert "non-finite gradients at step 3: skipped its update" in caplog.text
+    assert all(torch.isfinite(p).all() for p in tiny_model.parameters())
+    # Step 3 changed nothing, not even weight decay; every other step trained. AdamW counted 5 steps.
+    assert torch.equal(snapshots[3], snapshots[2])
+    assert all(not torch.equal(snapshots[s], snapshots[s - 1]) for s in (2, 4, 5, 6))
+    assert {int(state["step"]) for state in trainer.optimizer.state.values()} == {5}
+    assert [r["skipped_nonfinite_steps"] for r in records] == [0, 0, 1, 0, 0, 0]  # in metrics.jsonl
+    assert math.isnan(records[2]["grad_norm"]) and math.isnan(records[2]["loss"])  # not Trainer's stand-in 0.0
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in records[3:])
+
+
+def test_skip_mode_stops_after_too_many_skips_in_a_row_without_saving_that_step(tiny_model, tmp_path):
+    guard = cb.NonFiniteLossCallback("skip", max_skipped_steps=2)
+    trainer, _, _ = nan_train(tiny_model, tmp_path, set(range(2, 10)), 8, guard, save_steps=1)
+    assert guard.failure == ("the gradients were non-finite on 3 optimizer steps in a row (more than "
+                             "max_skipped_steps 2) up to step 4")
+    assert guard.skipped_steps == [2, 3, 4] and trainer.state.global_step == 4
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert all(torch.isfinite(p).all() for p in tiny_model.parameters())
+
+
+def test_a_non_finite_loss_of_a_step_that_was_not_skipped_still_stops(args):
+    guard = cb.NonFiniteLossCallback("skip")
+    control = TrainerControl()
+    guard.on_log(args, state_at(4), control, logs={"loss": float("inf"), "grad_norm": 1.0})
+    assert "training loss became inf at step 4" in guard.failure and control.should_training_stop
+
+
+def test_nonfinite_loss_option_is_validated():
+    from edugpt.args import ScriptArguments
+    from edugpt.errors import EduGPTError
+
+    assert ScriptArguments(nonfinite_loss="skip").max_skipped_steps == 10
+    with pytest.raises(EduGPTError, match="nonfinite_loss must be 'stop' or 'skip', got 'ignore'"):
+        ScriptArguments(nonfinite_loss="ignore")
+    with pytest.raises(EduGPTError, match="max_skipped_steps must be >= 0"):
+        ScriptArguments(max_skipped_steps=-1)
