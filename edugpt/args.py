@@ -63,7 +63,7 @@ class DataArguments:
 
 @dataclass
 class ScriptArguments:
-    """What `train_hf.py` adds around Trainer: samples, in-loop HellaSwag, MFU."""
+    """What `train_hf.py` adds around Trainer: samples, in-loop HellaSwag, MFU, the non-finite loss policy."""
 
     tokenizer: str = field(default="gpt2", metadata={"help": "Tokenizer saved with every checkpoint (GPT-2's BPE)."})
     sample_steps: int = field(
@@ -89,11 +89,22 @@ class ScriptArguments:
         default=None,
         metadata={"help": "Peak FLOP/s of one device for MFU (default: looked up from the GPU's name; none on CPU)."},
     )
+    nonfinite_loss: str = field(
+        default="stop",
+        metadata={"help": "On a NaN/inf loss or gradient: 'stop' (exit with an error, keeping the last good "
+                          "checkpoint) or 'skip' (drop that optimizer step's update and train on)."},
+    )
+    max_skipped_steps: int = field(
+        default=10,
+        metadata={"help": "With nonfinite_loss 'skip': stop, as 'stop' does, when more than N steps in a row are skipped."},
+    )
 
     def __post_init__(self):
-        for name in ("sample_steps", "hellaswag_steps", "sample_max_new_tokens", "sample_top_k"):
+        for name in ("sample_steps", "hellaswag_steps", "sample_max_new_tokens", "sample_top_k", "max_skipped_steps"):
             if getattr(self, name) < 0:
                 raise EduGPTError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.nonfinite_loss not in ("stop", "skip"):
+            raise EduGPTError(f"nonfinite_loss must be 'stop' or 'skip', got {self.nonfinite_loss!r}.")
         if self.mfu_peak_flops is not None and self.mfu_peak_flops <= 0:
             raise EduGPTError(
                 f"mfu_peak_flops must be positive FLOP/s (e.g. 989e12 for an H100), got {self.mfu_peak_flops}."

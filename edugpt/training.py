@@ -220,6 +220,11 @@ def build_trainer(model_args, data_args, script_args, training_args) -> Pretrain
     training_args.include_num_input_tokens_seen = "all"
     training_args.prediction_loss_only = True
 
+    if script_args.nonfinite_loss == "skip" and not training_args.logging_nan_inf_filter:
+        raise EduGPTError(
+            "nonfinite_loss 'skip' needs logging_nan_inf_filter true: without it Trainer logs every loss after a "
+            "skipped step as NaN; drop logging_nan_inf_filter: false or use nonfinite_loss 'stop'."
+        )
     config = gpt2_config(model_args)
     data = load_prepared(data_args.dataset_dir, config, data_args.seq_len)
     data_args.seq_len = data.seq_len
@@ -257,7 +262,8 @@ def build_trainer(model_args, data_args, script_args, training_args) -> Pretrain
     output_dir = Path(training_args.output_dir)
     is_main = training_args.process_index == 0
     metrics = cb.MetricsLog(output_dir / cb.METRICS_FILE, enabled=is_main)
-    sigterm, guard = cb.SigtermCallback(), cb.NonFiniteLossCallback()
+    sigterm = cb.SigtermCallback()
+    guard = cb.NonFiniteLossCallback(script_args.nonfinite_loss, script_args.max_skipped_steps)
     peak = current_peak_flops(script_args.mfu_peak_flops)
     cb.install_callbacks(
         trainer,
