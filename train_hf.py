@@ -13,8 +13,9 @@ Two CPU processes (DDP over gloo):
 
 Any key of the recipe can be overridden on the command line (`--max_steps 50 --learning_rate 1e-3`); unknown keys
 are an error listing the valid ones. Re-running the same command resumes from the newest valid checkpoint in
-output_dir, bit-exact; SIGTERM saves a checkpoint at the current step and exits 0. output_dir ends up holding
-checkpoint-N/, the final model (`AutoModelForCausalLM.from_pretrained(output_dir)`,
+output_dir, bit-exact; SIGTERM saves a checkpoint at the current step and exits 0. A NaN/inf loss stops the run with
+an error, keeping the last good checkpoint (`--nonfinite_loss skip`: drop that step's update and train on).
+output_dir ends up holding checkpoint-N/, the final model (`AutoModelForCausalLM.from_pretrained(output_dir)`,
 `lm_eval --model hf --model_args pretrained=output_dir`), metrics.jsonl, samples.md, images/train-loss.png,
 run_config.json, data_manifest.json and README.md, edugpt's model card (`python -m edugpt.report DIR` rewrites it).
 
