@@ -424,7 +424,7 @@ class SkippedStepsCounter(TrainerCallback):
         if logs is not None and "loss" in logs:
             skipped = self.guard.skipped_after(self._last_log_step)
             logs["skipped_nonfinite_steps"] = skipped
-            if skipped == state.global_step - self._last_log_step:
+            if skipped and skipped == state.global_step - self._last_log_step:
                 # logging_nan_inf_filter fills a NaN loss in from the record's earlier steps: 0.0 when there are none.
                 # No step of this record has a loss to show.
                 logs["loss"] = float("nan")
