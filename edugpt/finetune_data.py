@@ -94,6 +94,36 @@ def load_finetune_dataset(
     return kept
 
 
+def load_stage_splits(script_args, training_args, stage: str):
+    """The train split, and the test split when the recipe evaluates, of `script_args.dataset_name` for `stage`.
+
+    Rank 0 loads first (downloading and caching), then the other ranks read its cache.
+    """
+
+    def load(split):
+        return load_finetune_dataset(
+            script_args.dataset_name, stage, script_args.dataset_config, split,
+            num_proc=training_args.dataset_num_proc, streaming=script_args.dataset_streaming,
+        )
+
+    with training_args.main_process_first(desc="loading the dataset"):
+        train_dataset = load(script_args.dataset_train_split)
+        eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
+    return train_dataset, eval_dataset
+
+
+def load_causal_lm(model_path: str, model_args):
+    """The model at `model_path` with the dtype, attention and revision of TRL's ModelConfig."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        model_path,
+        revision=model_args.model_revision,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+    )
+
+
 def _load_raw(name: str, config: str | None, split: str):
     """A local .jsonl file as a list of row dicts; a dataset folder or Hub dataset as a `datasets.Dataset`."""
     from datasets import load_dataset, load_from_disk

@@ -27,7 +27,9 @@ from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments
 from edugpt.chat import add_chat_template, require_chat_template, require_fits_context, resolve_model_dir
 from edugpt.cli import parse_config, run
 from edugpt.errors import EduGPTError
-from edugpt.finetune_data import finetune_run_config, load_finetune_dataset, staged_output_dir, train_and_publish
+from edugpt.finetune_data import (
+    finetune_run_config, load_causal_lm, load_stage_splits, staged_output_dir, train_and_publish,
+)
 from edugpt.hub import require_push_ready
 
 logger = logging.getLogger("edugpt.dpo")
@@ -43,36 +45,16 @@ def main(argv: list[str] | None = None) -> None:
         training_args.hub_model_id = require_push_ready(training_args.hub_model_id)
     model_path = resolve_model_dir(model_args.model_name_or_path)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
     require_chat_template(tokenizer, model_path)  # before any data or weights are loaded
     final_dir = training_args.output_dir
     staging = staged_output_dir(final_dir, bool(training_args.resume_from_checkpoint), training_args.process_index == 0)
 
-    def load(split):
-        return load_finetune_dataset(
-            script_args.dataset_name,
-            "dpo",
-            script_args.dataset_config,
-            split,
-            num_proc=training_args.dataset_num_proc,
-            streaming=script_args.dataset_streaming,
-        )
+    train_dataset, eval_dataset = load_stage_splits(script_args, training_args, "dpo")
 
-    with training_args.main_process_first(desc="loading the dataset"):  # rank 0 downloads and caches, then the rest
-        train_dataset = load(script_args.dataset_train_split)
-        eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
-
-    def load_model():
-        return AutoModelForCausalLM.from_pretrained(
-            model_path,
-            revision=model_args.model_revision,
-            dtype=model_args.dtype,
-            attn_implementation=model_args.attn_implementation,
-        )
-
-    model, ref_model = load_model(), load_model()
+    model, ref_model = load_causal_lm(model_path, model_args), load_causal_lm(model_path, model_args)
     add_chat_template(tokenizer, model)  # keeps the SFT template; sets pad = eos as SFT did
     require_fits_context(model, training_args.max_length)
 
