@@ -49,3 +49,36 @@ def tiny_model_dir(tmp_path_factory, gpt2_tokenizer):
     model.save_pretrained(path)
     gpt2_tokenizer.save_pretrained(path)
     return path
+
+
+class RecordingHub:
+    """Stands in for the Hub (unreachable here) under Trainer's pushes and edugpt.hub.push_model_card (patch it over
+    `transformers.trainer.hf_api` and `huggingface_hub.HfApi`): records each upload, or fails like a dropped
+    connection. As HfApi does, a `run_as_future` upload (Trainer's pushes at each
+    save, per hub_strategy) returns a Future holding the outcome instead of raising."""
+
+    def __init__(self, fail: bool):
+        self.fail, self.uploads = fail, []
+
+    def __call__(self, *args, **kwargs):  # hf_api() / HfApi() -> this instance
+        return self
+
+    def create_repo(self, repo_id, **kwargs):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, commit_message=None, run_as_future=False,
+                      **kwargs):
+        from concurrent.futures import Future
+
+        outcome = Future()
+        if self.fail:
+            outcome.set_exception(ConnectionError("Connection reset by peer"))
+        else:
+            card = Path(folder_path) / "README.md"
+            self.uploads.append({"repo_id": repo_id, "message": commit_message, "allow": allow_patterns,
+                                 "files": sorted(p.name for p in Path(folder_path).iterdir()),
+                                 "card": card.read_text() if card.is_file() else None})
+            outcome.set_result(None)
+        return outcome if run_as_future else outcome.result()

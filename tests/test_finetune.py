@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, RecordingHub, run_script
 from edugpt.callbacks import read_metrics
 from edugpt.chat import EDUGPT_CHAT_TEMPLATE, add_chat_template
 from edugpt.errors import EduGPTError
@@ -333,27 +333,6 @@ def test_push_to_hub_offline_fails_before_any_work(script, tiny_model_dir, tmp_p
     assert FAKE_TOKEN not in proc.stdout + proc.stderr
 
 
-class _RecordingHub:
-    """Stands in for the Hub (unreachable here) under both Trainer.push_to_hub and edugpt.hub.push_model_card:
-    records each upload with the README.md it carried, or fails like a dropped connection."""
-
-    def __init__(self, fail: bool):
-        self.fail, self.uploads = fail, []
-
-    def __call__(self, *args, **kwargs):  # hf_api() / HfApi() -> this instance
-        return self
-
-    def create_repo(self, repo_id, **kwargs):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(repo_id=repo_id)
-
-    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, **kwargs):
-        if self.fail:
-            raise ConnectionError("Connection reset by peer")
-        card = Path(folder_path) / "README.md"
-        files = sorted(p.name for p in Path(folder_path).iterdir())
-        self.uploads.append({"repo_id": repo_id, "files": files, "allow": allow_patterns, "card": card.read_text()})
 
 
 @pytest.mark.slow
@@ -367,7 +346,7 @@ def test_push_at_the_end_uploads_the_run_then_our_card(fail, tiny_model_dir, tmp
     from edugpt.cli import parse_config
     from edugpt.finetune_data import finetune_run_config, train_and_publish
 
-    hub = _RecordingHub(fail)
+    hub = RecordingHub(fail)
     monkeypatch.setattr("transformers.trainer.hf_api", hub)
     monkeypatch.setattr("huggingface_hub.HfApi", hub)
     out = tmp_path / "sft"

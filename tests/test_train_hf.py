@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import ROOT, RecordingHub, run_script
 
 from edugpt.checkpoints import MARKER, checkpoint_problem, list_checkpoints
 from edugpt.cli import parse_config
@@ -313,43 +313,13 @@ def test_push_to_hub_offline_fails_before_any_work(data_dir, tmp_path):
     assert time.time() - start < 60  # interpreter + imports only: no data, model or training
 
 
-class _RecordingHub:
-    """Stands in for the Hub (unreachable here) under Trainer's pushes and edugpt.hub.push_model_card: records each
-    upload, or fails like a dropped connection. As HfApi does, a `run_as_future` upload (Trainer's pushes at each
-    save, per hub_strategy) returns a Future holding the outcome instead of raising."""
-
-    def __init__(self, fail: bool):
-        self.fail, self.uploads = fail, []
-
-    def __call__(self, *args, **kwargs):  # hf_api() / HfApi() -> this instance
-        return self
-
-    def create_repo(self, repo_id, **kwargs):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(repo_id=repo_id)
-
-    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, commit_message=None, run_as_future=False,
-                      **kwargs):
-        from concurrent.futures import Future
-
-        outcome = Future()
-        if self.fail:
-            outcome.set_exception(ConnectionError("Connection reset by peer"))
-        else:
-            card = Path(folder_path) / "README.md"
-            self.uploads.append({"repo_id": repo_id, "message": commit_message, "allow": allow_patterns,
-                                 "files": sorted(p.name for p in Path(folder_path).iterdir()),
-                                 "card": card.read_text() if card.is_file() else None})
-            outcome.set_result(None)
-        return outcome if run_as_future else outcome.result()
 
 
 @pytest.mark.parametrize("fail", [False, True], ids=["pushed", "push-failed"])
 def test_push_at_the_end_uploads_the_run_then_our_card(fail, data_dir, tmp_path, monkeypatch):
     """Trainer pushes at each save (hub_strategy every_save) and at the end with a card of its own, then edugpt's card
     replaces it; when the Hub fails, the run directory is complete and the error says how to publish it later."""
-    hub = _RecordingHub(fail)
+    hub = RecordingHub(fail)
     monkeypatch.setattr("transformers.trainer.hf_api", hub)
     monkeypatch.setattr("huggingface_hub.HfApi", hub)
     monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)  # no token or network here
