@@ -150,3 +150,17 @@ def test_trainer_shuffles_with_the_compact_sampler(prepared, tmp_path):
     assert isinstance(pretraining.trainer._get_train_sampler(), CompactRandomSampler)
     batch = next(iter(pretraining.trainer.get_train_dataloader()))
     assert batch["input_ids"].shape == (4, SEQ) and batch["labels"].equal(batch["input_ids"])
+
+
+def test_skip_mode_without_the_nan_filter_is_refused(prepared, tmp_path):
+    """Without logging_nan_inf_filter, Trainer's running loss stays NaN after one skipped step: refuse the combination."""
+    from transformers import TrainingArguments
+
+    from edugpt.args import DataArguments, ScriptArguments
+    from edugpt.training import build_trainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", eval_strategy="no",
+                             logging_nan_inf_filter=False)
+    with pytest.raises(EduGPTError, match="nonfinite_loss 'skip' needs logging_nan_inf_filter"):
+        build_trainer(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32),
+                      DataArguments(dataset_dir=str(prepared)), ScriptArguments(nonfinite_loss="skip"), args)
