@@ -30,7 +30,6 @@ from edugpt.errors import EduGPTError
 
 CARD_NAME = "README.md"
 DEFAULT_LICENSE = "mit"  # the project's own license (pyproject.toml); pass another with --license
-PROJECT_URL = "https://github.com/edugpt/edugpt"
 # Rows kept in by-step tables; longer histories are thinned evenly (first and last always kept), all are in metrics.jsonl.
 MAX_TABLE_ROWS = 12
 # Training arguments worth a row in the recipe table, in reading order. The full run_config.json sits below it.
@@ -406,7 +405,7 @@ def _summary(facts: RunFacts, title: str) -> str:
     return (
         f"# {title}\n\n"
         f"A {size}GPT-2-architecture causal language model ({arch}) {what}{dataset}{base}{seen}, with the "
-        f"GPT-2 tokenizer. Built with [edugpt]({PROJECT_URL}) on the Hugging Face stack (transformers Trainer"
+        f"GPT-2 tokenizer. Built with edugpt on the Hugging Face stack (transformers Trainer"
         f"{', TRL' if facts.kind != 'pretrain' else ''}). It is an experiment for learning, not a state-of-the-art model."
     )
 
