@@ -42,6 +42,11 @@ class MetricsLog:
     def read(self) -> list[dict]:
         return read_metrics(self.path)
 
+    def clear(self) -> None:
+        """Forget an earlier attempt's records: a run starting at step 0 in the same output_dir logs afresh."""
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
+
     def truncate_after(self, step: int) -> None:
         """Drop records newer than `step`: a run resumed from checkpoint-`step` logs them again."""
         if not self.enabled or not self.path.exists():
@@ -134,7 +139,13 @@ class MetricsJsonlCallback(TrainerCallback):
         self.metrics = metrics
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.global_step > 0 and _is_main(state):
+        # Runs before the samples callback's step-0 record. A start from scratch (killed before its first
+        # checkpoint, or its only checkpoint set aside as corrupt) must not append to the old attempt's records.
+        if not _is_main(state):
+            return
+        if state.global_step == 0:
+            self.metrics.clear()
+        else:
             self.metrics.truncate_after(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):

@@ -98,6 +98,18 @@ def test_metrics_jsonl_records_have_step_and_tokens_and_resume_truncates(args, t
     assert not disabled.path.exists()
 
 
+def test_a_fresh_start_in_the_same_output_dir_does_not_append_to_old_records(args, tmp_path):
+    """Killed before its first checkpoint, the run starts again at step 0: the old attempt's records must go."""
+    metrics = cb.MetricsLog(tmp_path / "metrics.jsonl")
+    callback = cb.MetricsJsonlCallback(metrics)
+    for step in (10, 20, 30, 40):
+        callback.on_log(args, state_at(step), TrainerControl(), logs={"loss": 9.0})
+    callback.on_train_begin(args, state_at(0), TrainerControl())
+    for step in (10, 20):
+        callback.on_log(args, state_at(step), TrainerControl(), logs={"loss": 5.0})
+    assert [(r["step"], r["loss"]) for r in metrics.read()] == [(10, 5.0), (20, 5.0)]
+
+
 def test_samples_do_not_disturb_rng_or_model_mode_and_fill_the_table(tiny_model, gpt2_tokenizer, args, tmp_path):
     metrics = cb.MetricsLog(tmp_path / "metrics.jsonl")
     callback = cb.SamplesCallback(gpt2_tokenizer, ["Once upon a time"], every_steps=5, max_new_tokens=6, top_k=50,
