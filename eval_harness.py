@@ -49,8 +49,10 @@ class EvalArguments:
 
 def main(argv=None) -> None:
     (args,) = parse_config([EvalArguments], argv)
-    from edugpt.evaluation import evaluate_checkpoint, results_table, write_results
+    from edugpt.evaluation import evaluate_checkpoint, require_free_output_dir, results_table, write_results
 
+    if args.output_dir:
+        require_free_output_dir(args.output_dir)  # before the evaluation, not after minutes of it
     batch_size = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
     results = evaluate_checkpoint(
         args.model, args.task_list, limit=args.limit, batch_size=batch_size, hellaswag_file=args.hellaswag_file,

@@ -200,6 +200,16 @@ def results_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def require_free_output_dir(output_dir: str | os.PathLike) -> None:
+    """Refuse an output folder that already holds files: earlier results are never silently replaced or mixed."""
+    path = Path(output_dir)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise EduGPTError(
+            f"--output_dir {str(path)!r} already exists and is not empty; pass a new folder (or remove that one) so "
+            "earlier results are not overwritten."
+        )
+
+
 def write_results(results: dict, output_dir: str | os.PathLike) -> Path:
     """Write results.json (lm-eval's dict), results.md and samples_<task>.jsonl (if logged) into `output_dir`.
 
@@ -221,11 +231,10 @@ def write_results(results: dict, output_dir: str | os.PathLike) -> Path:
             with (staging / f"samples_{task}.jsonl").open("w") as f:
                 for sample in task_samples:
                     f.write(json.dumps(sample, default=handle_non_serializable, ensure_ascii=False) + "\n")
-        if not output_dir.exists():
-            staging.rename(output_dir)
-        else:
-            for file in staging.iterdir():
-                os.replace(file, output_dir / file.name)
+        require_free_output_dir(output_dir)  # checked before the evaluation too; a folder may appear meanwhile
+        if output_dir.exists():
+            output_dir.rmdir()  # empty: replaced whole, so no file of an earlier evaluation survives beside these
+        staging.rename(output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir

@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import run_script
 
+from edugpt.errors import EduGPTError
 from edugpt.tasks.hellaswag_local import SMOKE_FILE
 
 pytestmark = pytest.mark.slow
@@ -70,3 +71,28 @@ def test_bad_input_is_one_clear_error(tiny_model_dir, tmp_path, case, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()  # nothing written where results would go
+
+
+def test_results_never_overwrite_an_earlier_evaluation(tiny_model_dir, tmp_path):
+    """A non-empty --output_dir is refused before any evaluation runs, and left exactly as it was."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.json").write_text('{"earlier": true}')
+    proc = run_script("eval_harness.py", "--model", tiny_model_dir, "--tasks", "hellaswag", "--limit", "2",
+                      "--hellaswag_file", SMOKE_FILE, "--output_dir", out)
+    assert proc.returncode == 2 and "already exists and is not empty" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "loglikelihood" not in proc.stderr.lower()
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+    assert (out / "results.json").read_text() == '{"earlier": true}'
+
+
+def test_write_results_fills_an_empty_folder_and_refuses_a_full_one(tmp_path):
+    from edugpt.evaluation import RESULTS_JSON, write_results
+
+    results = {"results": {}, "configs": {}, "n-samples": {}, "versions": {}, "higher_is_better": {}}
+    out = tmp_path / "eval"
+    out.mkdir()
+    write_results(results, out)
+    assert (out / RESULTS_JSON).is_file()
+    with pytest.raises(EduGPTError, match="already exists and is not empty"):
+        write_results(results, out)
