@@ -441,16 +441,21 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------- verify
 
 def load_manifest(dataset_dir) -> dict:
-    path = Path(dataset_dir) / MANIFEST
+    """The manifest of a prepared data directory; a clear error when the directory is not prepare_data.py's."""
+    root = Path(dataset_dir)
+    path = root / MANIFEST
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise EduGPTError(f"{str(path)!r} not found; is {str(dataset_dir)!r} a directory written by "
-                          "prepare_data.py?") from None
-    except json.JSONDecodeError as err:
+        raise EduGPTError(
+            f"{root} has no {MANIFEST}, so it was not made by prepare_data.py; re-create it with "
+            f"`python prepare_data.py --output_dir {root}`."
+        ) from None
+    except ValueError as err:
         raise EduGPTError(f"{str(path)!r} is not valid JSON ({err}); prepare the dataset again.") from None
-    if manifest.get("format") != FORMAT:
-        raise EduGPTError(f"{str(path)!r} has format {manifest.get('format')!r}, expected {FORMAT!r}; prepare the "
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != FORMAT:
+        raise EduGPTError(f"{str(path)!r} has format {found!r}, expected {FORMAT!r}; prepare the "
                           "dataset again with this version of prepare_data.py.")
     return manifest
 

@@ -8,20 +8,17 @@ training set's size does not show up in RAM.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edugpt.data import SPLITS, block_features, load_manifest
 from edugpt.errors import EduGPTError
 from edugpt.tokenizer import GPT2_EOS_ID
 
 logger = logging.getLogger(__name__)
-
-MANIFEST_FORMAT = "edugpt-prepared-v1"
-SPLITS = ("train", "validation")
 
 
 @dataclass
@@ -33,7 +30,7 @@ class PreparedData:
 
 
 def read_manifest(dataset_dir: str | Path) -> dict:
-    """The manifest of a prepared data directory; a clear error when the directory is not prepare_data.py's."""
+    """The manifest of `dataset_dir` (train_hf.py's `--dataset_dir`), with errors that name that option."""
     if not dataset_dir:
         raise EduGPTError("dataset_dir is not set; pass --dataset_dir DIR, a directory written by prepare_data.py.")
     root = Path(dataset_dir)
@@ -42,22 +39,7 @@ def read_manifest(dataset_dir: str | Path) -> dict:
             f"dataset_dir {str(root)!r} does not exist; create it with "
             f"`python prepare_data.py --output_dir {root}` or point --dataset_dir at one that does."
         )
-    path = root / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EduGPTError(
-            f"{root} has no manifest.json, so it was not made by prepare_data.py; re-create it with "
-            f"`python prepare_data.py --output_dir {root}`."
-        ) from None
-    except ValueError:
-        raise EduGPTError(f"{path} is not valid JSON; re-create the directory with prepare_data.py.") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise EduGPTError(
-            f"{path} has format {found!r}, expected {MANIFEST_FORMAT!r}; re-create the directory with prepare_data.py."
-        )
-    return manifest
+    return load_manifest(root)
 
 
 def load_prepared(dataset_dir: str | Path, model_config, seq_len: int | None = None) -> PreparedData:
@@ -102,11 +84,10 @@ def load_prepared(dataset_dir: str | Path, model_config, seq_len: int | None = N
         if name not in splits:
             raise EduGPTError(f"{root} has no {name!r} split; re-create it with prepare_data.py.")
         split = splits[name]
-        feature = split.features.get("input_ids")
-        if feature is None or getattr(feature, "length", None) != data_seq_len or feature.feature.dtype != "uint16":
+        if split.features != block_features(data_seq_len):
             raise EduGPTError(
-                f"{root}/{name} does not hold uint16 blocks of {data_seq_len} tokens in `input_ids` ({feature}); "
-                "re-create it with prepare_data.py."
+                f"{root}/{name} does not hold uint16 blocks of {data_seq_len} tokens in `input_ids` "
+                f"({split.features}); re-create it with prepare_data.py."
             )
         expected = (manifest.get("splits") or {}).get(name, {}).get("blocks")
         if expected != len(split):
