@@ -382,6 +382,6 @@ def test_push_at_the_end_uploads_the_run_then_our_card(fail, tiny_model_dir, tmp
     assert trainer_push["repo_id"] == card_push["repo_id"] == "someone/edugpt-chat"
     assert {"model.safetensors", "metrics.jsonl", "run_config.json"} <= set(trainer_push["files"])
     assert "generated_from_trainer" in trainer_push["card"]  # TRL's own card went up with the model ...
-    assert "generated_from_trainer" not in local_card and "Built with [edugpt]" in local_card
+    assert "generated_from_trainer" not in local_card and "Built with edugpt" in local_card
     assert card_push["allow"] == ["README.md", "images/*.png"]  # ... then ours replaced it
     assert card_push["card"] == local_card
