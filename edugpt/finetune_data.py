@@ -94,6 +94,24 @@ def load_finetune_dataset(
     return kept
 
 
+def begin_finetune(script: str, training_args, model_args) -> str:
+    """What sft.py and dpo.py do before loading anything; returns the local model directory to start from.
+
+    Logging per rank, full-weight training only, and with --push_to_hub the login and the Hub checked first, so an
+    offline run fails in a second instead of after training.
+    """
+    from edugpt.chat import resolve_model_dir
+    from edugpt.hub import require_push_ready
+
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level())
+    logging.getLogger("edugpt").setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)
+    if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
+        raise EduGPTError(f"{script} trains all weights (a 270M model fits one GPU); drop use_peft/load_in_4bit/8bit.")
+    if training_args.push_to_hub:
+        training_args.hub_model_id = require_push_ready(training_args.hub_model_id)
+    return resolve_model_dir(model_args.model_name_or_path)
+
+
 def load_stage_splits(script_args, training_args, stage: str):
     """The train split, and the test split when the recipe evaluates, of `script_args.dataset_name` for `stage`.
 

@@ -640,8 +640,8 @@ def _usage(facts: RunFacts, repo: str, revision: str | None) -> str:
     eval_out = f"{repo}/eval" if Path(repo).exists() else "eval"
     chat = facts.kind != "pretrain" and (facts.run_dir / "chat_template.jinja").is_file()
     generate = (
-        f'messages = [{{"role": "user", "content": "What is photosynthesis?"}}]\n'
-        f"inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)\n"
+        'messages = [{"role": "user", "content": "What is photosynthesis?"}]\n'
+        "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)\n"
         if chat else f'inputs = tokenizer("{prompt}", return_tensors="pt")\n'
     )
     return f"""## How to use

@@ -30,28 +30,20 @@ import logging
 
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
 
-from edugpt.chat import add_chat_template, require_fits_context, resolve_model_dir
+from edugpt.chat import add_chat_template, require_fits_context
 from edugpt.cli import parse_config, run
-from edugpt.errors import EduGPTError
 from edugpt.finetune_data import (
-    finetune_run_config, load_causal_lm, load_stage_splits, staged_output_dir, train_and_publish,
+    begin_finetune, finetune_run_config, load_causal_lm, load_stage_splits, staged_output_dir, train_and_publish,
 )
-from edugpt.hub import require_push_ready
 
 logger = logging.getLogger("edugpt.sft")
 
 
 def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args = parse_config([ScriptArguments, SFTConfig, ModelConfig], argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level())
-    logging.getLogger("edugpt").setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)
-    if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
-        raise EduGPTError("sft.py trains all weights (a 270M model fits one GPU); drop use_peft/load_in_4bit/8bit.")
-    if training_args.push_to_hub:  # before any data or weights: offline or without a login this fails in a second
-        training_args.hub_model_id = require_push_ready(training_args.hub_model_id)
+    model_path = begin_finetune("sft.py", training_args, model_args)
     if not training_args.assistant_only_loss:
         logger.warning("assistant_only_loss is off: the loss also covers user and system tokens.")
-    model_path = resolve_model_dir(model_args.model_name_or_path)
     final_dir = training_args.output_dir
     staging = staged_output_dir(final_dir, bool(training_args.resume_from_checkpoint), training_args.process_index == 0)
 
