@@ -8,72 +8,21 @@ reporting callbacks (console, tensorboard, wandb) so that the numbers they add t
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import signal
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from edugpt.modeling import mfu
+from edugpt.rundir import MetricsLog
+from edugpt.safefs import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.md"
 SAMPLES_HEADER = "| Step | Output |\n|------|--------|\n"
-
-
-class MetricsLog:
-    """`output_dir/metrics.jsonl`: one JSON object per line, each with "step" and "tokens"; written by rank 0 only."""
-
-    def __init__(self, path: str | Path, enabled: bool = True):
-        self.path = Path(path)
-        self.enabled = enabled
-
-    def append(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def read(self) -> list[dict]:
-        return read_metrics(self.path)
-
-    def clear(self) -> None:
-        """Forget an earlier attempt's records: a run starting at step 0 in the same output_dir logs afresh."""
-        if self.enabled:
-            self.path.unlink(missing_ok=True)
-
-    def truncate_after(self, step: int) -> None:
-        """Drop records newer than `step`: a run resumed from checkpoint-`step` logs them again."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = [record for record in self.read() if record.get("step", 0) <= step]
-        _atomic_write(self.path, "".join(json.dumps(record) + "\n" for record in kept))
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a metrics.jsonl file (a torn last line from a killed run is skipped)."""
-    records = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        return records
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _is_main(state) -> bool:
@@ -112,7 +61,7 @@ class ThroughputCallback(TrainerCallback):
             tokens_per_second = tokens / self._seconds
             logs["tokens_per_second"] = round(tokens_per_second, 1)
             if self.peak_flops:
-                logs["mfu"] = round(tokens_per_second * self.flops_per_token / (self.peak_flops * self.world_size), 4)
+                logs["mfu"] = round(mfu(tokens_per_second, self.flops_per_token, self.peak_flops, self.world_size), 4)
         self._seconds = 0.0
         self._tokens_at_last_log = state.num_input_tokens_seen
 
@@ -242,26 +191,22 @@ def truncate_samples(path: Path, step: int) -> None:
         if len(cells) > 2 and cells[1].strip().isdigit() and int(cells[1]) > step:
             continue
         kept.append(line)
-    _atomic_write(path, "".join(kept))
+    atomic_write_text(path, "".join(kept))
 
 
 class PlotCallback(TrainerCallback):
     """Redraws images/train-loss.png after each evaluation and at the end; images/hellaswag.png when scored."""
 
-    def __init__(self, output_dir: str | Path, metrics: MetricsLog, hellaswag_name: str = "HellaSwag"):
-        self.images = Path(output_dir) / "images"
+    def __init__(self, output_dir: str | Path, metrics: MetricsLog, hellaswag_file: str | None = None):
+        self.output_dir = Path(output_dir)
         self.metrics = metrics
-        self.hellaswag_name = hellaswag_name  # the plot says which file was scored when it is not HellaSwag itself
+        self.hellaswag_file = hellaswag_file  # the plot names the scored file when it is not HellaSwag itself
 
     def draw(self, state) -> None:
-        from edugpt import plots
+        from edugpt.plots import draw_run_plots
 
-        if not _is_main(state):
-            return
-        records = self.metrics.read()
-        plots.plot_losses(records, self.images / "train-loss.png")
-        if any("hellaswag/acc" in record for record in records):
-            plots.plot_hellaswag(records, self.images / "hellaswag.png", name=self.hellaswag_name)
+        if _is_main(state):
+            draw_run_plots(self.output_dir, self.metrics.read(), self.hellaswag_file)
 
     def on_evaluate(self, args, state, control, **kwargs):
         self.draw(state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
@@ -48,18 +49,41 @@ def gpt2_config(model_args):
 
 
 def parameter_count(config) -> int:
-    """Parameters of `GPT2LMHeadModel(config)` with the LM head tied to the token embedding (as GPT-2 does)."""
-    d, layers = config.n_embd, config.n_layer
-    inner = config.n_inner or 4 * d
-    embeddings = config.vocab_size * d + config.n_positions * d
-    block = (
-        2 * 2 * d  # two LayerNorms (weight + bias)
-        + d * 3 * d + 3 * d  # qkv projection
-        + d * d + d  # attention output projection
-        + d * inner + inner  # MLP up
-        + inner * d + d  # MLP down
-    )
-    return embeddings + layers * block + 2 * d  # + final LayerNorm
+    """Parameters of `GPT2LMHeadModel(config)`, counted on the meta device (no memory is allocated). The LM head is
+    tied to the token embedding, as in GPT-2, so `parameters()` yields it once."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def saved_parameter_counts(model_dir: str | Path) -> dict | None:
+    """Total and non-embedding parameters of a saved model, from its safetensors headers (no weights are read);
+    None if a file is missing or unreadable. Tied weights are stored once, so the total equals `num_parameters()`.
+    Kaplan et al.'s "non-embedding" count leaves out the token and position embeddings."""
+    from safetensors import SafetensorError, safe_open
+
+    model_dir = Path(model_dir)
+    try:
+        index = json.loads((model_dir / "model.safetensors.index.json").read_text())
+        names = sorted(set(index["weight_map"].values()))
+    except FileNotFoundError:
+        names = ["model.safetensors"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    total = embedding = 0
+    try:
+        for name in names:
+            with safe_open(str(model_dir / name), framework="np") as f:
+                for key in f.keys():
+                    numel = math.prod(f.get_slice(key).get_shape())
+                    total += numel
+                    embedding += numel if key.endswith(("wte.weight", "wpe.weight")) else 0
+    except (SafetensorError, OSError):
+        return None
+    return {"total": total, "non_embedding": total - embedding}
 
 
 def flops_per_token(config, seq_len: int) -> float:
@@ -91,6 +115,12 @@ def current_peak_flops(override: float | None = None) -> float | None:
     if not torch.cuda.is_available():
         return None
     return peak_flops(torch.cuda.get_device_name())
+
+
+def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float, devices: int = 1) -> float:
+    """Model FLOPs utilisation: the share of the devices' peak FLOP/s that the model's training FLOPs used (PaLM's
+    definition: FLOPs of the model itself, so activation recomputation does not count as useful work)."""
+    return tokens_per_second * flops_per_token / (peak_flops * devices)
 
 
 def require_compatible_checkpoint(checkpoint_dir: str | Path, config) -> None:

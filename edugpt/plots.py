@@ -6,10 +6,13 @@ evaluation and at the end).
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import sys
 from pathlib import Path
+
+from edugpt.rundir import HELLASWAG_PLOT, LOSS_PLOT, read_metrics, read_run_config
+from edugpt.safefs import atomic_write_bytes
 
 HELLASWAG = "HellaSwag"  # the name of the real task (Rowan/hellaswag validation, via lm-eval)
 # GPT-2 124M (openai-community/gpt2) on lm-eval's `hellaswag`, 0-shot: acc_norm 31.1% (acc 28.9%), the number
@@ -45,10 +48,10 @@ def _tokens_label(tokens: float) -> str:
 
 
 def _save(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)  # a reader (README, a browser) never sees half a PNG
+    atomic_write_bytes(path, buffer.getvalue())  # a reader (README, a browser) never sees half a PNG
 
 
 def hellaswag_name(hellaswag_file: str | os.PathLike | None) -> str:
@@ -129,22 +132,26 @@ def plot_hellaswag(records: list[dict], path: str | Path, title: str | None = No
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
-    from edugpt.callbacks import METRICS_FILE, read_metrics
+def draw_run_plots(run_dir: str | os.PathLike, records: list[dict] | None = None,
+                   hellaswag_file: str | None = None) -> list[Path]:
+    """Redraw a run's pictures from its metrics.jsonl (or `records`); returns the files drawn."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir) if records is None else records
+    drawn = [plot_losses(records, run_dir / LOSS_PLOT)]
+    if any("hellaswag/acc" in record for record in records):
+        drawn.append(plot_hellaswag(records, run_dir / HELLASWAG_PLOT, name=hellaswag_name(hellaswag_file)))
+    return [path for path in drawn if path]
 
+
+def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         raise SystemExit("usage: python -m edugpt.plots RUN_DIR")
     run_dir = Path(args[0])
-    records = read_metrics(run_dir / METRICS_FILE)
-    run_config = run_dir / "run_config.json"
-    script = json.loads(run_config.read_text()).get("script") if run_config.is_file() else None
+    script = (read_run_config(run_dir) or {}).get("script")
     script = script if isinstance(script, dict) else {}  # train_hf.py's script arguments (a finetune's is a name)
-    for drawn in (plot_losses(records, run_dir / "images" / "train-loss.png"),
-                  plot_hellaswag(records, run_dir / "images" / "hellaswag.png",
-                                 name=hellaswag_name(script.get("hellaswag_file")))):
-        if drawn:
-            print(drawn)
+    for drawn in draw_run_plots(run_dir, hellaswag_file=script.get("hellaswag_file")):
+        print(drawn)
 
 
 if __name__ == "__main__":

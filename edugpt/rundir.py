@@ -1,0 +1,269 @@
+"""The run directory: a training run's `output_dir` (train_hf.py, finetune/sft.py, finetune/dpo.py), its file names,
+its readers, and the rule for who may write into it.
+
+    output_dir/
+      run_config.json        every argument in effect, plus {"edugpt": {"kind", "version"}}: what makes it ours
+      data_manifest.json     pretraining: the prepared dataset's manifest
+      metrics.jsonl          one JSON record per log (MetricsLog), each with "step" and "tokens"
+      samples.md             pretraining: the samples-by-step table
+      images/*.png           plots
+      checkpoint-N/          Trainer's checkpoints, each with the completion marker (edugpt.checkpoints)
+      config.json, model.safetensors, tokenizer files, ...   the final model, with its own completion marker
+      README.md              the model card (edugpt.card)
+      .edugpt.lock           held while a job writes here (edugpt.safefs.DirLock)
+
+Nothing here imports torch or transformers at module level, so writing a card or a plot stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from edugpt.errors import EduGPTError
+from edugpt.safefs import atomic_write_json, atomic_write_text, read_json
+
+RUN_CONFIG = "run_config.json"
+DATA_MANIFEST = "data_manifest.json"
+METRICS = "metrics.jsonl"
+SAMPLES = "samples.md"
+CARD = "README.md"
+IMAGES = "images"
+LOSS_PLOT = f"{IMAGES}/train-loss.png"
+HELLASWAG_PLOT = f"{IMAGES}/hellaswag.png"
+TRAINER_STATE = "trainer_state.json"
+LOCK = ".edugpt.lock"
+# Written last into every finished checkpoint and final model: the size and SHA-256 of each file (edugpt.checkpoints).
+MARKER = "edugpt-complete.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # transformers.trainer_utils' PREFIX_CHECKPOINT_DIR + "-N"
+# Files a run keeps beside its final model; everything else at the top level belongs to the model.
+RUN_FILES = (RUN_CONFIG, DATA_MANIFEST, METRICS, SAMPLES, CARD, TRAINER_STATE, LOCK, MARKER)
+# What a saved model needs to load: a config plus one of these weight files.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# Run kinds, with the entry point that makes each.
+KINDS = {"pretrain": "train_hf.py", "sft": "finetune/sft.py", "dpo": "finetune/dpo.py"}
+
+
+# ------------------------------------------------------------------------------------------------------ metrics.jsonl
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per line, each with "step" and "tokens"; written by the main process only."""
+
+    def __init__(self, path: str | os.PathLike, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def append(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def clear(self) -> None:
+        """Forget an earlier attempt's records: a run starting at step 0 in the same output_dir logs afresh."""
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records newer than `step`: a run resumed from checkpoint-`step` logs them again."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [record for record in self.read() if record.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl file (or of `path/metrics.jsonl` for a run directory); a torn last line from a
+    killed run, or a line that is not a record, is skipped."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+    return records
+
+
+# -------------------------------------------------------------------------------------------------------- checkpoints
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders of a run, oldest first — Trainer's own order (`trainer_utils.sort_checkpoints`,
+    which its rotation uses), keeping only names that are exactly `checkpoint-<digits>`."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    from transformers.trainer_utils import sort_checkpoints  # imports torch: only when checkpoints are listed
+
+    return [Path(p) for p in sort_checkpoints(str(run_dir)) if CHECKPOINT_RE.match(Path(p).name)]
+
+
+def checkpoint_step(checkpoint_dir: str | os.PathLike) -> int:
+    return int(CHECKPOINT_RE.match(Path(checkpoint_dir).name).group(1))
+
+
+def is_saved_model(folder: str | os.PathLike) -> bool:
+    """Does `folder` hold a saved HF model (config.json plus weights)? Says nothing about whether the files are whole:
+    edugpt.checkpoints.checkpoint_problem does."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and any((folder / name).is_file() for name in WEIGHT_FILES)
+
+
+def read_log_history(run_dir: str | os.PathLike) -> list[dict]:
+    """Trainer's `log_history`: from the run's trainer_state.json, else the newest checkpoint's that has one."""
+    run_dir = Path(run_dir)
+    for path in [run_dir / TRAINER_STATE] + [p / TRAINER_STATE for p in reversed(list_checkpoints(run_dir))]:
+        state = read_json(path, what="Trainer state")
+        if isinstance(state, dict) and state.get("log_history"):
+            return [r for r in state["log_history"] if isinstance(r, dict) and "step" in r]
+    return []
+
+
+# --------------------------------------------------------------------------------------------------------- run config
+def read_run_config(run_dir: str | os.PathLike) -> dict | None:
+    config = read_json(Path(run_dir) / RUN_CONFIG, what="run config")
+    return config if isinstance(config, dict) else None
+
+
+def write_run_config(run_dir: str | os.PathLike, run_config: dict) -> Path:
+    return atomic_write_json(Path(run_dir) / RUN_CONFIG, run_config)
+
+
+def run_kind(run_config: dict | None) -> str | None:
+    """"pretrain", "sft" or "dpo" for a run_config.json of this project (also one written before the "edugpt" key
+    existed), else None."""
+    if not isinstance(run_config, dict):
+        return None
+    stamp = run_config.get("edugpt")
+    if isinstance(stamp, dict) and stamp.get("kind") in KINDS:
+        return stamp["kind"]
+    script, training = run_config.get("script"), run_config.get("training")
+    if not isinstance(training, dict):
+        return None
+    if script in ("sft", "dpo"):
+        return script
+    return "pretrain" if isinstance(script, dict) and isinstance(run_config.get("model"), dict) else None
+
+
+def require_own_run_dir(output_dir: str | os.PathLike, kind: str) -> bool:
+    """Check that `output_dir` may hold a `kind` run: absent, empty, or a run directory of that kind (a re-run).
+
+    Returns True when it already holds such a run. Someone else's folder, a run of another kind, or a path that is a
+    file is refused before anything is written, and nothing in it changes.
+    """
+    path = Path(output_dir)
+    if path.is_symlink() and not path.is_dir():
+        raise EduGPTError(f"output_dir {str(path)!r} is a broken symlink; pass a folder path.")
+    if path.exists() and not path.is_dir():
+        raise EduGPTError(f"output_dir {str(path)!r} is a file; pass a folder path (a new one, or an earlier run's).")
+    if not path.exists():
+        return False
+    entries = [p.name for p in path.iterdir()]
+    if not entries or entries == [LOCK]:  # new, or a run stopped before it wrote anything
+        return False
+    found = run_kind(read_run_config(path))
+    if found is None:
+        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+        raise EduGPTError(
+            f"output_dir {str(path)!r} holds files that are not an edugpt run ({shown}) and no {RUN_CONFIG}; nothing "
+            "was written there: pass a new folder, or an earlier run's output_dir to resume it."
+        )
+    if found != kind:
+        raise EduGPTError(
+            f"output_dir {str(path)!r} holds a {found} run ({KINDS[found]}), not a {kind} run ({KINDS[kind]}); pass a "
+            "new folder for this one."
+        )
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------- lm-eval results
+def evaluated_model(results: dict) -> str | None:
+    """The model path/id an lm-eval results dict was scored on: eval_harness.py records it as config.model, the lm_eval
+    CLI as `pretrained=...` in config.model_args (a string or a dict)."""
+    config = results.get("config") or {}
+    args = config.get("model_args")
+    if isinstance(args, dict) and args.get("pretrained"):
+        return str(args["pretrained"])
+    if isinstance(args, str):
+        match = re.search(r"(?:^|,)\s*pretrained=([^,]+)", args)
+        if match:
+            return match.group(1).strip()
+    model = config.get("model")
+    return model if isinstance(model, str) and model not in ("hf", "hf-auto", "huggingface") else None
+
+
+def _same_model(reference: str, run_dir: Path) -> bool:
+    """Does `reference` (as written at eval time, maybe relative to another working directory) name `run_dir`?"""
+    ref = Path(reference)
+    if ref.exists():
+        return ref.resolve() == run_dir.resolve()
+    tail = Path(os.path.normpath(reference)).parts
+    return not ref.is_absolute() and len(tail) >= 2 and run_dir.resolve().parts[-len(tail):] == tail
+
+
+def find_lm_eval_results(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | None = None) -> dict | None:
+    """The newest lm-eval results JSON (`results*.json` holding a "results" mapping) for this run's final model, with
+    its path under "_path".
+
+    With `eval_dir` (a folder or a file) that is where results are read. Otherwise: under run_dir (lm-eval writes
+    `OUTPUT/<model name>/results_<timestamp>.json`, so a few folders deep; checkpoint-N folders skipped), and in the
+    run's sibling folders (`runs/demo/eval` next to `runs/demo/pretrain`, as eval_harness.py is used in the demo) —
+    a sibling's file counts only when it names this run directory as the model it scored, and no file that names
+    another model (a checkpoint, the SFT model) is taken for this one.
+    """
+    run_dir = Path(run_dir)
+    if eval_dir is not None:
+        eval_dir = Path(eval_dir)
+        if not eval_dir.exists():
+            raise EduGPTError(f"eval results folder {eval_dir} does not exist; pass the --output_dir of eval_harness.py "
+                              "(or lm_eval's --output_path).")
+        candidates = [(eval_dir, False)] if eval_dir.is_file() else [(p, False) for p in eval_dir.rglob("results*.json")]
+    else:
+        candidates = [(p, False) for p in run_dir.rglob("results*.json")
+                      if len(p.relative_to(run_dir).parts) <= 4
+                      and not any(part.startswith("checkpoint-") for part in p.relative_to(run_dir).parts[:-1])]
+        for sibling in run_dir.resolve().parent.iterdir():
+            if sibling.is_dir() and sibling != run_dir.resolve():
+                candidates += [(p, True) for p in sibling.rglob("results*.json")
+                               if len(p.relative_to(sibling).parts) <= 3]
+    best = None
+    for path, must_match in sorted(candidates, key=lambda c: c[0].stat().st_mtime):
+        try:
+            data = read_json(path, what="lm-eval results")
+        except EduGPTError:
+            if eval_dir is not None:
+                raise
+            continue  # an unrelated broken file somewhere near the run is not this card's problem
+        if not (isinstance(data, dict) and isinstance(data.get("results"), dict) and data["results"]):
+            continue
+        reference = evaluated_model(data) if eval_dir is None else None
+        if reference is not None and not _same_model(reference, run_dir):
+            continue
+        if reference is None and must_match:
+            continue
+        best = {**data, "_path": path}
+    return best
+
+
+def config_value(run_config: dict | None, *keys: str) -> Any:
+    """The first non-empty string under any of `keys`, at the top of a run_config or in one of its sections."""
+    if not run_config:
+        return None
+    sections = [run_config] + [v for v in run_config.values() if isinstance(v, dict)]
+    for key in keys:
+        for section in sections:
+            if isinstance(section.get(key), str) and section[key]:
+                return section[key]
+    return None

@@ -1,0 +1,179 @@
+"""Files that are whole or absent, folders that are new or left alone, and a lock that holds across hosts.
+
+Every file the project writes for a reader (run_config.json, the model card, manifests, plots, markers) goes
+through `atomic_write_*`: written to a temporary file in the same folder, flushed to disk, then renamed over the
+target, so a reader or a re-run after a kill sees the old file or the new one, never half of one. A full disk
+becomes one `EduGPTError` naming the file, with nothing partial left behind.
+
+`DirLock` is the one lock of the project (training run directories, prepared datasets). It is an `flock` on a
+small file, granted by the filesystem's lock manager — the local kernel; on NFS, Linux turns it into a POSIX lock
+held by the server; Lustre mounted with `flock`; GPFS — so a second process on this host or on another one, in any
+PID namespace, sees it held, and it is released when its holder dies, even by SIGKILL, or when its node is lost
+(NFSv4 leases expire). Nothing is inferred from process ids, which mean nothing across hosts or containers.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from edugpt.errors import EduGPTError
+
+logger = logging.getLogger(__name__)
+
+# errno values that mean "the device is full" (ENOSPC) or "your quota is" (EDQUOT).
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def no_space_error(path: str | os.PathLike, err: OSError) -> EduGPTError:
+    """The one message for a full disk or quota while writing `path`."""
+    what = "disk quota exceeded" if err.errno == errno.EDQUOT else "no space left on the device"
+    return EduGPTError(f"{what} while writing {path}; free space there (or choose another folder) and run the same "
+                       "command again.")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temp file in the same folder, fsync, rename); returns the path."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; these are ordinary outputs
+        os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in NO_SPACE:
+            raise no_space_error(path, err) from None
+        raise
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, content, *, indent: int | None = 2) -> Path:
+    """JSON with a trailing newline; values JSON cannot hold (paths, enums) are written as their str()."""
+    return atomic_write_text(path, json.dumps(content, indent=indent, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike, *, what: str = "file"):
+    """The JSON in `path`, None when it does not exist; one clear error when it is not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise EduGPTError(f"{what} {path} is not valid JSON ({err}); fix or delete it.") from None
+
+
+def require_new_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Refuse a destination that exists and is not an empty folder: earlier output is never replaced or mixed in.
+
+    `flag` names the option in the message (e.g. "--output_dir"). The folder itself is not created."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise EduGPTError(f"{flag} {str(path)!r} exists and is not a folder; pass the path of a new folder.")
+    if path.is_dir() and any(path.iterdir()):
+        raise EduGPTError(f"{flag} {str(path)!r} already exists and is not empty; pass a new folder (or remove that "
+                          "one) so that earlier results are not overwritten.")
+    return path
+
+
+def ensure_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Create folder `path` (and its parents) with a clear error when that cannot be done."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise EduGPTError(f"{flag} {str(path)!r} is a file (or lies under one); pass a folder path.") from None
+    except NotADirectoryError:
+        raise EduGPTError(f"{flag} {str(path)!r} lies under a file, not a folder; pass a folder path.") from None
+    except PermissionError:
+        raise EduGPTError(f"{flag} {str(path)!r} cannot be created: permission denied; pass a folder you can "
+                          "write to.") from None
+    except OSError as err:
+        if err.errno in NO_SPACE:
+            raise no_space_error(path, err) from None
+        raise
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise EduGPTError(f"{flag} {str(path)!r} is not writable; pass a folder you can write to.")
+    return path
+
+
+class DirLock:
+    """An exclusive lock held for as long as one job writes somewhere; a second job is refused with who holds it.
+
+    The lock file is never deleted (deleting a lock file lets two processes lock two different files of one name);
+    it holds the holder's host, pid and command for the error message of the next one. Use as a context manager,
+    or `acquire()` / `release()`.
+    """
+
+    def __init__(self, lock_file: str | os.PathLike, what: str):
+        self.path = Path(lock_file)
+        self.what = what  # e.g. "output_dir runs/smoke", for messages
+        self._fd: int | None = None
+
+    def acquire(self) -> DirLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise EduGPTError(
+                    f"{self.what} is in use by another job ({holder}); wait for it to finish or stop it, then run "
+                    "this command again (two jobs writing one folder would overwrite each other's files)."
+                ) from None
+            if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                # A filesystem without locks (Lustre mounted `noflock`, some FUSE mounts): say so, don't block.
+                logger.warning("the filesystem of %s does not support locks (%s): a second job writing there at the "
+                               "same time would not be detected", self.path, os.strerror(err.errno))
+                self._fd = fd
+                return self
+            os.close(fd)
+            raise
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "command": " ".join(sys.argv)[:500]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> DirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {holder['pid']} on host {holder['host']} since {holder['since']}: {holder['command']}"
+    except (ValueError, KeyError, TypeError, OSError):
+        return "holder unknown"
