@@ -18,33 +18,8 @@ numbers come from lm-eval's own CLI:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from edugpt.args import EvalArguments
 from edugpt.cli import parse_config, run
-from edugpt.errors import EduGPTError
-
-
-@dataclass
-class EvalArguments:
-    model: str = field(metadata={"help": "Checkpoint directory (config.json, weights, tokenizer) or Hub model id."})
-    tasks: str = field(default="hellaswag", metadata={"help": "Comma-separated lm-eval task names."})
-    limit: int | None = field(default=None, metadata={"help": "Score only the first N items of each task."})
-    batch_size: str = field(default="16", metadata={"help": "Batch size, or 'auto' (lm-eval finds the largest)."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where results.json and results.md go."})
-    hellaswag_file: str | None = field(
-        default=None, metadata={"help": "Local HellaSwag-schema jsonl: `hellaswag` then runs on it, offline."}
-    )
-    device: str | None = field(default=None, metadata={"help": "cuda, cuda:1, cpu ... (default: cuda if present)."})
-    log_samples: bool = field(default=False, metadata={"help": "Also write every item's scores (samples_<task>.jsonl)."})
-
-    def __post_init__(self):
-        self.task_list = [name.strip() for name in self.tasks.split(",") if name.strip()]
-        if not self.task_list:
-            raise EduGPTError("--tasks is empty; pass lm-eval task names, e.g. --tasks hellaswag.")
-        if self.limit is not None and self.limit < 1:
-            raise EduGPTError(f"--limit must be a positive number of items, got {self.limit}.")
-        if not (self.batch_size.startswith("auto") or self.batch_size.isdigit() and int(self.batch_size) > 0):
-            raise EduGPTError(f"--batch_size must be a positive integer or 'auto', got {self.batch_size!r}.")
 
 
 def main(argv=None) -> None:

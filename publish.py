@@ -14,27 +14,10 @@ command is for a run that already exists (see edugpt/hub.py).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 
+from edugpt.args import PublishArguments
 from edugpt.cli import parse_config, run
 from edugpt.hub import publish_run
-from edugpt.report import DEFAULT_LICENSE
-
-
-@dataclass
-class PublishArguments:
-    run_dir: str = field(metadata={"help": "Run directory (train_hf.py / finetune output_dir); may come first, unflagged."})
-    hub_model_id: str = field(metadata={"help": "Hub repo id, 'name' or 'owner/name'."})
-    branches: bool = field(default=False, metadata={"help": "Also push each checkpoint-N to branch step-N."})
-    dry_run: str | None = field(
-        default=None, metadata={"help": "Write the upload folder(s) and plan.json here instead of pushing."}
-    )
-    include_optimizer: bool = field(
-        default=False, metadata={"help": "Also upload optimizer/scheduler/RNG/trainer state (for resuming elsewhere)."}
-    )
-    private: bool = field(default=False, metadata={"help": "Create the repo as private (if it does not exist yet)."})
-    eval_dir: str | None = field(default=None, metadata={"help": "lm-eval results folder for the card."})
-    license: str = field(default=DEFAULT_LICENSE, metadata={"help": "License id for the card's metadata."})
 
 
 def main() -> None:

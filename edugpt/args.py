@@ -1,8 +1,12 @@
-"""Argument dataclasses for `train_hf.py`: the model shape, the prepared data, and the script's own extras.
+"""Every entry point's own arguments, one dataclass per concern, each validated in `__post_init__`.
 
-Training options are the stock `transformers.TrainingArguments` (output_dir, max_steps, save_steps, ...); these three
-dataclasses hold only what Trainer has no name for. All are filled by `edugpt.cli.parse_config` from a YAML recipe
-plus command-line overrides.
+The rule: options a library already names stay in the library's dataclass as they are (`transformers.TrainingArguments`,
+TRL's `SFTConfig` / `DPOConfig` / `ModelConfig` / `ScriptArguments`); what they have no name for lives here, and every
+entry point parses its dataclasses with `edugpt.cli.parse_config` (YAML recipe + command-line overrides, loud on typos).
+
+- train_hf.py: ModelArguments, DataArguments, ScriptArguments, RunArguments + TrainingArguments
+- finetune/sft.py, finetune/dpo.py: RunArguments + TRL's ScriptArguments, SFTConfig/DPOConfig, ModelConfig
+- eval_harness.py: EvalArguments; publish.py: PublishArguments
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from dataclasses import dataclass, field
 
 from edugpt.errors import EduGPTError
 from edugpt.tokenizer import GPT2_VOCAB_SIZE
+
+# The license of the project's own code (pyproject.toml), the default for model cards; --license changes it.
+DEFAULT_LICENSE = "mit"
 
 
 @dataclass
@@ -109,3 +116,63 @@ class ScriptArguments:
             raise EduGPTError(
                 f"mfu_peak_flops must be positive FLOP/s (e.g. 989e12 for an H100), got {self.mfu_peak_flops}."
             )
+
+
+@dataclass
+class RunArguments:
+    """How a training run treats an output_dir that already holds a run (edugpt.lifecycle); every training entry point."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an output_dir that holds a run (its checkpoints, final model, logs and plots "
+                          "are removed first). Without it, running the same command again resumes the run."},
+    )
+    resume_with_changes: bool = field(
+        default=False,
+        metadata={"help": "Resume although the learning rate, schedule, optimizer, batch size, sequence length or "
+                          "data differ from the checkpoint's; the new values take effect and run_config.json records "
+                          "the change. Without it such a resume is refused with the list of differences."},
+    )
+
+
+@dataclass
+class EvalArguments:
+    """eval_harness.py: lm-eval on a checkpoint folder or Hub id."""
+
+    model: str = field(metadata={"help": "Checkpoint directory (config.json, weights, tokenizer) or Hub model id."})
+    tasks: str = field(default="hellaswag", metadata={"help": "Comma-separated lm-eval task names."})
+    limit: int | None = field(default=None, metadata={"help": "Score only the first N items of each task."})
+    batch_size: str = field(default="16", metadata={"help": "Batch size, or 'auto' (lm-eval finds the largest)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where results.json and results.md go."})
+    hellaswag_file: str | None = field(
+        default=None, metadata={"help": "Local HellaSwag-schema jsonl: `hellaswag` then runs on it, offline."}
+    )
+    device: str | None = field(default=None, metadata={"help": "cuda, cuda:1, cpu ... (default: cuda if present)."})
+    log_samples: bool = field(default=False, metadata={"help": "Also write every item's scores (samples_<task>.jsonl)."})
+
+    def __post_init__(self):
+        self.task_list = [name.strip() for name in self.tasks.split(",") if name.strip()]
+        if not self.task_list:
+            raise EduGPTError("--tasks is empty; pass lm-eval task names, e.g. --tasks hellaswag.")
+        if self.limit is not None and self.limit < 1:
+            raise EduGPTError(f"--limit must be a positive number of items, got {self.limit}.")
+        if not (self.batch_size.startswith("auto") or self.batch_size.isdigit() and int(self.batch_size) > 0):
+            raise EduGPTError(f"--batch_size must be a positive integer or 'auto', got {self.batch_size!r}.")
+
+
+@dataclass
+class PublishArguments:
+    """publish.py: a finished run directory to the Hub (or a dry-run folder)."""
+
+    run_dir: str = field(metadata={"help": "Run directory (train_hf.py / finetune output_dir); may come first, unflagged."})
+    hub_model_id: str = field(metadata={"help": "Hub repo id, 'name' or 'owner/name'."})
+    branches: bool = field(default=False, metadata={"help": "Also push each checkpoint-N to branch step-N."})
+    dry_run: str | None = field(
+        default=None, metadata={"help": "Write the upload folder(s) and plan.json here instead of pushing."}
+    )
+    include_optimizer: bool = field(
+        default=False, metadata={"help": "Also upload optimizer/scheduler/RNG/trainer state (for resuming elsewhere)."}
+    )
+    private: bool = field(default=False, metadata={"help": "Create the repo as private (if it does not exist yet)."})
+    eval_dir: str | None = field(default=None, metadata={"help": "lm-eval results folder for the card."})
+    license: str = field(default=DEFAULT_LICENSE, metadata={"help": "License id for the card's metadata."})

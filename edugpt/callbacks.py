@@ -387,6 +387,36 @@ class SkippedStepsCounter(TrainerCallback):
             self._last_log_step = state.global_step
 
 
+class NewHyperparametersCallback(TrainerCallback):
+    """After a resume with `--resume_with_changes`: make the run's own learning rate, optimizer hyperparameters and
+    schedule take effect. Trainer builds the optimizer and scheduler from the new arguments, then loads the
+    checkpoint's state into them, and those state dicts carry the old values (each param group's lr, betas, eps and
+    weight decay; the scheduler's base_lrs), which would silently win. `on_train_begin` runs after that load."""
+
+    def __init__(self, training_args):
+        self.args = training_args
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        if optimizer is None:
+            return
+        for group in optimizer.param_groups:
+            group["initial_lr"] = self.args.learning_rate
+            if "betas" in group:
+                group["betas"] = (self.args.adam_beta1, self.args.adam_beta2)
+            if "eps" in group:
+                group["eps"] = self.args.adam_epsilon
+            if group.get("weight_decay"):  # Trainer's no-decay group (biases, LayerNorm) stays at 0
+                group["weight_decay"] = self.args.weight_decay
+        if lr_scheduler is not None and hasattr(lr_scheduler, "lr_lambdas"):
+            # Trainer's schedules are LambdaLR: their lambdas already follow the new warmup/max_steps; the saved
+            # base_lrs do not. Re-apply the schedule at the current step with the new peak.
+            lr_scheduler.base_lrs = [self.args.learning_rate] * len(optimizer.param_groups)
+            step = lr_scheduler.last_epoch
+            for group, base, factor in zip(optimizer.param_groups, lr_scheduler.base_lrs, lr_scheduler.lr_lambdas):
+                group["lr"] = base * factor(step)
+            lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def install_callbacks(trainer, *callbacks) -> None:
     """Add `callbacks` to `trainer`. What adds numbers to log records (a ThroughputCallback, a skipping
     NonFiniteLossCallback's counter) goes first, the step clock last (see module docstring)."""

@@ -1,7 +1,9 @@
-"""Shared entry-point plumbing: YAML recipe + CLI overrides that are loud on typos, and user errors without tracebacks."""
+"""Shared entry-point plumbing: YAML recipe + CLI overrides that are loud on typos, one logging setup, and user
+errors without tracebacks."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,6 +23,18 @@ def run(main: Callable[[], Any]) -> None:
     except EduGPTError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
+
+
+def setup_logging(process_index: int = 0) -> None:
+    """The one logging setup of every entry point: INFO on the main process, warnings only on the others (so N ranks
+    do not print N copies), the same format everywhere. transformers' and datasets' own loggers follow."""
+    import datasets
+    import transformers
+
+    level = logging.INFO if process_index == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    transformers.utils.logging.set_verbosity(level)
+    datasets.utils.logging.set_verbosity(logging.WARNING if process_index == 0 else logging.ERROR)
 
 
 def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:

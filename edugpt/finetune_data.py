@@ -12,19 +12,13 @@ Rows that cannot train are skipped and counted (logged as one warning): SFT conv
 assistant turn; preference pairs where chosen equals rejected or a prompt/chosen/rejected is empty (DPO would push
 the same sequence up and down, or learn from nothing). A dataset where every row is skipped is an error.
 
-`staged_output_dir` + `train_and_publish` are the shared tail of both scripts: train in `<output_dir>.partial` (with
-run_config.json and metrics.jsonl, as pretraining writes them), save, write the model card, push when asked, then move
-it into place.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
@@ -94,24 +88,6 @@ def load_finetune_dataset(
     return kept
 
 
-def begin_finetune(script: str, training_args, model_args) -> str:
-    """What sft.py and dpo.py do before loading anything; returns the local model directory to start from.
-
-    Logging per rank, full-weight training only, and with --push_to_hub the login and the Hub checked first, so an
-    offline run fails in a second instead of after training.
-    """
-    from edugpt.chat import resolve_model_dir
-    from edugpt.hub import require_push_ready
-
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level())
-    logging.getLogger("edugpt").setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)
-    if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
-        raise EduGPTError(f"{script} trains all weights (a 270M model fits one GPU); drop use_peft/load_in_4bit/8bit.")
-    if training_args.push_to_hub:
-        training_args.hub_model_id = require_push_ready(training_args.hub_model_id)
-    return resolve_model_dir(model_args.model_name_or_path)
-
-
 def load_stage_splits(script_args, training_args, stage: str):
     """The train split, and the test split when the recipe evaluates, of `script_args.dataset_name` for `stage`.
 
@@ -128,18 +104,6 @@ def load_stage_splits(script_args, training_args, stage: str):
         train_dataset = load(script_args.dataset_train_split)
         eval_dataset = load(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
     return train_dataset, eval_dataset
-
-
-def load_causal_lm(model_path: str, model_args):
-    """The model at `model_path` with the dtype, attention and revision of TRL's ModelConfig."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(
-        model_path,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation,
-    )
 
 
 def _load_raw(name: str, config: str | None, split: str):
@@ -322,108 +286,3 @@ def _normalize_dpo(row: dict) -> dict:
 def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Output folders: train into `<output_dir>.partial`, rename to `<output_dir>` only after the final save, so a failed
-# or interrupted run never leaves a half-written model where a good one would go (its checkpoints stay in .partial,
-# where `--resume_from_checkpoint true` finds the newest valid one).
-
-
-def staged_output_dir(output_dir: str, resume: bool, is_main_process: bool = True) -> str:
-    """Check `output_dir` is free and return the staging folder to train in."""
-    target = Path(output_dir)
-    if target.exists() and any(target.iterdir()):
-        raise EduGPTError(
-            f"output_dir {output_dir!r} already exists and is not empty; pass a new --output_dir or delete it."
-        )
-    staging = Path(f"{output_dir.rstrip('/')}.partial")
-    if staging.exists() and not resume and is_main_process:
-        logger.warning("Removing %s left by an earlier run (--resume_from_checkpoint true continues one).", staging)
-        shutil.rmtree(staging)
-    return str(staging)
-
-
-def publish_output_dir(staging: str, output_dir: str) -> None:
-    """Move the finished staging folder into place (main process only)."""
-    target = Path(output_dir)
-    if target.exists():
-        target.rmdir()  # empty (checked in staged_output_dir); os.replace cannot overwrite a folder
-    os.replace(staging, target)
-
-
-# trl.ModelConfig fields the scripts refuse (LoRA and quantization: both scripts train all weights), left out of
-# run_config.json so the card's recipe table lists only settings that shaped the run.
-UNUSED_MODEL_FIELDS = ("lora_", "use_rslora", "use_dora", "bnb_", "use_bnb_")
-
-
-def finetune_run_config(script: str, script_args, model_args, training_args) -> dict:
-    """run_config.json of a finetune, shaped like train_hf.py's: `script` ("sft"/"dpo"), `model` (trl.ModelConfig),
-    `data` (trl.ScriptArguments: dataset_name, splits), `training` (SFTConfig/DPOConfig.to_dict(), tokens redacted).
-
-    Build it before `output_dir` is pointed at the staging folder, so it records the output_dir the user asked for.
-    """
-    model = {k: v for k, v in asdict(model_args).items() if not k.startswith(UNUSED_MODEL_FIELDS)}
-    return {"script": script, "model": model, "data": asdict(script_args), "training": training_args.to_dict()}
-
-
-def _write_json(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def train_and_publish(trainer, staging: str, output_dir: str, resume_from_checkpoint, run_config: dict) -> bool:
-    """Train in `staging`, save, write the card, push if asked, move to `output_dir`: the tail of sft.py and dpo.py.
-
-    Uses the pretraining guards (edugpt.checkpoints / edugpt.callbacks): checkpoints get a completion marker and resume
-    skips broken ones; SIGTERM saves a checkpoint and stops (returns False: nothing is published, rerun with
-    `--resume_from_checkpoint true`); a NaN/inf loss stops the run with an error before broken weights are saved.
-    `staging` also gets run_config.json (written when training starts) and metrics.jsonl (every log record, as in
-    pretraining), and, after the final save, README.md: edugpt's model card (edugpt.report), the one the Hub shows.
-    With `push_to_hub`, Trainer's own push uploads the folder, then our card replaces the card Trainer wrote. A failed
-    push still moves the finished model into place, then stops with an error saying how to publish it.
-    """
-    from edugpt.callbacks import (
-        METRICS_FILE, MetricsJsonlCallback, MetricsLog, NonFiniteLossCallback, SigtermCallback,
-    )
-    from edugpt.checkpoints import CompleteCheckpointCallback, find_resume_checkpoint
-    from edugpt.hub import push_failed_error, save_card_and_push
-
-    is_main = trainer.accelerator.is_main_process
-    sigterm, guard = SigtermCallback(), NonFiniteLossCallback()
-    metrics = MetricsJsonlCallback(MetricsLog(Path(staging) / METRICS_FILE, enabled=is_main))
-    for callback in (CompleteCheckpointCallback(), sigterm, guard, metrics):
-        trainer.add_callback(callback)
-    checkpoint = resume_from_checkpoint
-    if str(resume_from_checkpoint).lower() == "true":
-        checkpoint = find_resume_checkpoint(staging, quarantine=is_main)
-        if checkpoint is None:
-            logger.warning("No valid checkpoint in %s to resume from; starting from the model.", staging)
-    if is_main:
-        _write_json(Path(staging) / "run_config.json", run_config)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if guard.failure:
-        raise EduGPTError(
-            f"{guard.failure}, so training stopped without saving those weights; lower learning_rate and rerun "
-            f"(checkpoints so far are in {staging})."
-        )
-    if sigterm.stopped_at is not None:
-        logger.warning("Stopped by SIGTERM at step %d; checkpoint saved in %s. Resume with --resume_from_checkpoint "
-                       "true and the same --output_dir.", sigterm.stopped_at, staging)
-        return False
-    if is_main:
-        trainer.state.save_to_json(f"{staging}/trainer_state.json")  # loss/rewards curves, also with save_strategy no
-    # The card names the model as it will be loaded: the Hub repo, or output_dir (not this staging folder).
-    push_failure = save_card_and_push(trainer, card_model_id=str(Path(output_dir)),
-                                      base_model=run_config["model"].get("model_name_or_path"))
-    repo_id = trainer.args.hub_model_id if trainer.args.push_to_hub else None
-    trainer.accelerator.wait_for_everyone()
-    if is_main:
-        publish_output_dir(staging, output_dir)
-        pushed = f" and pushed to {repo_id}" if repo_id and not push_failure else ""
-        logger.info("Model saved to %s%s", output_dir, pushed)
-    if push_failure:
-        raise push_failed_error(output_dir, repo_id, push_failure)
-    return True

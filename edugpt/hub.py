@@ -259,9 +259,12 @@ def require_push_ready(hub_model_id: str | None) -> str:
     return hub_model_id if "/" in hub_model_id else f"{user['name']}/{hub_model_id}"
 
 
-def _scrub(message: str) -> str:
+def scrub(message: str) -> str:
+    """`message` without the user's token or anything shaped like one, first line only (for errors that quote the
+    Hub's answer)."""
     for token in _known_tokens():
         message = message.replace(token, "***")
+    message = HF_TOKEN_SHAPE.sub(b"***", message.encode()).decode()
     return message.splitlines()[0][:300] if message else ""
 
 
@@ -289,7 +292,7 @@ def push(plan: PublishPlan, *, private: bool | None = None) -> str:
         raise
     except Exception as err:
         raise EduGPTError(
-            f"pushing to {plan.repo_id} failed ({type(err).__name__}: {_scrub(str(err))}); the local run is "
+            f"pushing to {plan.repo_id} failed ({type(err).__name__}: {scrub(str(err))}); the local run is "
             "unchanged, check the repo id and that your token has write access, then run publish.py again."
         ) from None
     return f"https://huggingface.co/{repo_id}"
@@ -313,54 +316,6 @@ def publish_run(run_dir: str | os.PathLike, hub_model_id: str, *, branches: bool
     if dry_run is not None:
         return str(write_dry_run(plan, dry_run))
     return push(plan, private=private)
-
-
-def push_model_card(run_dir: str | os.PathLike, hub_model_id: str, *, revision: str | None = None) -> None:
-    """Upload RUN_DIR/README.md and images/ only: after `Trainer.push_to_hub`, which replaces the card with its own."""
-    from huggingface_hub import HfApi
-
-    run_dir = Path(run_dir)
-    try:
-        HfApi().upload_folder(repo_id=hub_model_id, folder_path=run_dir, revision=revision,
-                              allow_patterns=[CARD_NAME, "images/*.png"], commit_message="Model card from edugpt.report")
-    except Exception as err:
-        raise EduGPTError(
-            f"uploading the model card to {hub_model_id} failed ({type(err).__name__}: {_scrub(str(err))}); the "
-            f"model is on the Hub, rerun `python publish.py {run_dir} --hub_model_id {hub_model_id}` to refresh the card."
-        ) from None
-
-
-def save_card_and_push(trainer, *, card_model_id: str | None = None, base_model: str | None = None) -> str | None:
-    """The end of a finished run, shared by train_hf.py and the finetune scripts: save the final model into
-    `trainer.args.output_dir`, write edugpt's card there (README.md, main process), and with `push_to_hub` upload both.
-
-    With `push_to_hub`, Trainer's own push saves and uploads the folder (checkpoint-* left out; `hub_strategy` already
-    pushed during training as asked) with a card of Trainer's, then `push_model_card` replaces that card with ours.
-    Not save_model + push_to_hub: with push_to_hub set, save_model pushes too, and the weights would go up twice.
-    `card_model_id` is how the card names the model when nothing is pushed (default: the folder itself).
-
-    Returns None, or why the push failed (one line, token scrubbed); the local folder is complete either way.
-    """
-    from edugpt.report import write_model_card
-
-    folder = trainer.args.output_dir
-    repo_id = trainer.args.hub_model_id if trainer.args.push_to_hub else None
-    failure = None
-    if not repo_id:
-        trainer.save_model(folder)  # model, generation config and tokenizer (on every rank: FSDP gathers shards there)
-    else:
-        try:
-            trainer.push_to_hub(commit_message="End of training")
-        except Exception as err:
-            failure = f"{type(err).__name__}: {_scrub(str(err))}"
-    if trainer.is_world_process_zero():
-        write_model_card(folder, hub_model_id=repo_id or card_model_id, base_model=base_model)
-        if repo_id and not failure:
-            try:
-                push_model_card(folder, repo_id)
-            except EduGPTError as err:
-                failure = str(err).split(";")[0]
-    return failure
 
 
 def push_failed_error(output_dir: str | os.PathLike, repo_id: str, failure: str) -> EduGPTError:

@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -149,7 +150,7 @@ class DirLock:
             os.close(fd)
             raise
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "command": " ".join(sys.argv)[:500]}
+                  "command": _command_line()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         self._fd = fd
@@ -169,6 +170,21 @@ class DirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _command_line() -> str:
+    """This process's command line for the lock file, with the value of any *token* option and anything shaped like a
+    Hugging Face token blanked: no file the project writes may hold a token."""
+    words, hide_next = [], False
+    for word in sys.argv:
+        flag = word.split("=", 1)[0]
+        if hide_next or re.match(r"^hf_[A-Za-z0-9]{8,}", word):
+            word = "***"
+        elif "token" in flag.lower() and "=" in word:
+            word = f"{flag}=***"
+        hide_next = word.startswith("--") and "token" in word.lower() and "=" not in word
+        words.append(word)
+    return " ".join(words)[:500]
 
 
 def _read_holder(fd: int) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import math
 import os
 import subprocess
 import sys
@@ -29,6 +32,63 @@ def run_script(script: str, *args: str, timeout: float = 600, env: dict | None =
     return proc
 
 
+# --- tiny pretraining runs (train_hf.py) ---------------------------------------------------------------------------
+
+# The smoke recipe shrunk to seconds: 2 layers of width 32 at seq 64, 8 steps of 4 blocks, a checkpoint every 2 steps.
+TINY = [
+    "--config", "configs/smoke.yaml", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--n_positions", "64",
+    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--eval_max_batches", "2",
+    "--max_steps", "8", "--save_steps", "2", "--save_total_limit", "2", "--eval_steps", "4", "--logging_steps", "1",
+    "--sample_steps", "4", "--sample_max_new_tokens", "8", "--warmup_steps", "2", "--disable_tqdm", "true",
+]
+
+
+def tiny_args(data_dir, output_dir, *extra) -> list[str]:
+    return [*TINY, "--dataset_dir", str(data_dir), "--output_dir", str(output_dir), *extra]
+
+
+def train_records(output_dir) -> dict[int, dict]:
+    """metrics.jsonl's training records by step."""
+    records = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in records if "loss" in r}
+
+
+def assert_same_losses(run_a, run_b, steps):
+    a, b = train_records(run_a), train_records(run_b)
+    for step in steps:
+        for key in ("loss", "grad_norm", "learning_rate"):
+            assert math.isclose(a[step][key], b[step][key], rel_tol=0, abs_tol=1e-6), (step, key, a[step], b[step])
+
+
+def load_train_main():
+    """train_hf.py's `main`, to run in this process (faster than a subprocess; errors arrive as EduGPTError)."""
+    spec = importlib.util.spec_from_file_location("train_hf", ROOT / "train_hf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """The embedded corpus prepared at seq 64 (40 documents): the data of every tiny pretraining run."""
+    path = tmp_path_factory.mktemp("prepared") / "data"
+    run_script("prepare_data.py", "--dataset", "embedded", "--output_dir", path, "--seq_len", "64",
+               "--max_docs", "40", "--val_fraction", "0.1", check=True, timeout=300)
+    return path
+
+
+@pytest.fixture(scope="session")
+def baseline(data_dir, tmp_path_factory):
+    """One uninterrupted 8-step run: the reference for outputs, resume and fallback tests (copy it before changing)."""
+    output_dir = tmp_path_factory.mktemp("baseline") / "run"
+    # In-loop HellaSwag on here only: the resume tests compare runs without it, so their equal losses also show that
+    # scoring leaves the weights, optimizer state and data order alone.
+    hellaswag = ["--hellaswag_steps", "4", "--hellaswag_limit", "12",
+                 "--hellaswag_file", "edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl"]
+    proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir, *hellaswag), check=True, timeout=300)
+    return output_dir, proc
+
+
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     from edugpt.tokenizer import load_tokenizer
@@ -51,34 +111,72 @@ def tiny_model_dir(tmp_path_factory, gpt2_tokenizer):
     return path
 
 
-class RecordingHub:
-    """Stands in for the Hub (unreachable here) under Trainer's pushes and edugpt.hub.push_model_card (patch it over
-    `transformers.trainer.hf_api` and `huggingface_hub.HfApi`): records each upload, or fails like a dropped
-    connection. As HfApi does, a `run_as_future` upload (Trainer's pushes at each
-    save, per hub_strategy) returns a Future holding the outcome instead of raising."""
+FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtokenFAKE12"  # shaped like a real token (hf_ + 34 characters)
 
-    def __init__(self, fail: bool):
-        self.fail, self.uploads = fail, []
 
-    def __call__(self, *args, **kwargs):  # hf_api() / HfApi() -> this instance
+class FakeHub:
+    """Stands in for the Hub, which is unreachable here: patch it over `huggingface_hub.HfApi` (publish.py,
+    edugpt.hub) and `transformers.trainer.hf_api` (Trainer's pushes). Keeps each branch's files as HfApi calls would
+    leave them and records every upload (`uploads`: one dict per commit). `fail=True` fails every upload like a dropped
+    connection, `fail_on_branch` only that branch's; the error quotes the token, as some server errors do. As HfApi
+    does, a `run_as_future` upload (Trainer's pushes at each save) returns a Future holding the outcome."""
+
+    def __init__(self, fail: bool = False, fail_on_branch: str | None = None):
+        self.fail, self.fail_on_branch = fail, fail_on_branch
+        self.uploads: list[dict] = []
+        self.branches: dict[str, set[str]] = {"main": {".gitattributes"}}
+
+    def __call__(self, *args, **kwargs):  # HfApi() / hf_api() -> this instance
         return self
 
+    def _check(self, revision):
+        if self.fail or revision == self.fail_on_branch:
+            raise ConnectionError(f"Connection reset by peer (token {FAKE_TOKEN})")
+
     def create_repo(self, repo_id, **kwargs):
-        from types import SimpleNamespace
+        from huggingface_hub import RepoUrl
 
-        return SimpleNamespace(repo_id=repo_id)
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, commit_message=None, run_as_future=False,
-                      **kwargs):
+    def create_branch(self, repo_id, *, branch, **kwargs):
+        self.branches.setdefault(branch, set(self.branches["main"]))
+
+    def list_repo_files(self, repo_id, *, revision=None, **kwargs):
+        return sorted(self.branches[revision or "main"])
+
+    def create_commit(self, repo_id, operations, *, revision=None, commit_message=None, **kwargs):
+        from huggingface_hub import CommitOperationAdd
+
+        revision = revision or "main"
+        self._check(revision)
+        files, card = self.branches[revision], None
+        for op in operations:
+            (files.add if isinstance(op, CommitOperationAdd) else files.discard)(op.path_in_repo)
+            if isinstance(op, CommitOperationAdd) and op.path_in_repo == "README.md":
+                card = op.path_or_fileobj.decode() if isinstance(op.path_or_fileobj, bytes) else Path(op.path_or_fileobj).read_text()
+        self.uploads.append({"repo_id": repo_id, "revision": revision, "message": commit_message,
+                             "files": sorted(files), "card": card})
+
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, revision=None, run_as_future=False,
+                      allow_patterns=None, ignore_patterns=None, path_in_repo=None, **kwargs):
+        import fnmatch
         from concurrent.futures import Future
 
         outcome = Future()
-        if self.fail:
-            outcome.set_exception(ConnectionError("Connection reset by peer"))
-        else:
-            card = Path(folder_path) / "README.md"
-            self.uploads.append({"repo_id": repo_id, "message": commit_message, "allow": allow_patterns,
-                                 "files": sorted(p.name for p in Path(folder_path).iterdir()),
-                                 "card": card.read_text() if card.is_file() else None})
+        try:
+            self._check(revision or "main")
+            root = Path(folder_path)
+            names = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
+            names = [n for n in names if not any(fnmatch.fnmatch(n, pattern) for pattern in ignore_patterns or [])]
+            if allow_patterns:
+                names = [n for n in names if any(fnmatch.fnmatch(n, pattern) for pattern in allow_patterns)]
+            if path_in_repo:
+                names = [f"{path_in_repo}/{n}" for n in names]
+            self.branches.setdefault(revision or "main", set()).update(names)
+            card = root / "README.md"
+            self.uploads.append({"repo_id": repo_id, "revision": revision or "main", "message": commit_message,
+                                 "files": sorted(names), "card": card.read_text() if card.is_file() else None})
             outcome.set_result(None)
+        except ConnectionError as err:
+            outcome.set_exception(err)
         return outcome if run_as_future else outcome.result()

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, TrainingArguments
 
 from edugpt import callbacks as cb
+from edugpt.rundir import MetricsLog
 from edugpt.plots import plot_hellaswag, plot_losses
 
 
@@ -83,7 +84,7 @@ def test_throughput_goes_first_and_its_clock_last(tiny_model, args, tmp_path):
 
 
 def test_metrics_jsonl_records_have_step_and_tokens_and_resume_truncates(args, tmp_path):
-    metrics = cb.MetricsLog(tmp_path / "metrics.jsonl")
+    metrics = MetricsLog(tmp_path / "metrics.jsonl")
     callback = cb.MetricsJsonlCallback(metrics)
     for step in (1, 2, 3):
         callback.on_log(args, state_at(step, step * 64), TrainerControl(), logs={"loss": 5.0 - step})
@@ -92,14 +93,14 @@ def test_metrics_jsonl_records_have_step_and_tokens_and_resume_truncates(args, t
     assert [(r["step"], r["tokens"], r["loss"]) for r in metrics.read()] == [(1, 64, 4.0), (2, 128, 3.0), (3, 192, 2.0)]
     callback.on_train_begin(args, state_at(2), TrainerControl())  # resumed from checkpoint-2
     assert [r["step"] for r in metrics.read()] == [1, 2]
-    disabled = cb.MetricsLog(tmp_path / "other.jsonl", enabled=False)
+    disabled = MetricsLog(tmp_path / "other.jsonl", enabled=False)
     disabled.append({"step": 1})
     assert not disabled.path.exists()
 
 
 def test_a_fresh_start_in_the_same_output_dir_does_not_append_to_old_records(args, tmp_path):
     """Killed before its first checkpoint, the run starts again at step 0: the old attempt's records must go."""
-    metrics = cb.MetricsLog(tmp_path / "metrics.jsonl")
+    metrics = MetricsLog(tmp_path / "metrics.jsonl")
     callback = cb.MetricsJsonlCallback(metrics)
     for step in (10, 20, 30, 40):
         callback.on_log(args, state_at(step), TrainerControl(), logs={"loss": 9.0})
@@ -110,7 +111,7 @@ def test_a_fresh_start_in_the_same_output_dir_does_not_append_to_old_records(arg
 
 
 def test_samples_do_not_disturb_rng_or_model_mode_and_fill_the_table(tiny_model, gpt2_tokenizer, args, tmp_path):
-    metrics = cb.MetricsLog(tmp_path / "metrics.jsonl")
+    metrics = MetricsLog(tmp_path / "metrics.jsonl")
     callback = cb.SamplesCallback(gpt2_tokenizer, ["Once upon a time"], every_steps=5, max_new_tokens=6, top_k=50,
                                   seed=7, samples_path=tmp_path / "samples.md", metrics=metrics)
     tiny_model.train()
@@ -137,7 +138,7 @@ def test_samples_do_not_disturb_rng_or_model_mode_and_fill_the_table(tiny_model,
 def test_samples_on_resume_keep_earlier_rows_only(gpt2_tokenizer, args, tmp_path):
     path = tmp_path / "samples.md"
     path.write_text(cb.SAMPLES_HEADER + "| 0 | a |\n| 5 | b |\n| 10 | c |\n")
-    callback = cb.SamplesCallback(gpt2_tokenizer, ["x"], 5, 4, 0, 0, path, cb.MetricsLog(tmp_path / "m.jsonl"))
+    callback = cb.SamplesCallback(gpt2_tokenizer, ["x"], 5, 4, 0, 0, path, MetricsLog(tmp_path / "m.jsonl"))
     callback.on_train_begin(args, state_at(5), TrainerControl(), model=None)
     assert path.read_text() == cb.SAMPLES_HEADER + "| 0 | a |\n| 5 | b |\n"
 
@@ -192,7 +193,7 @@ def test_plots_draw_losses_and_hellaswag_from_records(tmp_path):
 
 
 def test_plot_callback_redraws_on_eval_and_hellaswag(args, tmp_path):
-    metrics = cb.MetricsLog(tmp_path / "metrics.jsonl")
+    metrics = MetricsLog(tmp_path / "metrics.jsonl")
     for record in ({"step": 1, "tokens": 64, "loss": 9.0}, {"step": 2, "tokens": 128, "eval_loss": 8.5}):
         metrics.append(record)
     callback = cb.PlotCallback(tmp_path, metrics)
@@ -227,7 +228,7 @@ def nan_train(model, tmp_path, poisoned_steps, max_steps, guard, **training):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             snapshots[state.global_step] = model.transformer.h[0].mlp.c_fc.weight.detach().clone()
 
-    metrics = cb.MetricsLog(tmp_path / "metrics.jsonl")
+    metrics = MetricsLog(tmp_path / "metrics.jsonl")
     cb.install_callbacks(trainer, cb.MetricsJsonlCallback(metrics), guard, Snapshots())
     trainer.train()
     return trainer, snapshots, [r for r in metrics.read() if "loss" in r]

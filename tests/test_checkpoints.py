@@ -1,4 +1,5 @@
-"""Checkpoint validity (completion marker, sizes, safetensors headers) and resume fallback to the newest valid one."""
+"""Checkpoint validity (completion marker with sizes and SHA-256, safetensors headers) and resume fallback to the newest
+valid one."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import shutil
 
 import pytest
 
-from edugpt.checkpoints import MARKER, checkpoint_problem, find_resume_checkpoint, list_checkpoints, write_marker
+from edugpt.checkpoints import checkpoint_problem, file_sha256, find_resume_checkpoint, write_marker
+from edugpt.rundir import MARKER, list_checkpoints
 
 
 def make_checkpoint(root, step, source, complete=True):
@@ -28,20 +30,36 @@ def run_dir(tmp_path, tiny_model_dir):
     return tmp_path
 
 
-def test_list_checkpoints_newest_first_by_number(run_dir):
+def test_list_checkpoints_oldest_first_by_number_as_trainer_rotates_them(run_dir):
     (run_dir / "checkpoint-10").mkdir()
     (run_dir / "checkpoint-x").mkdir()
+    (run_dir / "checkpoint-12.old").mkdir()
     (run_dir / "corrupt-checkpoint-12").mkdir()
-    assert [p.name for p in list_checkpoints(run_dir)] == ["checkpoint-10", "checkpoint-6", "checkpoint-4", "checkpoint-2"]
+    assert [p.name for p in list_checkpoints(run_dir)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6", "checkpoint-10"]
     assert list_checkpoints(run_dir / "missing") == []
 
 
-def test_complete_checkpoint_is_valid_and_marker_lists_sizes(run_dir):
+def test_complete_checkpoint_is_valid_and_marker_lists_sizes_and_hashes(run_dir):
     path = run_dir / "checkpoint-6"
     assert checkpoint_problem(path) is None
     recorded = json.loads((path / MARKER).read_text())["files"]
-    assert recorded["model.safetensors"] == (path / "model.safetensors").stat().st_size
+    assert recorded["model.safetensors"] == {"bytes": (path / "model.safetensors").stat().st_size,
+                                             "sha256": file_sha256(path / "model.safetensors")}
     assert "trainer_state.json" in recorded and MARKER not in recorded
+
+
+def test_same_size_corruption_is_detected_by_the_hash(run_dir):
+    """Random bytes inside a file keep its size: only the recorded SHA-256 tells (a size check would load garbage)."""
+    state = run_dir / "checkpoint-6" / "trainer_state.json"
+    state.write_bytes(state.read_bytes()[:-4] + b"\x00\x01\x02\x03")
+    assert "trainer_state.json changed after it was saved" in checkpoint_problem(run_dir / "checkpoint-6")
+
+
+def test_markers_of_older_versions_with_sizes_only_still_validate(run_dir):
+    path = run_dir / "checkpoint-6"
+    marker = json.loads((path / MARKER).read_text())
+    (path / MARKER).write_text(json.dumps({"files": {k: v["bytes"] for k, v in marker["files"].items()}}))
+    assert checkpoint_problem(path) is None
 
 
 def test_unmarked_checkpoint_is_a_save_that_did_not_finish(run_dir, tiny_model_dir):
@@ -68,7 +86,7 @@ def test_safetensors_header_is_checked_even_when_sizes_match_the_marker(run_dir)
     with open(path / "model.safetensors", "r+b") as f:
         f.write(b"\xff" * 8)  # header length now points past the end of the file
     write_marker(path)
-    assert "header runs past the end" in checkpoint_problem(path)
+    assert checkpoint_problem(path).startswith("model.safetensors: Error while deserializing header")
 
 
 def test_resume_falls_back_to_previous_with_warning_and_quarantines(run_dir, tiny_model_dir, caplog):
@@ -81,7 +99,7 @@ def test_resume_falls_back_to_previous_with_warning_and_quarantines(run_dir, tin
     assert "checkpoint-8 is not usable" in caplog.text and "checkpoint-6 is not usable" in caplog.text
     assert "falling back" in caplog.text
     assert (run_dir / "corrupt-checkpoint-8").is_dir() and (run_dir / "corrupt-checkpoint-6").is_dir()
-    assert [p.name for p in list_checkpoints(run_dir)] == ["checkpoint-4", "checkpoint-2"]
+    assert [p.name for p in list_checkpoints(run_dir)] == ["checkpoint-2", "checkpoint-4"]
 
 
 def test_no_valid_checkpoint_means_start_fresh(tmp_path, tiny_model_dir):

@@ -70,7 +70,8 @@ def test_every_recipe_has_a_script():
     assert {"smoke.yaml", "gpt2_270m.yaml", "sft.yaml", "dpo.yaml"} <= set(RECIPES)
     assert [script_for(recipe) for recipe in RECIPES]
     assert parser_classes("train_hf.py")[-1].__name__ == "TrainingArguments"
-    assert [c.__name__ for c in parser_classes("finetune/dpo.py")] == ["ScriptArguments", "DPOConfig", "ModelConfig"]
+    assert [c.__name__ for c in parser_classes("finetune/dpo.py")] == ["ScriptArguments", "DPOConfig", "ModelConfig",
+                                                                 "RunArguments"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -81,7 +82,7 @@ def test_recipe_parses_with_its_scripts_parser(recipe):
     training = next(args for args in parsed if isinstance(args, TrainingArguments))  # SFTConfig/DPOConfig included
     assert (training.max_steps > 0 or training.num_train_epochs > 0) and training.learning_rate > 0
     if script_for(recipe) != "train_hf.py":
-        script_args, training, _ = parsed
+        script_args, training = parsed[0], parsed[1]
         assert script_args.dataset_name and training.max_length in (128, 1024)
         if recipe.startswith("sft"):  # the chat recipe: reply tokens only, packed rows
             assert training.assistant_only_loss and training.packing

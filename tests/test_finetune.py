@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, RecordingHub, run_script
-from edugpt.callbacks import read_metrics
+from conftest import FAKE_TOKEN, ROOT, FakeHub, run_script
 from edugpt.chat import EDUGPT_CHAT_TEMPLATE, add_chat_template
 from edugpt.errors import EduGPTError
-from edugpt.finetune_data import load_finetune_dataset, staged_output_dir
+from edugpt.finetune_data import load_finetune_dataset
+from edugpt.rundir import MARKER, read_metrics
 
 SFT_SMOKE = ROOT / "edugpt/assets/finetune/sft_smoke.jsonl"
 DPO_SMOKE = ROOT / "edugpt/assets/finetune/dpo_smoke.jsonl"
@@ -104,14 +108,6 @@ def test_unreadable_inputs(tmp_path):
         load_finetune_dataset(None, "dpo")
 
 
-def test_output_dir_must_be_free(tmp_path):
-    (tmp_path / "taken").mkdir()
-    (tmp_path / "taken" / "config.json").write_text("{}")
-    with pytest.raises(EduGPTError, match="already exists and is not empty"):
-        staged_output_dir(str(tmp_path / "taken"), resume=False)
-    assert staged_output_dir(str(tmp_path / "new"), resume=False) == str(tmp_path / "new.partial")
-
-
 # --- SFT masks the prompt ---------------------------------------------------------------------------------------------
 
 
@@ -164,7 +160,7 @@ def assert_model_card(out: Path, kind: str, base_model: Path, last: dict):
     assert {kind, "trl", "edugpt"} <= set(card.data.tags)
     assert f"- Base model: `{base_model}`" in card.text
     assert card_value(card.text, f"Final train loss (step {last['step']})") == pytest.approx(last["loss"], abs=5e-5)
-    assert f'from_pretrained("{out}")' in card.text and ".partial" not in card.text  # named by where it ends up
+    assert f'from_pretrained("{out}")' in card.text
     return card
 
 
@@ -189,7 +185,6 @@ def sft_run(tiny_model_dir, tmp_path_factory):
 def test_sft_writes_a_chat_model_and_the_loss_falls(sft_run, tiny_model_dir):
     proc, out = sft_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not Path(f"{out}.partial").exists()
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "chat_template.jinja"):
         assert (out / name).is_file(), name
     losses = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
@@ -272,6 +267,39 @@ def test_dpo_raises_the_margin_above_the_reference(sft_run, tmp_path):
     assert wins > len(rows) * 0.6, (wins, len(rows))
 
 
+# --- the pretraining lifecycle: SIGTERM, then the same command resumes; a bad re-run deletes nothing -----------------
+
+
+@pytest.mark.slow
+def test_sft_stopped_by_sigterm_resumes_with_the_same_command_and_loses_nothing(sft_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "sft"
+    args = ["--config", "configs/sft_smoke.yaml", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out),
+            "--max_steps", "10", "--logging_steps", "1"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune/sft.py"), *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not any("loss" in r for r in read_metrics(out)):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    (checkpoint,) = [p for p in out.iterdir() if p.name.startswith("checkpoint-")]
+    assert not (out / "model.safetensors").exists()
+
+    typo = run_script("finetune/sft.py", *args, "--dataset_name", "edugpt/assets/finetune/sft_smok.jsonl", timeout=120)
+    assert typo.returncode == 2 and "sft_smok.jsonl" in typo.stderr and "does not exist" in typo.stderr
+    assert (checkpoint / MARKER).is_file()  # a failed re-run deleted nothing
+
+    again = run_script("finetune/sft.py", *args, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {checkpoint}" in again.stderr
+    losses = {r["step"]: r["loss"] for r in read_metrics(out) if "loss" in r}
+    assert sorted(losses) == list(range(1, 11))  # the steps after the checkpoint were logged once
+    reference = {r["step"]: r["loss"] for r in read_metrics(sft_run[1]) if "loss" in r}
+    assert losses == pytest.approx(reference, abs=1e-5)  # the same as an uninterrupted run
+    assert (out / MARKER).is_file() and (out / "README.md").is_file()
+
+
 # --- bad input: one clear error, exit status 2, nothing written -------------------------------------------------------
 
 
@@ -282,7 +310,7 @@ def assert_clean_failure(proc, out: Path, *phrases: str):
     assert len(error_lines) == 1, proc.stderr[-3000:]
     for phrase in phrases:
         assert phrase in error_lines[0], error_lines[0]
-    assert not out.exists() and not Path(f"{out}.partial").exists()
+    assert not out.exists()
 
 
 @pytest.mark.slow
@@ -316,9 +344,6 @@ def test_dpo_on_a_pretrained_model_says_run_sft_first(tiny_model_dir, tmp_path):
     assert_clean_failure(proc, out, "no chat template", "pretrain -> finetune/sft.py -> finetune/dpo.py")
 
 
-FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtokenFAKE12"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["sft", "dpo"])
 def test_push_to_hub_offline_fails_before_any_work(script, tiny_model_dir, tmp_path):
@@ -337,51 +362,36 @@ def test_push_to_hub_offline_fails_before_any_work(script, tiny_model_dir, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fail", [False, True], ids=["pushed", "push-failed"])
-def test_push_at_the_end_uploads_the_run_then_our_card(fail, tiny_model_dir, tmp_path, monkeypatch):
-    """Trainer's push uploads the finished folder (with a card of its own), then edugpt's card replaces it; when the
-    Hub fails, the finished model still lands in output_dir and the error says how to publish it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
+def test_push_at_the_end_uploads_the_run_with_our_card(fail, tiny_model_dir, tmp_path, monkeypatch):
+    """Trainer's push uploads the finished folder with edugpt's card in the same commit; when the Hub fails, the
+    finished model is complete in output_dir and the error says how to publish it."""
+    import importlib.util
 
-    from edugpt.cli import parse_config
-    from edugpt.finetune_data import finetune_run_config, train_and_publish
-
-    hub = RecordingHub(fail)
+    hub = FakeHub(fail)
     monkeypatch.setattr("transformers.trainer.hf_api", hub)
     monkeypatch.setattr("huggingface_hub.HfApi", hub)
+    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)
+    spec = importlib.util.spec_from_file_location("sft", ROOT / "finetune" / "sft.py")
+    sft = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sft)
     out = tmp_path / "sft"
-    script_args, args, model_args = parse_config(
-        [ScriptArguments, SFTConfig, ModelConfig],
-        ["--config", "configs/sft_smoke.yaml", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out),
-         "--max_steps", "1", "--push_to_hub", "true", "--hub_model_id", "someone/edugpt-chat"],
-    )
-    run_config = finetune_run_config("sft", script_args, model_args, args)
-    staging = staged_output_dir(str(out), resume=False)
-    args.output_dir = staging
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    add_chat_template(tokenizer, model)
-    data = load_finetune_dataset(str(SFT_SMOKE), "sft").select(range(8))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-
+    argv = ["--config", "configs/sft_smoke.yaml", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out),
+            "--max_steps", "1", "--push_to_hub", "true", "--hub_model_id", "someone/edugpt-chat"]
     if fail:
         with pytest.raises(EduGPTError, match=r"saved in .*sft, but pushing it to someone/edugpt-chat failed "
                                               r"\(ConnectionError.*python publish.py .*sft --hub_model_id someone/"):
-            train_and_publish(trainer, staging, str(out), None, run_config)
+            sft.main(argv)
     else:
-        assert train_and_publish(trainer, staging, str(out), None, run_config)
-    assert not Path(staging).exists()
-    for name in ("config.json", "model.safetensors", "run_config.json", "metrics.jsonl", "README.md"):
+        sft.main(argv)
+    for name in ("config.json", "model.safetensors", "run_config.json", "metrics.jsonl", "README.md", MARKER):
         assert (out / name).is_file(), name
     local_card = (out / "README.md").read_text()
     assert 'from_pretrained("someone/edugpt-chat")' in local_card  # the card describes the pushed repo
+    assert "generated_from_trainer" not in local_card and "Built with edugpt" in local_card
     if fail:
         assert hub.uploads == []
         return
-    trainer_push, card_push = hub.uploads
-    assert trainer_push["repo_id"] == card_push["repo_id"] == "someone/edugpt-chat"
-    assert {"model.safetensors", "metrics.jsonl", "run_config.json"} <= set(trainer_push["files"])
-    assert "generated_from_trainer" in trainer_push["card"]  # TRL's own card went up with the model ...
-    assert "generated_from_trainer" not in local_card and "Built with edugpt" in local_card
-    assert card_push["allow"] == ["README.md", "images/*.png"]  # ... then ours replaced it
-    assert card_push["card"] == local_card
+    (final_push,) = hub.uploads
+    assert final_push["repo_id"] == "someone/edugpt-chat" and final_push["message"] == "End of training"
+    assert {"model.safetensors", "metrics.jsonl", "run_config.json", "README.md"} <= set(final_push["files"])
+    assert final_push["card"] == local_card  # ours went up with the model, in one commit

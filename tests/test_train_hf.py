@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
 import os
 import shutil
 import signal
@@ -14,64 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RecordingHub, run_script
+from conftest import FAKE_TOKEN, ROOT, FakeHub, assert_same_losses, load_train_main, run_script, tiny_args, train_records
 
-from edugpt.checkpoints import MARKER, checkpoint_problem, list_checkpoints
+from edugpt.checkpoints import checkpoint_problem
 from edugpt.cli import parse_config
 from edugpt.errors import EduGPTError
+from edugpt.rundir import MARKER, list_checkpoints
 
 pytestmark = pytest.mark.slow
-
-TINY = [
-    "--config", "configs/smoke.yaml", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--n_positions", "64",
-    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--eval_max_batches", "2",
-    "--max_steps", "8", "--save_steps", "2", "--save_total_limit", "2", "--eval_steps", "4", "--logging_steps", "1",
-    "--sample_steps", "4", "--sample_max_new_tokens", "8", "--warmup_steps", "2", "--disable_tqdm", "true",
-]
-
-
-def tiny_args(data_dir, output_dir, *extra) -> list[str]:
-    return [*TINY, "--dataset_dir", str(data_dir), "--output_dir", str(output_dir), *extra]
-
-
-def train_records(output_dir) -> dict[int, dict]:
-    records = [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r for r in records if "loss" in r}
-
-
-def assert_same_losses(run_a, run_b, steps):
-    a, b = train_records(run_a), train_records(run_b)
-    for step in steps:
-        for key in ("loss", "grad_norm", "learning_rate"):
-            assert math.isclose(a[step][key], b[step][key], rel_tol=0, abs_tol=1e-6), (step, key, a[step], b[step])
-
-
-def load_main():
-    spec = importlib.util.spec_from_file_location("train_hf", ROOT / "train_hf.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prepared") / "data"
-    run_script("prepare_data.py", "--dataset", "embedded", "--output_dir", path, "--seq_len", "64",
-               "--max_docs", "40", "--val_fraction", "0.1", check=True, timeout=300)
-    return path
-
-
-@pytest.fixture(scope="module")
-def baseline(data_dir, tmp_path_factory):
-    """One uninterrupted 8-step run: the reference for outputs, resume and fallback tests."""
-    output_dir = tmp_path_factory.mktemp("baseline") / "run"
-    # In-loop HellaSwag on here only: the resume tests compare runs without it, so their equal losses also show that
-    # scoring leaves the weights, optimizer state and data order alone.
-    hellaswag = ["--hellaswag_steps", "4", "--hellaswag_limit", "12",
-                 "--hellaswag_file", "edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl"]
-    proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir, *hellaswag), check=True, timeout=300)
-    return output_dir, proc
-
 
 def test_pretraining_recipes_parse():
     from transformers import TrainingArguments
@@ -117,7 +65,7 @@ def test_run_writes_the_run_directory_contract(baseline, data_dir):
     assert json.loads((output_dir / "data_manifest.json").read_text()) == manifest
 
     # save_total_limit 2 with saves every 2 steps: only the two newest remain, both complete.
-    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-8", "checkpoint-6"]
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-6", "checkpoint-8"]
     assert all(checkpoint_problem(p) is None for p in list_checkpoints(output_dir))
     for name in ("model.safetensors", "generation_config.json", "tokenizer.json", "optimizer.pt", "rng_state.pth"):
         assert (output_dir / "checkpoint-8" / name).is_file(), name
@@ -165,15 +113,26 @@ def test_resume_after_sigkill_is_bit_exact(baseline, data_dir, tmp_path):
     assert steps == list(range(1, 9))  # records after the checkpoint were re-logged once, not twice
 
 
-def test_corrupt_newest_checkpoint_falls_back_with_warning(baseline, data_dir, tmp_path):
+@pytest.mark.parametrize(("damage", "named"), [
+    ("truncated-weights", "model.safetensors has"),
+    ("optimizer-bytes-changed", "optimizer.pt changed after it was saved"),  # same size: only the hash tells
+])
+def test_corrupt_newest_checkpoint_falls_back_with_warning(damage, named, baseline, data_dir, tmp_path):
     output_dir = tmp_path / "run"
     shutil.copytree(baseline[0], output_dir)
-    weights = output_dir / "checkpoint-8" / "model.safetensors"
-    with open(weights, "r+b") as f:
-        f.truncate(weights.stat().st_size // 2)
+    for name in (MARKER, "model.safetensors"):  # killed after saving checkpoint-8, before the final model
+        (output_dir / name).unlink()
+    path = output_dir / "checkpoint-8" / ("model.safetensors" if damage == "truncated-weights" else "optimizer.pt")
+    with open(path, "r+b") as f:
+        if damage == "truncated-weights":
+            f.truncate(path.stat().st_size // 2)
+        else:
+            f.seek(path.stat().st_size // 2)
+            f.write(os.urandom(256))
 
     proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir), check=True, timeout=300)
-    assert "checkpoint-8 is not usable" in proc.stderr and "falling back" in proc.stderr
+    warning = next(line for line in proc.stderr.splitlines() if "checkpoint-8 is not usable" in line)
+    assert named in warning and "falling back" in warning
     assert (output_dir / "corrupt-checkpoint-8").is_dir()
     assert checkpoint_problem(output_dir / "checkpoint-8") is None  # re-trained from checkpoint-6 and saved again
     assert_same_losses(baseline[0], output_dir, [7, 8])
@@ -230,20 +189,20 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(dat
 )
 def test_user_errors_name_the_problem(data_dir, tmp_path, extra, message):
     with pytest.raises(EduGPTError, match=message):
-        load_main()([*tiny_args(data_dir, tmp_path / "run"), *extra])
+        load_train_main()([*tiny_args(data_dir, tmp_path / "run"), *extra])
 
 
 def test_data_dir_not_made_by_prepare_data_is_rejected(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(EduGPTError, match="not made by prepare_data.py"):
-        load_main()(tiny_args(tmp_path / "data", tmp_path / "run"))
+        load_train_main()(tiny_args(tmp_path / "data", tmp_path / "run"))
 
 
 def test_resuming_with_another_model_shape_is_rejected(baseline, data_dir, tmp_path):
     output_dir = tmp_path / "run"
     shutil.copytree(baseline[0], output_dir)
     with pytest.raises(EduGPTError, match="different shape.*n_embd 32 vs 64"):
-        load_main()(tiny_args(data_dir, output_dir, "--n_embd", "64"))
+        load_train_main()(tiny_args(data_dir, output_dir, "--n_embd", "64"))
 
 
 def test_unknown_config_key_and_missing_data_exit_2_without_traceback(data_dir, tmp_path):
@@ -273,7 +232,7 @@ def test_accelerate_launch_two_cpu_processes_trains_and_checkpoints(data_dir, tm
     train = train_records(output_dir)
     assert sorted(train) == [1, 2, 3, 4]
     assert train[4]["tokens"] == 4 * 2 * 4 * 64  # steps x processes x micro-batch x seq_len
-    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-4", "checkpoint-2"]
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-2", "checkpoint-4"]
     assert all(checkpoint_problem(p) is None for p in list_checkpoints(output_dir))
     assert (output_dir / "model.safetensors").is_file() and not (output_dir / "samples.md").exists()
 
@@ -288,14 +247,11 @@ def test_rerunning_a_finished_run_changes_nothing_and_restores_a_missing_final_m
     before = {name: (output_dir / name).read_text() for name in ("metrics.jsonl", "samples.md")}
 
     proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir), check=True, timeout=300)
-    assert "already reached max_steps 8" in proc.stderr
+    assert "pretrain already reached its last step" in proc.stderr and "restored the final model" in proc.stderr
     assert {name: (output_dir / name).read_text() for name in before} == before  # no extra step, sample or record
     final, last = load_file(output_dir / "model.safetensors"), load_file(output_dir / "checkpoint-8" / "model.safetensors")
     assert final.keys() == last.keys() and all(final[k].equal(last[k]) for k in final)
     assert "Final train loss (step 8)" in (output_dir / "README.md").read_text()
-
-
-FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtokenFAKE12"
 
 
 def test_push_to_hub_offline_fails_before_any_work(data_dir, tmp_path):
@@ -316,10 +272,11 @@ def test_push_to_hub_offline_fails_before_any_work(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("fail", [False, True], ids=["pushed", "push-failed"])
-def test_push_at_the_end_uploads_the_run_then_our_card(fail, data_dir, tmp_path, monkeypatch):
-    """Trainer pushes at each save (hub_strategy every_save) and at the end with a card of its own, then edugpt's card
-    replaces it; when the Hub fails, the run directory is complete and the error says how to publish it later."""
-    hub = RecordingHub(fail)
+def test_push_at_the_end_uploads_the_run_with_our_card_in_one_commit(fail, data_dir, tmp_path, monkeypatch):
+    """Trainer pushes at each save (hub_strategy every_save) and at the end; edugpt's card goes up in the same commit
+    as the model (Trainer.create_model_card is edugpt's). When the Hub fails, the run directory is complete and the
+    error says how to publish it; the same command again, once the Hub answers, trains nothing and publishes it."""
+    hub = FakeHub(fail)
     monkeypatch.setattr("transformers.trainer.hf_api", hub)
     monkeypatch.setattr("huggingface_hub.HfApi", hub)
     monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)  # no token or network here
@@ -329,26 +286,25 @@ def test_push_at_the_end_uploads_the_run_then_our_card(fail, data_dir, tmp_path,
                      "--hub_model_id", "someone/edugpt-tiny")
     if fail:
         with pytest.raises(EduGPTError, match=r"saved in .*run, but pushing it to someone/edugpt-tiny failed "
-                                              r"\(ConnectionError.*python publish.py .*run --hub_model_id someone/"):
-            load_main()(args)
+                                              r"\(ConnectionError.*python publish.py .*run --hub_model_id someone/") as err:
+            load_train_main()(args)
+        assert FAKE_TOKEN not in str(err.value)
     else:
-        load_main()(args)
-    for name in ("config.json", "model.safetensors", "run_config.json", "metrics.jsonl", "README.md"):
+        load_train_main()(args)
+    for name in ("config.json", "model.safetensors", "run_config.json", "metrics.jsonl", "README.md", MARKER):
         assert (output_dir / name).is_file(), name
     local_card = (output_dir / "README.md").read_text()
     assert 'from_pretrained("someone/edugpt-tiny")' in local_card and "generated_from_trainer" not in local_card
     if fail:
         assert hub.uploads == []
-        # Re-running the same command once the Hub answers trains nothing more and pushes the finished run.
         hub.fail = False
-        load_main()(args)
-        assert [u["message"] for u in hub.uploads] == ["End of training", "Model card from edugpt.report"]
-        assert 'from_pretrained("someone/edugpt-tiny")' in hub.uploads[1]["card"]
+        load_train_main()(args)  # trains nothing more, publishes the finished run
+        (publish,) = hub.uploads
+        assert publish["revision"] == "main" and {"model.safetensors", "README.md"} <= set(publish["files"])
+        assert 'from_pretrained("someone/edugpt-tiny")' in publish["card"]
         return
-    checkpoint_push, trainer_push, card_push = hub.uploads
+    checkpoint_push, final_push = hub.uploads
     assert checkpoint_push["message"] == "Training in progress, step 2"  # hub_strategy every_save, Trainer's default
-    assert trainer_push["message"] == "End of training"
-    assert {"model.safetensors", "metrics.jsonl", "run_config.json"} <= set(trainer_push["files"])
-    assert "generated_from_trainer" in trainer_push["card"]  # Trainer's own card went up with the model ...
-    assert card_push["allow"] == ["README.md", "images/*.png"]  # ... then ours replaced it
-    assert card_push["repo_id"] == "someone/edugpt-tiny" and card_push["card"] == local_card
+    assert final_push["message"] == "End of training"
+    assert {"model.safetensors", "metrics.jsonl", "run_config.json", "README.md"} <= set(final_push["files"])
+    assert final_push["card"] == local_card  # edugpt's card, in the same commit as the model

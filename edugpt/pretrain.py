@@ -1,5 +1,8 @@
-"""Pretraining pieces: validate + load the prepared dataset, collate its blocks, bound the eval set, and assemble the
-Trainer with the project's callbacks (`build_trainer`, used by train_hf.py and bench/bench_train_cpu.py alike).
+"""Pretraining from scratch: load and check the prepared dataset, collate its blocks, bound the eval set, build the
+GPT-2 and its Trainer with the project's callbacks, and run it through the shared lifecycle (edugpt.lifecycle).
+
+`pretrain(...)` is train_hf.py's whole job; `start(...)` is everything before `train()`, for benchmarks that time
+the same Trainer train_hf.py builds (bench/bench_train_cpu.py, bench/bench_gpu.py).
 
 The data directory is `prepare_data.py`'s output (see the data contract): a `DatasetDict` saved with
 `save_to_disk` whose rows are packed `uint16` blocks, plus `manifest.json`. Arrow files are memory-mapped, so the
@@ -9,13 +12,16 @@ training set's size does not show up in RAM.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edugpt.data import SPLITS, block_features, load_manifest
 from edugpt.errors import EduGPTError
+from edugpt.lifecycle import TrainingRun, training_settings
+from edugpt.rundir import DATA_MANIFEST, METRICS, SAMPLES, MetricsLog
+from edugpt.safefs import atomic_write_json
 from edugpt.tokenizer import GPT2_EOS_ID
 
 logger = logging.getLogger(__name__)
@@ -172,28 +178,34 @@ def _pretraining_trainer_class():
 
 
 @dataclass
-class PretrainingRun:
-    """A ready-to-train Trainer and the callbacks whose outcome the script reads after `train()`."""
+class Pretraining:
+    """A ready-to-train Trainer and what the run reads after `train()`."""
 
     trainer: object
     config: object  # GPT2Config
     data: PreparedData
-    metrics: object  # callbacks.MetricsLog
-    sigterm: object  # callbacks.SigtermCallback
-    guard: object  # callbacks.NonFiniteLossCallback
+    metrics: MetricsLog
 
 
-def build_trainer(model_args, data_args, script_args, training_args) -> PretrainingRun:
-    """Validate the data, build a from-scratch GPT-2 and a Trainer with the throughput/MFU, metrics.jsonl,
-    checkpoint-marker, plot, samples, SIGTERM, non-finite-loss and (when asked) HellaSwag callbacks."""
-    from pathlib import Path
+def dataset_settings(manifest: dict) -> dict:
+    """What identifies the prepared data for a resume check: its source, tokenizer, split rule and sizes (not when
+    it was made: re-preparing the same data is the same data)."""
+    source, rule = manifest.get("source") or {}, manifest.get("split_rule") or {}
+    return {
+        "source": {key: source.get(key) for key in ("dataset", "subset", "max_docs")},
+        "tokenizer": (manifest.get("tokenizer") or {}).get("name"),
+        "val_fraction": rule.get("val_fraction"),
+        "splits": {name: split.get("blocks") for name, split in (manifest.get("splits") or {}).items()},
+    }
 
+
+def build_trainer(run: TrainingRun, model_args, data_args, script_args, training_args, data: PreparedData) -> Pretraining:
+    """Build a from-scratch GPT-2 and a Trainer with the lifecycle's callbacks (run.attach) plus pretraining's own:
+    throughput/MFU, plots, samples and (when asked) in-loop HellaSwag."""
     from transformers import GPT2LMHeadModel, set_seed
 
     from edugpt import callbacks as cb
-    from edugpt.checkpoints import CompleteCheckpointCallback
     from edugpt.modeling import current_peak_flops, flops_per_token, gpt2_config, parameter_count
-    from edugpt.plots import hellaswag_name
     from edugpt.tokenizer import load_tokenizer, require_gpt2_compatible
 
     # Trainer settings the callbacks rely on, whatever the recipe says: tokens seen feed throughput, MFU and
@@ -201,14 +213,7 @@ def build_trainer(model_args, data_args, script_args, training_args) -> Pretrain
     training_args.include_num_input_tokens_seen = "all"
     training_args.prediction_loss_only = True
 
-    if script_args.nonfinite_loss == "skip" and not training_args.logging_nan_inf_filter:
-        raise EduGPTError(
-            "nonfinite_loss 'skip' needs logging_nan_inf_filter true: without it Trainer logs every loss after a "
-            "skipped step as NaN; drop logging_nan_inf_filter: false or use nonfinite_loss 'stop'."
-        )
     config = gpt2_config(model_args)
-    data = load_prepared(data_args.dataset_dir, config, data_args.seq_len)
-    data_args.seq_len = data.seq_len
     tokenizer = load_tokenizer(script_args.tokenizer)
     require_gpt2_compatible(tokenizer, config.vocab_size)
 
@@ -241,30 +246,65 @@ def build_trainer(model_args, data_args, script_args, training_args) -> Pretrain
     )
 
     output_dir = Path(training_args.output_dir)
-    is_main = training_args.process_index == 0
-    metrics = cb.MetricsLog(output_dir / cb.METRICS_FILE, enabled=is_main)
-    sigterm = cb.SigtermCallback()
-    guard = cb.NonFiniteLossCallback(script_args.nonfinite_loss, script_args.max_skipped_steps)
-    peak = current_peak_flops(script_args.mfu_peak_flops)
-    cb.install_callbacks(
-        trainer,
-        cb.ThroughputCallback(flops_per_token(config, data.seq_len), peak, training_args.world_size),
-        cb.MetricsJsonlCallback(metrics),
-        sigterm,
-        guard,  # after sigterm: checks the weights before the save that SIGTERM asks for
-        CompleteCheckpointCallback(),
-        cb.PlotCallback(output_dir, metrics, hellaswag_name=hellaswag_name(script_args.hellaswag_file)),
-    )
+    metrics = MetricsLog(output_dir / METRICS, enabled=run.is_main)
+    extras = [
+        cb.ThroughputCallback(flops_per_token(config, data.seq_len), current_peak_flops(script_args.mfu_peak_flops),
+                              training_args.world_size),
+        cb.PlotCallback(output_dir, metrics, hellaswag_file=script_args.hellaswag_file),
+    ]
     if script_args.sample_steps > 0:
-        trainer.add_callback(cb.SamplesCallback(
+        extras.append(cb.SamplesCallback(
             tokenizer, script_args.sample_prompts, script_args.sample_steps, script_args.sample_max_new_tokens,
-            script_args.sample_top_k, script_args.sample_seed, output_dir / cb.SAMPLES_FILE, metrics,
+            script_args.sample_top_k, script_args.sample_seed, output_dir / SAMPLES, metrics,
         ))
     if script_args.hellaswag_steps > 0:
         from edugpt.evaluation import HellaSwagCallback  # imported only when used: it pulls in lm-eval
 
-        trainer.add_callback(HellaSwagCallback(
+        extras.append(HellaSwagCallback(
             trainer, every_steps=script_args.hellaswag_steps, limit=script_args.hellaswag_limit,
             hellaswag_file=script_args.hellaswag_file, batch_size=script_args.hellaswag_batch_size,
         ))
-    return PretrainingRun(trainer=trainer, config=config, data=data, metrics=metrics, sigterm=sigterm, guard=guard)
+    run.attach(trainer, *extras, nonfinite_loss=script_args.nonfinite_loss,
+               max_skipped_steps=script_args.max_skipped_steps, metrics=metrics)
+    return Pretraining(trainer=trainer, config=config, data=data, metrics=metrics)
+
+
+def start(model_args, data_args, script_args, run_args, training_args) -> tuple[TrainingRun, Pretraining | None]:
+    """Everything before `train()`: check the arguments, output_dir and data, decide resume/restart, build the Trainer
+    (None when the run has no training left). Use the run as a context manager: it holds output_dir's lock."""
+    from edugpt.hub import require_push_ready
+    from edugpt.modeling import gpt2_config, require_compatible_checkpoint
+
+    run = TrainingRun("pretrain", training_args, run_args)
+    run.check_output_dir()
+    if training_args.push_to_hub:  # before any data or model: offline or without a login this fails in a second
+        training_args.hub_model_id = require_push_ready(training_args.hub_model_id)
+    if script_args.nonfinite_loss == "skip" and not training_args.logging_nan_inf_filter:
+        raise EduGPTError(
+            "nonfinite_loss 'skip' needs logging_nan_inf_filter true: without it Trainer logs every loss after a "
+            "skipped step as NaN; drop logging_nan_inf_filter: false or use nonfinite_loss 'stop'."
+        )
+    config = gpt2_config(model_args)
+    data = load_prepared(data_args.dataset_dir, config, data_args.seq_len)
+    data_args.seq_len = data.seq_len
+    settings = training_settings(training_args, seq_len=data.seq_len, data=dataset_settings(data.manifest))
+    run_config = {"model": asdict(model_args), "data": asdict(data_args), "script": asdict(script_args),
+                  "run": asdict(run_args), "training": training_args.to_dict()}
+    run.begin(settings, run_config)
+    try:
+        if run.source is not None:
+            require_compatible_checkpoint(run.source, config)
+        if not run.needs_training:
+            return run, None
+        if run.is_main:
+            atomic_write_json(Path(training_args.output_dir) / DATA_MANIFEST, data.manifest)
+        return run, build_trainer(run, model_args, data_args, script_args, training_args, data)
+    except BaseException:
+        run.lock.release()
+        raise
+
+
+def pretrain(model_args, data_args, script_args, run_args, training_args) -> None:
+    """train_hf.py's whole job: start (or resume, or find the run finished), train, finish."""
+    run, pretraining = start(model_args, data_args, script_args, run_args, training_args)
+    run.execute(lambda: pretraining.trainer)

@@ -10,7 +10,7 @@ import pytest
 from edugpt.args import ModelArguments
 from edugpt.errors import EduGPTError
 from edugpt.modeling import gpt2_config
-from edugpt.training import bound_eval_split, collate_blocks, load_prepared, read_manifest
+from edugpt.pretrain import bound_eval_split, collate_blocks, load_prepared, read_manifest
 
 SEQ = 16
 CONFIG = gpt2_config(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32))
@@ -127,7 +127,7 @@ def test_block_count_or_dtype_not_matching_the_manifest_is_rejected(tmp_path):
 
 
 def test_compact_sampler_is_a_seeded_permutation_per_epoch():
-    from edugpt.training import CompactRandomSampler
+    from edugpt.pretrain import CompactRandomSampler
 
     sampler = CompactRandomSampler(100_000, seed=1337)
     first = list(sampler)
@@ -140,13 +140,14 @@ def test_compact_sampler_is_a_seeded_permutation_per_epoch():
 def test_trainer_shuffles_with_the_compact_sampler(prepared, tmp_path):
     from transformers import TrainingArguments
 
-    from edugpt.args import DataArguments, ScriptArguments
-    from edugpt.training import CompactRandomSampler, build_trainer
+    from edugpt.args import DataArguments, RunArguments, ScriptArguments
+    from edugpt.pretrain import CompactRandomSampler, start
 
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", eval_strategy="no",
-                             per_device_train_batch_size=4)
-    pretraining = build_trainer(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32),
-                                DataArguments(dataset_dir=str(prepared)), ScriptArguments(), args)
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", eval_strategy="no",
+                             per_device_train_batch_size=4, max_steps=2)
+    run, pretraining = start(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32),
+                             DataArguments(dataset_dir=str(prepared)), ScriptArguments(), RunArguments(), args)
+    run.lock.release()
     assert isinstance(pretraining.trainer._get_train_sampler(), CompactRandomSampler)
     batch = next(iter(pretraining.trainer.get_train_dataloader()))
     assert batch["input_ids"].shape == (4, SEQ) and batch["labels"].equal(batch["input_ids"])
@@ -156,11 +157,12 @@ def test_skip_mode_without_the_nan_filter_is_refused(prepared, tmp_path):
     """Without logging_nan_inf_filter, Trainer's running loss stays NaN after one skipped step: refuse the combination."""
     from transformers import TrainingArguments
 
-    from edugpt.args import DataArguments, ScriptArguments
-    from edugpt.training import build_trainer
+    from edugpt.args import DataArguments, RunArguments, ScriptArguments
+    from edugpt.pretrain import start
 
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", eval_strategy="no",
-                             logging_nan_inf_filter=False)
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", eval_strategy="no",
+                             logging_nan_inf_filter=False, max_steps=2)
     with pytest.raises(EduGPTError, match="nonfinite_loss 'skip' needs logging_nan_inf_filter"):
-        build_trainer(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32),
-                      DataArguments(dataset_dir=str(prepared)), ScriptArguments(nonfinite_loss="skip"), args)
+        start(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32), DataArguments(dataset_dir=str(prepared)),
+              ScriptArguments(nonfinite_loss="skip"), RunArguments(), args)
+    assert not (tmp_path / "run").exists()  # refused before anything was written

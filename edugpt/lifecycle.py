@@ -1,0 +1,433 @@
+"""One lifecycle for every training entry point (train_hf.py, finetune/sft.py, finetune/dpo.py): claim the
+output_dir, resume or refuse, train, stop cleanly, finish.
+
+    run = TrainingRun("sft", training_args, run_args)
+    run.check_output_dir()             # before any data or model is loaded: someone's folder is refused
+    run.begin(settings, run_config)    # lock, decide: resume / restore / already finished / start; run_config.json
+    run.execute(build_trainer)         # if training is left: build, attach callbacks, train, finish (final model,
+                                       # marker, card, push); else restore a missing final model, card, push
+
+The rules, the same for every kind of run:
+- Re-running the same command resumes from the newest *valid* checkpoint (edugpt.checkpoints); a finished run is not
+  trained again (its missing or damaged final model is restored from the checkpoint at its last step). Nothing a
+  user produced is deleted by a re-run. `--resume_from_checkpoint PATH` resumes from that checkpoint, also into a new
+  output_dir. Starting over in a folder that holds a run takes `--overwrite_output_dir`.
+- A folder that is not this project's run, or holds another kind of run, is refused before anything is written
+  (edugpt.rundir.require_own_run_dir). A second job on the same output_dir, on any host, is refused (DirLock).
+- The settings a checkpoint was trained with (learning rate and schedule, optimizer, global batch, seed, sequence
+  length, data) are recorded in its completion marker; resuming with different ones is refused with the list of
+  differences, unless `--resume_with_changes`, which makes the new values take effect (the optimizer's and
+  scheduler's saved hyperparameters would otherwise silently win) and records the change in run_config.json.
+- Under several processes, rank 0 decides (it holds the lock and reads the folder) and every rank gets the same
+  decision or the same error, so a refused run never leaves other ranks waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edugpt import __version__
+from edugpt.checkpoints import (
+    CompleteCheckpointCallback, checkpoint_problem, find_resume_checkpoint, read_marker, write_marker,
+)
+from edugpt.errors import EduGPTError
+from edugpt.rundir import (
+    CARD, IMAGES, KINDS, LOCK, MARKER, RUN_CONFIG, RUN_FILES, checkpoint_step, list_checkpoints, require_own_run_dir,
+    write_run_config,
+)
+from edugpt.safefs import DirLock, ensure_dir
+
+logger = logging.getLogger(__name__)
+
+# Compared between a checkpoint and the run that resumes it: what the optimizer, the schedule and the data order
+# depend on. (Model shape is checked when the weights load.)
+OPTIMIZER_KEYS = ("learning_rate", "optim", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon")
+SCHEDULE_KEYS = ("lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "max_steps", "num_train_epochs")
+# Files of the final model that a checkpoint also holds; the rest of a checkpoint is resume state.
+RESUME_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin", MARKER)
+RESUME_STATE_PREFIXES = ("rng_state", "optimizer", "pytorch_model_fsdp", "global_step")
+# Entries of a run directory that --overwrite_output_dir removes (with the final model's files); others are kept.
+RUN_ENTRY_PREFIXES = ("checkpoint-", "corrupt-checkpoint-")
+RUN_FOLDERS = (IMAGES, "runs")  # plots; TensorBoard event files (report_to tensorboard)
+
+
+def training_settings(training_args, **data) -> dict:
+    """The settings a resumed run must share with its checkpoint, as plain JSON values."""
+    args = training_args
+    settings = {key: getattr(args, key) for key in OPTIMIZER_KEYS + SCHEDULE_KEYS}
+    if args.max_steps > 0:
+        settings.pop("num_train_epochs")
+    settings["global_batch_size"] = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    settings["seed"] = args.seed if args.data_seed is None else args.data_seed
+    settings.update(data)
+    return json.loads(json.dumps(settings, default=str))
+
+
+def settings_differences(saved: dict, new: dict) -> dict:
+    """{key: (saved value, new value)} for every key whose value differs (a key absent on one side is not compared:
+    checkpoints of older versions record fewer settings)."""
+    return {key: (saved[key], new[key]) for key in sorted(saved.keys() & new.keys()) if saved[key] != new[key]}
+
+
+@dataclass
+class Decision:
+    """What rank 0 found in output_dir, shared with every rank."""
+
+    checkpoint: Path | None = None  # resume from here (None: start from step 0)
+    finished: bool = False  # the final model is whole: nothing to train
+    restore_from: Path | None = None  # the final model is missing or damaged: copy it from this final-step checkpoint
+    changes: dict = field(default_factory=dict)  # settings that differ from the checkpoint's (resume_with_changes)
+
+
+class TrainingRun:
+    """One training run in its output_dir. `kind` is "pretrain", "sft" or "dpo" (edugpt.rundir.KINDS)."""
+
+    def __init__(self, kind: str, training_args, run_args):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+        self.kind = kind
+        self.args = training_args
+        self.run_args = run_args
+        self.output_dir = Path(training_args.output_dir)
+        self.is_main = training_args.process_index == 0
+        self.settings: dict = {}
+        self.decision = Decision()
+        self.lock = DirLock(self.output_dir / LOCK, f"output_dir {str(self.output_dir)!r}")
+        self.sigterm = self.guard = None
+        self._protect_token()
+
+    # ------------------------------------------------------------------------------------------------- before work
+    def _protect_token(self) -> None:
+        """Trainer pickles TrainingArguments, hub_token included, into training_args.bin at every save: move a token
+        given on the command line into the environment, where huggingface_hub finds it and nothing saves it."""
+        if getattr(self.args, "hub_token", None):
+            os.environ["HF_TOKEN"] = self.args.hub_token
+            self.args.hub_token = None
+
+    def check_output_dir(self) -> None:
+        """Refuse, before anything is loaded or written, an output_dir that cannot hold this run."""
+        if self.args.max_steps == 0 or (self.args.max_steps < 0 and self.args.num_train_epochs <= 0):
+            raise EduGPTError("max_steps is 0, so this run would train nothing and save an untrained model; set "
+                              "max_steps to the number of optimizer steps to train.")
+        require_own_run_dir(self.output_dir, self.kind)
+        resume = self.args.resume_from_checkpoint
+        if resume is not None and str(resume).lower() not in ("true", "last") and not Path(resume).is_dir():
+            raise EduGPTError(f"--resume_from_checkpoint {resume!r} is not a folder; pass a checkpoint-N folder, or "
+                              "leave it out to resume from the newest valid checkpoint in output_dir.")
+
+    def begin(self, settings: dict, run_config: dict) -> TrainingRun:
+        """Lock output_dir and decide what to do (on rank 0, shared with all ranks); write run_config.json."""
+        self.settings = settings
+        try:
+            self.decision = on_main_then_shared(self.args, lambda: self._decide(run_config))
+        except BaseException:
+            self.lock.release()
+            raise
+        if self.decision.checkpoint is not None and self.needs_training:
+            logger.info("resuming from %s", self.decision.checkpoint)
+        return self
+
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+    @property
+    def source(self) -> Path | None:
+        """The folder whose weights this run continues from or keeps: a checkpoint, or the finished final model."""
+        decision = self.decision
+        return decision.checkpoint or decision.restore_from or (self.output_dir if decision.finished else None)
+
+    @property
+    def needs_training(self) -> bool:
+        return needs_training(self.decision)
+
+    def _decide(self, run_config: dict) -> Decision:
+        self.check_output_dir()
+        ensure_dir(self.output_dir, "output_dir")
+        self.lock.acquire()
+        holds_run = require_own_run_dir(self.output_dir, self.kind)
+        explicit = self.args.resume_from_checkpoint
+        explicit = None if explicit is None or str(explicit).lower() in ("true", "last") else Path(explicit)
+        if holds_run and self.run_args.overwrite_output_dir:
+            if explicit is not None and self.output_dir.resolve() in explicit.resolve().parents:
+                raise EduGPTError(f"--overwrite_output_dir would delete {explicit}, the checkpoint to resume from; "
+                                  "pass a new output_dir to resume from it.")
+            self._remove_previous_run()
+            holds_run = False
+
+        decision = Decision()
+        if explicit is not None:
+            decision.checkpoint = self._explicit_checkpoint(explicit)
+        elif holds_run:
+            decision.checkpoint = find_resume_checkpoint(self.output_dir, quarantine=True)
+            final = self._final_state()
+            if final == "whole":
+                decision.finished = True
+            elif decision.checkpoint is not None and _reached_end(decision.checkpoint):
+                logger.warning("the final model in %s is %s; restoring it from %s", self.output_dir,
+                               "damaged" if final == "damaged" else "missing", decision.checkpoint)
+                decision.restore_from = decision.checkpoint
+        source = self.output_dir if decision.finished else decision.checkpoint
+        decision.changes = self._changed_settings(source) if source is not None else {}
+        if decision.changes:  # e.g. a larger max_steps with --resume_with_changes: train on from the newest checkpoint
+            decision.finished, decision.restore_from = False, None
+
+        if needs_training(decision):
+            # A final model from before (now to be superseded) loses its marker, so a kill from here on leaves it
+            # visibly unfinished instead of "already finished".
+            (self.output_dir / MARKER).unlink(missing_ok=True)
+            record = {**run_config, "edugpt": {"kind": self.kind, "version": __version__},
+                      "resumed_from": str(decision.checkpoint) if decision.checkpoint else None}
+            if decision.changes:
+                record["resumed_with_changes"] = {k: {"checkpoint": old, "now": new}
+                                                  for k, (old, new) in decision.changes.items()}
+            write_run_config(self.output_dir, record)
+        return decision
+
+    def _final_state(self) -> str:
+        """'whole' (a final model with a valid marker), 'damaged' (model files without a valid one), or 'absent'."""
+        if (self.output_dir / MARKER).exists() or (self.output_dir / "config.json").exists():
+            problem = checkpoint_problem(self.output_dir, require_trainer_state=False)
+            if problem is None:
+                return "whole"
+            logger.warning("the final model in %s is not whole (%s)", self.output_dir, problem)
+            return "damaged"
+        return "absent"
+
+    def _explicit_checkpoint(self, path: Path) -> Path:
+        if problem := checkpoint_problem(path):
+            raise EduGPTError(f"--resume_from_checkpoint {str(path)!r} is not a usable checkpoint ({problem}); pass "
+                              "a complete checkpoint-N folder.")
+        step = checkpoint_step(path) if path.name.startswith("checkpoint-") else None
+        later = [p.name for p in list_checkpoints(self.output_dir)
+                 if p.resolve() != path.resolve() and (step is None or checkpoint_step(p) >= step)]
+        if later or self._final_state() != "absent":
+            held = ", ".join(later) or "a final model"
+            raise EduGPTError(
+                f"output_dir {str(self.output_dir)!r} already holds {held}, which training from {path.name} would "
+                "overwrite; resume into a new output_dir (they are kept), or pass --overwrite_output_dir to start "
+                "that folder over."
+            )
+        return path
+
+    def _changed_settings(self, source: Path) -> dict:
+        marker = read_marker(source) or {}
+        saved = marker.get("settings")
+        if not isinstance(saved, dict):
+            return {}
+        changes = settings_differences(saved, self.settings)
+        if changes and not self.run_args.resume_with_changes:
+            listed = "; ".join(f"{k}: {json.dumps(a)} in the checkpoint, {json.dumps(b)} now" for k, (a, b) in changes.items())
+            raise EduGPTError(
+                f"cannot resume from {source}: the run's settings changed ({listed}). Use the checkpoint's values, "
+                "a new output_dir, or --resume_with_changes to continue with the new ones (recorded in run_config.json)."
+            )
+        if changes:
+            logger.warning("resuming from %s with changed settings: %s", source, ", ".join(changes))
+        return changes
+
+    def _remove_previous_run(self) -> None:
+        """--overwrite_output_dir: remove the previous run's checkpoints, final model, logs and plots (entries this
+        project did not write are kept and listed). run_config.json goes last, so the folder stays recognisably
+        ours until the new one is written."""
+        kept = []
+        marker = read_marker(self.output_dir) or {}
+        model_files = set(marker.get("files", {})) | _model_file_names(self.output_dir)
+        for entry in sorted(self.output_dir.iterdir()):
+            name = entry.name
+            if name in (LOCK, RUN_CONFIG):
+                continue
+            ours = (name in RUN_FILES or name in model_files or name in RUN_FOLDERS
+                    or name.startswith(RUN_ENTRY_PREFIXES))
+            if not ours:
+                kept.append(name)
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        logger.warning("--overwrite_output_dir: removed the previous run in %s%s", self.output_dir,
+                       f" (kept {', '.join(kept)}: not written by a run)" if kept else "")
+
+    # -------------------------------------------------------------------------------------------------- training
+    def attach(self, trainer, *callbacks, nonfinite_loss: str = "stop", max_skipped_steps: int = 10,
+               metrics=None) -> None:
+        """Add the lifecycle's callbacks to `trainer` — completion markers with the run's settings, SIGTERM, the
+        non-finite loss guard, metrics.jsonl, and (with --resume_with_changes) the new hyperparameters — together
+        with the entry point's own `callbacks`, in one `install_callbacks` so their order is right."""
+        from edugpt import callbacks as cb
+        from edugpt.rundir import METRICS, MetricsLog
+
+        self.sigterm = cb.SigtermCallback()
+        self.guard = cb.NonFiniteLossCallback(nonfinite_loss, max_skipped_steps)  # after sigterm: checks the weights
+        metrics = metrics or MetricsLog(self.output_dir / METRICS, enabled=self.is_main)  # before the save it asks for
+        lifecycle = [self.sigterm, self.guard, CompleteCheckpointCallback(self.settings), cb.MetricsJsonlCallback(metrics)]
+        if self.decision.changes:
+            lifecycle.append(cb.NewHyperparametersCallback(self.args))
+        cb.install_callbacks(trainer, *lifecycle, *callbacks)
+        _card_on_push(trainer, self)
+
+    def train(self, trainer) -> bool:
+        """Train (resuming as decided). True when training reached its end; False when SIGTERM stopped it after
+        saving a checkpoint. A non-finite loss stops it with an error naming the last good checkpoint."""
+        checkpoint = self.decision.checkpoint
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if self.guard.failure:
+            good = list_checkpoints(self.output_dir)
+            raise EduGPTError(
+                f"{self.guard.failure}, so training stopped without saving those weights; the last good checkpoint is "
+                f"{good[-1] if good else 'none'}: lower learning_rate or raise warmup_steps, then run the same command "
+                "again to resume from it."
+            )
+        if self.sigterm.received:
+            logger.info("stopped by SIGTERM after saving checkpoint-%s; run the same command again to resume",
+                        self.sigterm.stopped_at)
+            return False
+        return True
+
+    def execute(self, build_trainer) -> None:
+        """The rest of the run, holding output_dir's lock: when there is training left, `build_trainer()` (attached
+        here unless it attached itself), train, finish; otherwise finish what a previous attempt left."""
+        with self:
+            if not self.needs_training:
+                self.finish_existing()
+                return
+            trainer = build_trainer()
+            if self.sigterm is None:
+                self.attach(trainer)
+            if self.train(trainer):
+                self.finish(trainer)
+
+    # ---------------------------------------------------------------------------------------------------- finish
+    def card_kwargs(self) -> dict:
+        repo_id = self.args.hub_model_id if self.args.push_to_hub else None
+        return {"hub_model_id": repo_id}
+
+    def finish(self, trainer) -> None:
+        """Save the final model (every rank: FSDP gathers it), then on rank 0 the card and the completion marker;
+        with push_to_hub, Trainer's own push uploads the folder with edugpt's card in one commit."""
+        from edugpt.report import write_model_card
+        from edugpt.hub import push_failed_error, scrub
+
+        state = trainer.state
+        if trainer.eval_dataset is not None and not any(
+            "eval_loss" in record and record["step"] == state.global_step for record in state.log_history
+        ):
+            trainer.evaluate()  # the final validation loss, for the card's table and the plot
+        failure = None
+        if self.args.push_to_hub:
+            try:
+                trainer.push_to_hub(commit_message="End of training")
+            except Exception as err:  # the network or the Hub: the local run stays complete
+                failure = f"{type(err).__name__}: {scrub(str(err))}"
+                if not (self.output_dir / "config.json").is_file():
+                    trainer.save_model(str(self.output_dir))
+        else:
+            trainer.save_model(str(self.output_dir))
+        trainer.accelerator.wait_for_everyone()
+        if self.is_main:
+            if trainer.state.log_history:  # loss curves for the card, also with save_strategy "no"
+                trainer.state.save_to_json(str(self.output_dir / "trainer_state.json"))
+            write_model_card(self.output_dir, **self.card_kwargs())
+            write_marker(self.output_dir, {**self.settings, "step": trainer.state.global_step}, top_level_only=True)
+        if failure:
+            raise push_failed_error(self.output_dir, self.args.hub_model_id, failure)
+        logger.info("final model and model card saved to %s%s", self.output_dir,
+                    f" and pushed to {self.args.hub_model_id}" if self.args.push_to_hub else "")
+
+    def finish_existing(self) -> None:
+        """A re-run of a run with no training left: restore a missing or damaged final model from the checkpoint at
+        its last step, write a missing card, and push the run when asked (finishing a push that failed)."""
+        if not self.is_main:
+            return
+        from edugpt.report import write_model_card
+        from edugpt.hub import publish_run
+
+        source = self.decision.restore_from
+        if source is not None:
+            self._restore_final_model(source)
+        elif not (self.output_dir / CARD).exists():
+            write_model_card(self.output_dir, **self.card_kwargs())
+        if self.args.push_to_hub:
+            publish_run(self.output_dir, self.args.hub_model_id)
+        logger.info("%s already reached its last step; final model in %s", self.kind, self.output_dir)
+
+    def _restore_final_model(self, checkpoint: Path) -> None:
+        from edugpt.report import write_model_card
+
+        (self.output_dir / MARKER).unlink(missing_ok=True)
+        for path in sorted(checkpoint.iterdir()):
+            if path.is_file() and path.name not in RESUME_STATE and not path.name.startswith(RESUME_STATE_PREFIXES):
+                shutil.copy2(path, self.output_dir / path.name)
+        write_model_card(self.output_dir, **self.card_kwargs())
+        marker = read_marker(checkpoint) or {}
+        write_marker(self.output_dir, {**marker.get("settings", self.settings), "step": checkpoint_step(checkpoint)},
+                     top_level_only=True)
+        logger.info("restored the final model in %s from %s", self.output_dir, checkpoint)
+
+
+def needs_training(decision: Decision) -> bool:
+    return not (decision.finished or decision.restore_from is not None)
+
+
+def _reached_end(checkpoint: Path) -> bool:
+    """Was `checkpoint` saved at its run's last step (per its own trainer_state.json)?"""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        return state["max_steps"] > 0 and state["global_step"] >= state["max_steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _model_file_names(folder: Path) -> set[str]:
+    """Top-level files a saved model consists of (config, weights, generation config, tokenizer, chat template)."""
+    patterns = ("config.json", "generation_config.json", "model", "pytorch_model", "tokenizer", "vocab.json",
+                "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template", "training_args.bin")
+    return {p.name for p in folder.iterdir() if p.is_file() and p.name.startswith(patterns)}
+
+
+def _card_on_push(trainer, run: TrainingRun) -> None:
+    """Make Trainer's own push (`push_to_hub` at the end, `hub_strategy` during training) carry edugpt's card in the
+    same commit: Trainer calls `self.create_model_card()` right before it uploads the folder. Replaced on this
+    instance rather than by subclassing, because the same trainer classes are TRL's SFTTrainer and DPOTrainer too.
+    TRL also calls it at every checkpoint save, before output_dir holds a model: then there is nothing to describe."""
+    from edugpt.report import write_model_card
+    from edugpt.rundir import is_saved_model
+
+    def create_model_card(*args, **kwargs):
+        if trainer.is_world_process_zero() and is_saved_model(run.output_dir):
+            write_model_card(run.output_dir, **run.card_kwargs())
+
+    trainer.create_model_card = create_model_card
+
+
+def on_main_then_shared(training_args, decide):
+    """Run `decide()` on rank 0 only and return its result on every rank; an EduGPTError (or a crash) there is
+    raised on every rank, so no rank is left waiting in a collective for one that gave up."""
+    state = training_args.distributed_state
+    if state is None or state.num_processes == 1:
+        return decide()
+    from accelerate.utils import broadcast_object_list
+
+    outcome = [None]
+    if state.is_main_process:
+        try:
+            outcome = [("ok", decide())]
+        except EduGPTError as err:
+            outcome = [("error", str(err))]
+        except BaseException as err:
+            broadcast_object_list([("crash", f"{type(err).__name__} on rank 0")], from_process=0)
+            raise
+    broadcast_object_list(outcome, from_process=0)
+    kind, value = outcome[0]
+    if kind == "error":
+        raise EduGPTError(value)
+    if kind == "crash":
+        raise RuntimeError(f"rank 0 failed while preparing output_dir ({value})")
+    return value
