@@ -16,9 +16,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from edugpt.card import DEFAULT_LICENSE
 from edugpt.cli import parse_config, run
 from edugpt.hub import publish_run
-from edugpt.report import DEFAULT_LICENSE
 
 
 @dataclass

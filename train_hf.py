@@ -36,12 +36,13 @@ from safetensors.torch import load_file
 from transformers import TrainingArguments
 
 from edugpt.args import DataArguments, ModelArguments, ScriptArguments
+from edugpt.card import write_model_card
 from edugpt.checkpoints import find_resume_checkpoint, list_checkpoints
 from edugpt.cli import parse_config, run
 from edugpt.errors import EduGPTError
 from edugpt.hub import push_failed_error, require_push_ready, save_card_and_push
 from edugpt.modeling import require_compatible_checkpoint
-from edugpt.report import CARD_NAME, write_model_card
+from edugpt.rundir import CARD as CARD_NAME
 from edugpt.training import build_trainer
 
 logger = logging.getLogger("train_hf")

@@ -23,9 +23,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edugpt import rundir
+from edugpt.card import DEFAULT_LICENSE, build_model_card
 from edugpt.errors import EduGPTError
+from edugpt.modeling import saved_parameter_counts
 from edugpt.net import hub_available
-from edugpt.report import CARD_NAME, DEFAULT_LICENSE, build_model_card, checkpoint_dirs, read_parameter_counts
 
 # Files that only matter for resuming training (Trainer's checkpoint extras, DeepSpeed/FSDP optimizer shards, the
 # completion marker of edugpt.checkpoints). training_args.bin is a pickled TrainingArguments, which can hold hub_token
@@ -74,7 +76,7 @@ class PublishPlan:
                     "step": u.step,
                     "source": str(u.source),
                     "folder": u.branch,
-                    "files": sorted(u.files + [CARD_NAME]),
+                    "files": sorted(u.files + [rundir.CARD]),
                     "bytes": u.total_bytes(),
                     "load": (f'AutoModelForCausalLM.from_pretrained("{self.repo_id}"'
                              + (f', revision="{u.branch}")' if u.branch != "main" else ")")),
@@ -103,7 +105,7 @@ def _checkpoint_problem(folder: Path) -> str | None:
         return checkpoint_problem(folder)
     if not _has_weights(folder):
         return "no config.json + weights (the save did not finish)"
-    if (folder / "model.safetensors").is_file() and read_parameter_counts(folder) is None:
+    if (folder / "model.safetensors").is_file() and saved_parameter_counts(folder) is None:
         return "model.safetensors is unreadable (truncated?)"
     return None
 
@@ -117,7 +119,7 @@ def _select_files(folder: Path, include_optimizer: bool, subdirs: tuple[str, ...
             candidates += [p for p in (folder / sub).rglob("*") if p.is_file() and not p.is_symlink()]
     for path in sorted(candidates):
         relative = path.relative_to(folder).as_posix()
-        if path.name == CARD_NAME and path.parent == folder:
+        if path.name == rundir.CARD and path.parent == folder:
             continue  # replaced by a freshly built card
         if _matches(path.name, NEVER_PATTERNS):
             excluded.append({"path": relative, "reason": "hidden, temporary or log file: never uploaded"})
@@ -146,7 +148,8 @@ def plan_publish(run_dir: str | os.PathLike, hub_model_id: str, *, branches: boo
     plan = PublishPlan(repo_id=hub_model_id, uploads=[BranchUpload("main", run_dir, files, str(card), None, excluded)])
     if not branches:
         return plan
-    for step, folder in checkpoint_dirs(run_dir):
+    for folder in rundir.list_checkpoints(run_dir):
+        step = rundir.checkpoint_step(folder)
         if problem := _checkpoint_problem(folder):
             plan.skipped.append({"path": folder.name, "reason": problem})
             continue
@@ -180,10 +183,10 @@ def check_no_secrets(plan: PublishPlan) -> None:
             path = upload.source / name
             if path.stat().st_size <= SCAN_LIMIT_BYTES:
                 blobs.append((str(path), path.read_bytes()))
-        blobs.append((f"the generated {CARD_NAME} for {upload.branch}", upload.card.encode()))
+        blobs.append((f"the generated {rundir.CARD} for {upload.branch}", upload.card.encode()))
         for label, data in blobs:
             leaked = any(t in data for t in tokens)
-            text_like = Path(label).suffix in TEXT_SUFFIXES or label.endswith(CARD_NAME)
+            text_like = Path(label).suffix in TEXT_SUFFIXES or label.endswith(rundir.CARD)
             if leaked or (text_like and HF_TOKEN_SHAPE.search(data)):
                 raise EduGPTError(
                     f"{label} contains a Hugging Face access token; remove it from that file (or delete the file) "
@@ -205,7 +208,7 @@ def write_dry_run(plan: PublishPlan, dest: str | os.PathLike) -> Path:
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(upload.source / name, folder / name)
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / CARD_NAME).write_text(upload.card, encoding="utf-8")
+            (folder / rundir.CARD).write_text(upload.card, encoding="utf-8")
         (tmp / "plan.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n", encoding="utf-8")
         if dest.exists():
             dest.rmdir()
@@ -275,11 +278,11 @@ def push(plan: PublishPlan, *, private: bool | None = None) -> str:
         for upload in plan.uploads:
             operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(upload.source / name))
                           for name in upload.files]
-            operations.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=upload.card.encode()))
+            operations.append(CommitOperationAdd(path_in_repo=rundir.CARD, path_or_fileobj=upload.card.encode()))
             if upload.branch != "main":
                 # A new branch starts as a copy of main; drop main's files so step-N holds only the checkpoint.
                 api.create_branch(repo_id, branch=upload.branch, exist_ok=True)
-                keep = set(upload.files) | {CARD_NAME, ".gitattributes"}
+                keep = set(upload.files) | {rundir.CARD, ".gitattributes"}
                 operations += [CommitOperationDelete(path_in_repo=p)
                                for p in api.list_repo_files(repo_id, revision=upload.branch) if p not in keep]
             api.create_commit(repo_id, operations=operations, revision=upload.branch,
@@ -322,7 +325,7 @@ def push_model_card(run_dir: str | os.PathLike, hub_model_id: str, *, revision: 
     run_dir = Path(run_dir)
     try:
         HfApi().upload_folder(repo_id=hub_model_id, folder_path=run_dir, revision=revision,
-                              allow_patterns=[CARD_NAME, "images/*.png"], commit_message="Model card from edugpt.report")
+                              allow_patterns=[rundir.CARD, "images/*.png"], commit_message="Model card from edugpt.card")
     except Exception as err:
         raise EduGPTError(
             f"uploading the model card to {hub_model_id} failed ({type(err).__name__}: {_scrub(str(err))}); the "
@@ -341,7 +344,7 @@ def save_card_and_push(trainer, *, card_model_id: str | None = None, base_model:
 
     Returns None, or why the push failed (one line, token scrubbed); the local folder is complete either way.
     """
-    from edugpt.report import write_model_card
+    from edugpt.card import write_model_card
 
     folder = trainer.args.output_dir
     repo_id = trainer.args.hub_model_id if trainer.args.push_to_hub else None

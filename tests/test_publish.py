@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_script
-from test_report import FAKE_TOKEN, RESUME_STATE, make_run_dir
+from conftest import FAKE_TOKEN, RESUME_STATE, run_script
 
 from edugpt.errors import EduGPTError
 from edugpt.hub import plan_publish, publish_run, require_push_ready
@@ -26,11 +25,6 @@ def _snapshot(folder: Path) -> dict:
         else:
             out[key] = "dir"
     return out
-
-
-@pytest.fixture
-def run_dir(tmp_path, tiny_model_dir):
-    return make_run_dir(tmp_path, tiny_model_dir)
 
 
 @pytest.mark.slow

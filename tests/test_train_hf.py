@@ -342,7 +342,7 @@ def test_push_at_the_end_uploads_the_run_then_our_card(fail, data_dir, tmp_path,
         # Re-running the same command once the Hub answers trains nothing more and pushes the finished run.
         hub.fail = False
         load_main()(args)
-        assert [u["message"] for u in hub.uploads] == ["End of training", "Model card from edugpt.report"]
+        assert [u["message"] for u in hub.uploads] == ["End of training", "Model card from edugpt.card"]
         assert 'from_pretrained("someone/edugpt-tiny")' in hub.uploads[1]["card"]
         return
     checkpoint_push, trainer_push, card_push = hub.uploads
