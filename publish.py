@@ -7,8 +7,9 @@
     python publish.py runs/fineweb-270m --hub_model_id you/edugpt-270m --branches
 
 Optimizer, scheduler, RNG and trainer state stay local unless --include_optimizer. The token is never uploaded or
-printed; a failed push changes nothing in RUN_DIR. Training scripts push with Trainer's own `--push_to_hub`; this
-command is for a run that already exists (see edugpt/hub.py).
+printed; a failed push changes nothing in RUN_DIR, a successful one records the repo in RUN_DIR/published.json (the
+card of a finetune started from RUN_DIR then names that repo as its base_model). Training scripts push with Trainer's
+own `--push_to_hub`; this command is for a run that already exists (see edugpt/hub.py).
 """
 
 from __future__ import annotations

@@ -84,7 +84,9 @@ class RunFacts:
     samples_md: str | None
     images: list[str]  # paths relative to run_dir, e.g. "images/train-loss.png"
     lm_eval: dict | None
-    base_model: str | None
+    base_model: str | None  # a finetune's base as recorded (run_config's model_name_or_path) or passed: id or path
+    base_hub_id: str | None = None  # the base model on the Hub: base_model itself, or where its local run was published
+    base_summary: str | None = None  # for an unpublished local edugpt run: the first sentence of its own card
 
     @property
     def finetune(self) -> bool:
@@ -107,7 +109,9 @@ def run_kind(run_config: dict | None, records: list[dict], from_trainer_state: b
 
 
 def collect_run_facts(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | None = None,
-                      base_model: str | None = None) -> RunFacts:
+                      base_model: str | None = None, *, summary_only: bool = False) -> RunFacts:
+    """The run's facts. `summary_only` skips what only the run's own card needs (lm-eval results, the base model's
+    run): enough for the first sentence, which describes this run in the card of a finetune started from it."""
     run_dir = Path(run_dir)
     config = read_json(run_dir / "config.json", what="model config")
     if not isinstance(config, dict):
@@ -123,9 +127,12 @@ def collect_run_facts(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | 
         from_trainer_state = bool(records)
     samples_path = run_dir / rundir.SAMPLES
     images_dir = run_dir / rundir.IMAGES
+    kind = run_kind(run_config, records, from_trainer_state)
+    base_model = base_model or rundir.config_value(run_config, "base_model", "model_name_or_path")
+    base_hub_id, base_summary = base_model_facts(base_model) if kind != "pretrain" and not summary_only else (None, None)
     return RunFacts(
         run_dir=run_dir,
-        kind=run_kind(run_config, records, from_trainer_state),
+        kind=kind,
         config=config,
         params=saved_parameter_counts(run_dir),
         run_config=run_config,
@@ -134,9 +141,27 @@ def collect_run_facts(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | 
         samples_md=samples_path.read_text(encoding="utf-8").strip() if samples_path.is_file() else None,
         images=[p.relative_to(run_dir).as_posix() for p in sorted(images_dir.glob("*.png"))] if images_dir.is_dir()
         else [],
-        lm_eval=rundir.find_lm_eval_results(run_dir, eval_dir),
-        base_model=base_model or rundir.config_value(run_config, "base_model", "model_name_or_path"),
+        lm_eval=None if summary_only else rundir.find_lm_eval_results(run_dir, eval_dir),
+        base_model=base_model,
+        base_hub_id=base_hub_id,
+        base_summary=base_summary,
     )
+
+
+def base_model_facts(base_model: str | None) -> tuple[str | None, str | None]:
+    """(Hub id, summary) of a finetune's base model. A Hub id is its own. A local edugpt run (the README's flow: SFT
+    from runs/gpt2-270m) has the id of the repo it was published to (rundir.published_repo_id), or else, unpublished,
+    the first sentence of its own card as the summary. Any other local folder has neither."""
+    if is_hub_id(base_model):
+        return base_model, None
+    if not base_model or not Path(base_model).is_dir():
+        return None, None
+    base_dir = Path(base_model)
+    if is_hub_id(repo_id := rundir.published_repo_id(base_dir)):
+        return repo_id, None
+    if rundir.run_kind(rundir.read_run_config(base_dir)) is None or not (base_dir / "config.json").is_file():
+        return None, None
+    return None, model_sentence(collect_run_facts(base_dir, summary_only=True))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -228,7 +253,8 @@ def model_sentence(facts: RunFacts) -> str:
         "dpo": "preference-tuned (DPO with TRL)",
     }[facts.kind]
     dataset = f" on {dataset_phrase(facts.manifest)}" if facts.manifest else ""
-    base = f", starting from `{facts.base_model}`" if facts.base_model and facts.finetune else ""
+    base_model = facts.base_hub_id or facts.base_model
+    base = f", starting from `{base_model}`" if base_model and facts.finetune else ""
     tokens = final_tokens(facts.records)
     seen = f", {human(tokens['tokens'])} tokens seen" if tokens else ""
     return (f"A {size}GPT-2-architecture causal language model ({shape}) {what}{dataset}{base}{seen}, with the GPT-2 "
@@ -487,7 +513,7 @@ def card_metadata(facts: RunFacts, title: str, scores: list[dict], license: str)
         library_name="transformers",
         pipeline_tag="text-generation",
         datasets=datasets,
-        base_model=facts.base_model if facts.finetune and is_hub_id(facts.base_model) else None,
+        base_model=facts.base_hub_id if facts.finetune else None,
         tags=tags,
         model_name=title if eval_results else None,  # only used as the model-index's name
         eval_results=eval_results or None,
@@ -496,6 +522,7 @@ def card_metadata(facts: RunFacts, title: str, scores: list[dict], license: str)
 
 def card_variables(facts: RunFacts, title: str, repo: str, revision: str | None, scores: list[dict]) -> dict:
     """Everything the template shows, by section."""
+    images = facts.images
     in_loop, in_loop_thinned = _thin(in_loop_hellaswag_rows(facts.records))
     losses, losses_thinned = _thin(loss_rows(facts.records))
     return {
@@ -505,13 +532,13 @@ def card_variables(facts: RunFacts, title: str, repo: str, revision: str | None,
         "revision": revision,
         "revision_step": revision.removeprefix("step-") if revision else None,
         "results_rows": results_rows(facts, scores),
-        "loss_plot": rundir.LOSS_PLOT in facts.images,
+        "loss_plot": rundir.LOSS_PLOT in images,
         "loss_rows": losses,
         "loss_rows_thinned": losses_thinned,
         "in_loop_rows": in_loop,
         "in_loop_rows_thinned": in_loop_thinned,
         "in_loop_source": in_loop_source(facts),
-        "hellaswag_plot": rundir.HELLASWAG_PLOT in facts.images,
+        "hellaswag_plot": rundir.HELLASWAG_PLOT in images,
         "lm_eval_source": lm_eval_source(facts.lm_eval, scores) if scores else None,
         "lm_eval_rows": lm_eval_rows(scores),
         "local_hellaswag_task": LOCAL_HELLASWAG_TASK,
@@ -522,6 +549,8 @@ def card_variables(facts: RunFacts, title: str, repo: str, revision: str | None,
         "finetune_method": {"sft": "Supervised finetuning (SFT)",
                             "dpo": "Direct Preference Optimization (DPO)"}.get(facts.kind),
         "base_model": facts.base_model,
+        "base_hub_id": facts.base_hub_id,
+        "base_summary": facts.base_summary,
         "finetune_dataset": rundir.config_value(facts.run_config, "dataset_name"),
         "finetune_split": rundir.config_value(facts.run_config, "dataset_train_split"),
         "finetune_rows": finetune_rows(facts.records) if facts.finetune else [],
@@ -530,7 +559,7 @@ def card_variables(facts: RunFacts, title: str, repo: str, revision: str | None,
         "recipe_rows": recipe_rows(facts.run_config, facts.records) if facts.run_config else None,
         "run_config_json": json.dumps(redact(facts.run_config), indent=2, sort_keys=True) if facts.run_config else None,
         "data": data_facts(facts.manifest) if facts.manifest else None,
-        "other_images": [{"path": path, "name": Path(path).stem} for path in facts.images if path not in KNOWN_PLOTS],
+        "other_images": [{"path": path, "name": Path(path).stem} for path in images if path not in KNOWN_PLOTS],
         "repo": repo,
         "chat": has_chat_template(facts),
         "eval_output_dir": eval_output_dir(repo),

@@ -8,8 +8,9 @@ What goes up: the run directory's top-level files (weights, config, tokenizer, m
 run_config.json, data_manifest.json) and images/, plus a freshly built model card; for a branch, the checkpoint's
 files plus a card naming the step. Optimizer, scheduler, RNG and trainer state (the files only needed to resume)
 stay local unless `include_optimizer=True`. Every file is checked for the Hugging Face token before anything is
-uploaded, and the token is never printed. Nothing in the run directory is written, so a failed push leaves it as it
-was.
+uploaded, and the token is never printed. Nothing in the run directory is written before the push has succeeded, so
+a failed push leaves it as it was; a successful one records the repo in RUN_DIR/published.json, which the card of a
+finetune of this run reads to name its base model on the Hub.
 """
 
 from __future__ import annotations
@@ -302,7 +303,8 @@ def publish_run(run_dir: str | os.PathLike, hub_model_id: str, *, branches: bool
                 include_optimizer: bool = False, dry_run: str | os.PathLike | None = None,
                 eval_dir: str | os.PathLike | None = None, private: bool | None = None,
                 license: str = DEFAULT_LICENSE) -> str:
-    """Plan, check for secrets, then either write the dry-run folder or push. Returns the folder path or repo URL."""
+    """Plan, check for secrets, then either write the dry-run folder or push and record the repo in the run's
+    published.json. Returns the folder path or repo URL."""
     if dry_run is None:
         hub_model_id = require_push_ready(hub_model_id)  # before any work: no token / no network fails in a second
     plan = plan_publish(run_dir, hub_model_id, branches=branches, include_optimizer=include_optimizer,
@@ -315,7 +317,9 @@ def publish_run(run_dir: str | os.PathLike, hub_model_id: str, *, branches: bool
         print(f"     skipped: {skipped['path']} ({skipped['reason']})")
     if dry_run is not None:
         return str(write_dry_run(plan, dry_run))
-    return push(plan, private=private)
+    url = push(plan, private=private)
+    rundir.write_published(run_dir, plan.repo_id, [upload.branch for upload in plan.uploads])
+    return url
 
 
 def push_model_card(run_dir: str | os.PathLike, hub_model_id: str, *, revision: str | None = None) -> None:

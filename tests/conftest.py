@@ -137,6 +137,7 @@ def make_run_dir(root: Path, model_dir: Path, *, steps=(2, 4), lm_eval: bool = T
     (run / "run_config.json").write_text(json.dumps({
         "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "seq_len": 128},
         "data": {"dataset_dir": "data/prepared/embedded"},
+        "script": {"sample_steps": 2, "hellaswag_steps": 2},
         "training": {"output_dir": str(run), "max_steps": 4, "num_train_epochs": 3.0, "per_device_train_batch_size": 8,
                      "gradient_accumulation_steps": 2, "learning_rate": 0.0006, "lr_scheduler_type": "cosine",
                      "warmup_steps": 1, "seed": 1337, "hub_token": "<HUB_TOKEN>"},

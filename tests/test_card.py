@@ -7,6 +7,7 @@ contract (edugpt.rundir).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -194,3 +195,68 @@ def test_command_line_regenerates_card(run_dir):
     assert "README.md" in proc.stdout
     assert _header(run_dir / "README.md")["library_name"] == "transformers"
     assert not list(run_dir.glob(".README.*"))  # no temp file left behind
+
+
+# --- issue 12: base model of a finetune started from a local run, framework versions, citations --------------------
+
+
+def _finetune_of(base: Path, root: Path, tiny_model_dir: Path, kind: str = "sft") -> Path:
+    """A finetune run directory (run_config shaped as finetune/sft.py writes it) whose base is the folder `base`."""
+    run = root / kind
+    shutil.copytree(tiny_model_dir, run)
+    training = {"assistant_only_loss": True} if kind == "sft" else {"beta": 0.1, "loss_type": ["sigmoid"]}
+    (run / "run_config.json").write_text(json.dumps({
+        "script": kind, "model": {"model_name_or_path": str(base)},
+        "data": {"dataset_name": "edugpt/assets/finetune/sft_smoke.jsonl"}, "training": {"max_steps": 2, **training},
+    }))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 2, "tokens": 512, "loss": 2.5}) + "\n")
+    return run
+
+
+def test_unpublished_local_base_is_described_by_its_own_card_summary(run_dir, tmp_path, tiny_model_dir):
+    card = build_model_card(_finetune_of(run_dir, tmp_path, tiny_model_dir))
+    assert card.data.base_model is None  # a local path is not Hub metadata
+    assert (f"- Base model: `{run_dir}` (a local edugpt run, not published to the Hub). From its own card: A "
+            "1.64M-parameter GPT-2-architecture causal language model (2 layers, 2 heads, d_model 32) pretrained from "
+            "scratch on `HuggingFaceFW/fineweb-edu` (sample-10BT), 8.19k tokens seen, with the GPT-2 tokenizer.") in card.text
+
+
+def test_local_base_pushed_by_training_or_publish_py_is_the_hub_base_model(run_dir, tmp_path, tiny_model_dir):
+    from edugpt.rundir import write_published
+
+    finetune = _finetune_of(run_dir, tmp_path, tiny_model_dir)
+    config = json.loads((run_dir / "run_config.json").read_text())
+    config["training"].update(push_to_hub=True, hub_model_id="someone/edugpt-pushed")
+    (run_dir / "run_config.json").write_text(json.dumps(config))
+    assert build_model_card(finetune).data.base_model == "someone/edugpt-pushed"
+
+    write_published(run_dir, "someone/edugpt-published", ["main", "step-2"])  # publish.py's record wins
+    card = build_model_card(finetune)
+    assert card.data.base_model == "someone/edugpt-published"
+    assert ("- Base model: [`someone/edugpt-published`](https://huggingface.co/someone/edugpt-published), published "
+            f"from the local run `{run_dir}`") in card.text
+    assert "starting from `someone/edugpt-published`" in card.text and "From its own card" not in card.text
+
+    (run_dir / "published.json").write_text("{torn")
+    with pytest.raises(EduGPTError, match=r"publish record .*published.json is not valid JSON"):
+        build_model_card(finetune)
+
+
+def test_local_base_that_is_not_an_edugpt_run_is_named_only(tmp_path, tiny_model_dir):
+    card = build_model_card(_finetune_of(tiny_model_dir, tmp_path, tiny_model_dir))
+    assert card.data.base_model is None
+    assert f"- Base model: `{tiny_model_dir}`\n" in card.text
+
+
+
+
+def test_template_ships_as_package_data():
+    import fnmatch
+
+    from edugpt.card import TEMPLATE
+
+    # pyproject's `[tool.setuptools.package-data]` line for edugpt (tomllib is 3.11+, the project supports 3.10).
+    section = (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
+    patterns = json.loads(re.search(r"^edugpt = (\[.*\])$", section, re.MULTILINE).group(1))
+    relative = TEMPLATE.relative_to(ROOT / "edugpt").as_posix()
+    assert TEMPLATE.is_file() and any(fnmatch.fnmatch(relative, pattern) for pattern in patterns)

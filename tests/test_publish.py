@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,22 @@ def test_push_commits_main_then_one_branch_per_checkpoint(run_dir, monkeypatch):
         assert hub.branches[branch] == {".gitattributes", "README.md", "config.json", "generation_config.json",
                                         "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
     assert not (main_files | hub.branches["step-2"]) & set(RESUME_STATE)
+
+
+def test_successful_push_records_the_repo_that_a_finetune_card_names_as_base(run_dir, tiny_model_dir, tmp_path,
+                                                                             monkeypatch):
+    from edugpt.card import build_model_card
+
+    monkeypatch.setattr("huggingface_hub.HfApi", _RecordingHub())
+    publish_run_offline(run_dir, monkeypatch)
+    record = json.loads((run_dir / "published.json").read_text())
+    assert (record["repo_id"], record["branches"]) == ("someone/x", ["main", "step-2", "step-4"])
+    sft = tmp_path / "sft"
+    shutil.copytree(tiny_model_dir, sft)
+    (sft / "run_config.json").write_text(json.dumps({"script": "sft", "model": {"model_name_or_path": str(run_dir)},
+                                                     "training": {"assistant_only_loss": True}}))
+    assert build_model_card(sft).data.base_model == "someone/x"
+
 
 
 def test_failed_push_is_one_clear_error_without_the_token(run_dir, monkeypatch):
