@@ -23,6 +23,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ KNOWN_TASKS = {"hellaswag": ("Rowan/hellaswag", "HellaSwag", "validation")}
 # numbers are never presented as HellaSwag's nor put in the model-index.
 LOCAL_HELLASWAG_TASK = "hellaswag_local"
 KNOWN_PLOTS = (rundir.LOSS_PLOT, rundir.HELLASWAG_PLOT)  # placed in their sections; other images go under "More plots"
+# (label, distribution) listed under "Framework versions", as TRL's own cards list them; TRL only for finetunes.
+FRAMEWORKS = (("edugpt", "edugpt"), ("TRL", "trl"), ("Transformers", "transformers"), ("Pytorch", "torch"),
+              ("Datasets", "datasets"), ("Tokenizers", "tokenizers"))
 
 
 @dataclass
@@ -459,6 +463,19 @@ def data_facts(manifest: dict) -> dict:
     }
 
 
+def framework_versions(finetune: bool) -> list[list[str]]:
+    """[label, version] of the libraries installed now (when the card is written, as TRL's cards do)."""
+    rows = []
+    for label, distribution in FRAMEWORKS:
+        if distribution == "trl" and not finetune:
+            continue
+        try:
+            rows.append([label, version(distribution)])
+        except PackageNotFoundError:
+            continue
+    return rows
+
+
 def has_chat_template(facts: RunFacts) -> bool:
     return facts.finetune and (facts.run_dir / "chat_template.jinja").is_file()
 
@@ -529,6 +546,7 @@ def card_variables(facts: RunFacts, title: str, repo: str, revision: str | None,
         "title": title,
         "model_sentence": model_sentence(facts),
         "finetune": facts.finetune,
+        "kind": facts.kind,
         "revision": revision,
         "revision_step": revision.removeprefix("step-") if revision else None,
         "results_rows": results_rows(facts, scores),
@@ -563,6 +581,7 @@ def card_variables(facts: RunFacts, title: str, repo: str, revision: str | None,
         "repo": repo,
         "chat": has_chat_template(facts),
         "eval_output_dir": eval_output_dir(repo),
+        "framework_versions": framework_versions(facts.finetune),
     }
 
 

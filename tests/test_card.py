@@ -248,6 +248,23 @@ def test_local_base_that_is_not_an_edugpt_run_is_named_only(tmp_path, tiny_model
     assert f"- Base model: `{tiny_model_dir}`\n" in card.text
 
 
+def test_framework_versions_and_citations_like_trl_cards(run_dir, tmp_path, tiny_model_dir):
+    from importlib.metadata import version
+
+    pretrain = build_model_card(run_dir).text
+    sft = build_model_card(_finetune_of(run_dir, tmp_path / "a", tiny_model_dir, "sft")).text
+    dpo = build_model_card(_finetune_of(run_dir, tmp_path / "b", tiny_model_dir, "dpo")).text
+    for text in (pretrain, sft, dpo):
+        versions = text.split("## Framework versions")[1].split("## Citations")[0]
+        for label, distribution in (("edugpt", "edugpt"), ("Transformers", "transformers"), ("Pytorch", "torch")):
+            assert f"- {label}: {version(distribution)}\n" in versions
+        citations = text.split("## Citations")[1]
+        assert "```bibtex\n@software{edugpt," in citations
+        assert citations.count("```bibtex") == citations.count("\n}\n```")  # every BibTeX block is closed
+    assert "- TRL: " not in pretrain and "vonwerra2020trl" not in pretrain
+    assert f"- TRL: {version('trl')}\n" in sft and "@software{vonwerra2020trl," in sft and "rafailov2023" not in sft
+    assert "@software{vonwerra2020trl," in dpo and "@inproceedings{rafailov2023direct," in dpo
+
 
 
 def test_template_ships_as_package_data():
