@@ -538,8 +538,10 @@ def card_metadata(facts: RunFacts, title: str, scores: list[dict], license: str)
 
 
 def card_variables(facts: RunFacts, title: str, repo: str, revision: str | None, scores: list[dict]) -> dict:
-    """Everything the template shows, by section."""
-    images = facts.images
+    """Everything the template shows, by section.
+
+    A step-N branch holds only its checkpoint's files, so its card links no images (the plots stay on `main`)."""
+    images = [] if revision else facts.images
     in_loop, in_loop_thinned = _thin(in_loop_hellaswag_rows(facts.records))
     losses, losses_thinned = _thin(loss_rows(facts.records))
     return {

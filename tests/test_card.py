@@ -266,6 +266,17 @@ def test_framework_versions_and_citations_like_trl_cards(run_dir, tmp_path, tiny
     assert "@software{vonwerra2020trl," in dpo and "@inproceedings{rafailov2023direct," in dpo
 
 
+def test_revision_card_links_no_images_and_loads_that_revision(run_dir):
+    (run_dir / "images" / "lr.png").write_bytes((run_dir / "images" / "hellaswag.png").read_bytes())
+    main_card = build_model_card(run_dir, hub_model_id="someone/x").text
+    assert "](images/lr.png)" in main_card and "](images/hellaswag.png)" in main_card
+    text = build_model_card(run_dir, hub_model_id="someone/x", revision="step-2").text
+    assert "images/" not in text and "## More plots" not in text
+    loads = re.findall(r"from_pretrained\((.*)\)", text)
+    assert loads and all(args.endswith(', revision="step-2"') for args in loads)
+    assert "--model_args pretrained=someone/x,revision=step-2 " in text
+    assert "eval_harness.py" not in text.split("## How to use")[1].split("Offline,")[0]  # it takes no revision
+
 
 def test_template_ships_as_package_data():
     import fnmatch

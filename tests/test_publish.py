@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -194,6 +195,17 @@ def test_successful_push_records_the_repo_that_a_finetune_card_names_as_base(run
                                                      "training": {"assistant_only_loss": True}}))
     assert build_model_card(sft).data.base_model == "someone/x"
 
+
+def test_branch_cards_link_only_files_their_branch_holds(run_dir):
+    (run_dir / "images" / "lr.png").write_bytes((run_dir / "images" / "hellaswag.png").read_bytes())
+    plan = plan_publish(run_dir, "someone/x", branches=True)
+    for upload in plan.uploads:
+        links = set(re.findall(r"\]\((?!https?://)([^)]+)\)", upload.card))  # relative Markdown links and images
+        assert links <= set(upload.files), upload.branch
+        loads = re.findall(r"from_pretrained\((.*)\)", upload.card)
+        revision = "" if upload.branch == "main" else f', revision="{upload.branch}"'
+        assert loads and all(args == f'"someone/x"{revision}' for args in loads), upload.branch
+    assert {"images/train-loss.png", "images/lr.png"} <= set(re.findall(r"\]\((images/[^)]+)\)", plan.uploads[0].card))
 
 
 def test_failed_push_is_one_clear_error_without_the_token(run_dir, monkeypatch):
