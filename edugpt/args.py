@@ -6,7 +6,7 @@ entry point parses its dataclasses with `edugpt.cli.parse_config` (YAML recipe +
 
 - train_hf.py: ModelArguments, DataArguments, ScriptArguments, RunArguments + TrainingArguments
 - finetune/sft.py, finetune/dpo.py: RunArguments + TRL's ScriptArguments, SFTConfig/DPOConfig, ModelConfig
-- eval_harness.py: EvalArguments; publish.py: PublishArguments
+- eval_harness.py: EvalArguments; publish.py: PublishArguments; python -m edugpt.card: CardArguments
 """
 
 from __future__ import annotations
@@ -175,4 +175,17 @@ class PublishArguments:
     )
     private: bool = field(default=False, metadata={"help": "Create the repo as private (if it does not exist yet)."})
     eval_dir: str | None = field(default=None, metadata={"help": "lm-eval results folder for the card."})
+    license: str = field(default=DEFAULT_LICENSE, metadata={"help": "License id for the card's metadata."})
+
+
+@dataclass
+class CardArguments:
+    """python -m edugpt.card: (re)write a run directory's model card."""
+
+    run_dir: str = field(metadata={"help": "Run directory (train_hf.py / finetune output_dir) to describe."})
+    eval_dir: str | None = field(
+        default=None, metadata={"help": "Folder or file with lm-eval results*.json; default: searched under run_dir."}
+    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id used in the how-to-load snippets."})
+    base_model: str | None = field(default=None, metadata={"help": "Base model of a finetune (default: run_config)."})
     license: str = field(default=DEFAULT_LICENSE, metadata={"help": "License id for the card's metadata."})

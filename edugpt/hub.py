@@ -8,8 +8,9 @@ What goes up: the run directory's top-level files (weights, config, tokenizer, m
 run_config.json, data_manifest.json) and images/, plus a freshly built model card; for a branch, the checkpoint's
 files plus a card naming the step. Optimizer, scheduler, RNG and trainer state (the files only needed to resume)
 stay local unless `include_optimizer=True`. Every file is checked for the Hugging Face token before anything is
-uploaded, and the token is never printed. Nothing in the run directory is written, so a failed push leaves it as it
-was.
+uploaded, and the token is never printed. Nothing in the run directory is written before the push has succeeded, so
+a failed push leaves it as it was; a successful one records the repo in RUN_DIR/published.json, which the card of a
+finetune of this run reads to name its base model on the Hub.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edugpt import rundir
+from edugpt.args import DEFAULT_LICENSE
+from edugpt.card import build_model_card
 from edugpt.errors import EduGPTError
+from edugpt.modeling import saved_parameter_counts
 from edugpt.net import hub_available
-from edugpt.report import CARD_NAME, DEFAULT_LICENSE, build_model_card, checkpoint_dirs, read_parameter_counts
 
 # Files that only matter for resuming training (Trainer's checkpoint extras, DeepSpeed/FSDP optimizer shards, the
 # completion marker of edugpt.checkpoints). training_args.bin is a pickled TrainingArguments, which can hold hub_token
@@ -74,7 +78,7 @@ class PublishPlan:
                     "step": u.step,
                     "source": str(u.source),
                     "folder": u.branch,
-                    "files": sorted(u.files + [CARD_NAME]),
+                    "files": sorted(u.files + [rundir.CARD]),
                     "bytes": u.total_bytes(),
                     "load": (f'AutoModelForCausalLM.from_pretrained("{self.repo_id}"'
                              + (f', revision="{u.branch}")' if u.branch != "main" else ")")),
@@ -103,7 +107,7 @@ def _checkpoint_problem(folder: Path) -> str | None:
         return checkpoint_problem(folder)
     if not _has_weights(folder):
         return "no config.json + weights (the save did not finish)"
-    if (folder / "model.safetensors").is_file() and read_parameter_counts(folder) is None:
+    if (folder / "model.safetensors").is_file() and saved_parameter_counts(folder) is None:
         return "model.safetensors is unreadable (truncated?)"
     return None
 
@@ -117,7 +121,7 @@ def _select_files(folder: Path, include_optimizer: bool, subdirs: tuple[str, ...
             candidates += [p for p in (folder / sub).rglob("*") if p.is_file() and not p.is_symlink()]
     for path in sorted(candidates):
         relative = path.relative_to(folder).as_posix()
-        if path.name == CARD_NAME and path.parent == folder:
+        if path.name == rundir.CARD and path.parent == folder:
             continue  # replaced by a freshly built card
         if _matches(path.name, NEVER_PATTERNS):
             excluded.append({"path": relative, "reason": "hidden, temporary or log file: never uploaded"})
@@ -146,7 +150,8 @@ def plan_publish(run_dir: str | os.PathLike, hub_model_id: str, *, branches: boo
     plan = PublishPlan(repo_id=hub_model_id, uploads=[BranchUpload("main", run_dir, files, str(card), None, excluded)])
     if not branches:
         return plan
-    for step, folder in checkpoint_dirs(run_dir):
+    for folder in rundir.list_checkpoints(run_dir):
+        step = rundir.checkpoint_step(folder)
         if problem := _checkpoint_problem(folder):
             plan.skipped.append({"path": folder.name, "reason": problem})
             continue
@@ -180,10 +185,10 @@ def check_no_secrets(plan: PublishPlan) -> None:
             path = upload.source / name
             if path.stat().st_size <= SCAN_LIMIT_BYTES:
                 blobs.append((str(path), path.read_bytes()))
-        blobs.append((f"the generated {CARD_NAME} for {upload.branch}", upload.card.encode()))
+        blobs.append((f"the generated {rundir.CARD} for {upload.branch}", upload.card.encode()))
         for label, data in blobs:
             leaked = any(t in data for t in tokens)
-            text_like = Path(label).suffix in TEXT_SUFFIXES or label.endswith(CARD_NAME)
+            text_like = Path(label).suffix in TEXT_SUFFIXES or label.endswith(rundir.CARD)
             if leaked or (text_like and HF_TOKEN_SHAPE.search(data)):
                 raise EduGPTError(
                     f"{label} contains a Hugging Face access token; remove it from that file (or delete the file) "
@@ -205,7 +210,7 @@ def write_dry_run(plan: PublishPlan, dest: str | os.PathLike) -> Path:
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(upload.source / name, folder / name)
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / CARD_NAME).write_text(upload.card, encoding="utf-8")
+            (folder / rundir.CARD).write_text(upload.card, encoding="utf-8")
         (tmp / "plan.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n", encoding="utf-8")
         if dest.exists():
             dest.rmdir()
@@ -278,11 +283,11 @@ def push(plan: PublishPlan, *, private: bool | None = None) -> str:
         for upload in plan.uploads:
             operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(upload.source / name))
                           for name in upload.files]
-            operations.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=upload.card.encode()))
+            operations.append(CommitOperationAdd(path_in_repo=rundir.CARD, path_or_fileobj=upload.card.encode()))
             if upload.branch != "main":
                 # A new branch starts as a copy of main; drop main's files so step-N holds only the checkpoint.
                 api.create_branch(repo_id, branch=upload.branch, exist_ok=True)
-                keep = set(upload.files) | {CARD_NAME, ".gitattributes"}
+                keep = set(upload.files) | {rundir.CARD, ".gitattributes"}
                 operations += [CommitOperationDelete(path_in_repo=p)
                                for p in api.list_repo_files(repo_id, revision=upload.branch) if p not in keep]
             api.create_commit(repo_id, operations=operations, revision=upload.branch,
@@ -302,7 +307,8 @@ def publish_run(run_dir: str | os.PathLike, hub_model_id: str, *, branches: bool
                 include_optimizer: bool = False, dry_run: str | os.PathLike | None = None,
                 eval_dir: str | os.PathLike | None = None, private: bool | None = None,
                 license: str = DEFAULT_LICENSE) -> str:
-    """Plan, check for secrets, then either write the dry-run folder or push. Returns the folder path or repo URL."""
+    """Plan, check for secrets, then either write the dry-run folder or push and record the repo in the run's
+    published.json. Returns the folder path or repo URL."""
     if dry_run is None:
         hub_model_id = require_push_ready(hub_model_id)  # before any work: no token / no network fails in a second
     plan = plan_publish(run_dir, hub_model_id, branches=branches, include_optimizer=include_optimizer,
@@ -315,7 +321,9 @@ def publish_run(run_dir: str | os.PathLike, hub_model_id: str, *, branches: bool
         print(f"     skipped: {skipped['path']} ({skipped['reason']})")
     if dry_run is not None:
         return str(write_dry_run(plan, dry_run))
-    return push(plan, private=private)
+    url = push(plan, private=private)
+    rundir.write_published(run_dir, plan.repo_id, [upload.branch for upload in plan.uploads])
+    return url
 
 
 def push_failed_error(output_dir: str | os.PathLike, repo_id: str, failure: str) -> EduGPTError:

@@ -312,7 +312,7 @@ class TrainingRun:
     def finish(self, trainer) -> None:
         """Save the final model (every rank: FSDP gathers it), then on rank 0 the card and the completion marker;
         with push_to_hub, Trainer's own push uploads the folder with edugpt's card in one commit."""
-        from edugpt.report import write_model_card
+        from edugpt.card import write_model_card
         from edugpt.hub import push_failed_error, scrub
 
         state = trainer.state
@@ -346,7 +346,7 @@ class TrainingRun:
         its last step, write a missing card, and push the run when asked (finishing a push that failed)."""
         if not self.is_main:
             return
-        from edugpt.report import write_model_card
+        from edugpt.card import write_model_card
         from edugpt.hub import publish_run
 
         source = self.decision.restore_from
@@ -359,7 +359,7 @@ class TrainingRun:
         logger.info("%s already reached its last step; final model in %s", self.kind, self.output_dir)
 
     def _restore_final_model(self, checkpoint: Path) -> None:
-        from edugpt.report import write_model_card
+        from edugpt.card import write_model_card
 
         (self.output_dir / MARKER).unlink(missing_ok=True)
         for path in sorted(checkpoint.iterdir()):
@@ -397,7 +397,7 @@ def _card_on_push(trainer, run: TrainingRun) -> None:
     same commit: Trainer calls `self.create_model_card()` right before it uploads the folder. Replaced on this
     instance rather than by subclassing, because the same trainer classes are TRL's SFTTrainer and DPOTrainer too.
     TRL also calls it at every checkpoint save, before output_dir holds a model: then there is nothing to describe."""
-    from edugpt.report import write_model_card
+    from edugpt.card import write_model_card
     from edugpt.rundir import is_saved_model
 
     def create_model_card(*args, **kwargs):

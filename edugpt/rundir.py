@@ -10,6 +10,7 @@ its readers, and the rule for who may write into it.
       checkpoint-N/          Trainer's checkpoints, each with the completion marker (edugpt.checkpoints)
       config.json, model.safetensors, tokenizer files, ...   the final model, with its own completion marker
       README.md              the model card (edugpt.card)
+      published.json         after publish.py pushed the run: the Hub repo and branches (a finetune's card names it)
       .edugpt.lock           held while a job writes here (edugpt.safefs.DirLock)
 
 Nothing here imports torch or transformers at module level, so writing a card or a plot stays fast.
@@ -31,6 +32,7 @@ DATA_MANIFEST = "data_manifest.json"
 METRICS = "metrics.jsonl"
 SAMPLES = "samples.md"
 CARD = "README.md"
+PUBLISHED = "published.json"
 IMAGES = "images"
 LOSS_PLOT = f"{IMAGES}/train-loss.png"
 HELLASWAG_PLOT = f"{IMAGES}/hellaswag.png"
@@ -40,7 +42,7 @@ LOCK = ".edugpt.lock"
 MARKER = "edugpt-complete.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # transformers.trainer_utils' PREFIX_CHECKPOINT_DIR + "-N"
 # Files a run keeps beside its final model; everything else at the top level belongs to the model.
-RUN_FILES = (RUN_CONFIG, DATA_MANIFEST, METRICS, SAMPLES, CARD, TRAINER_STATE, LOCK, MARKER)
+RUN_FILES = (RUN_CONFIG, DATA_MANIFEST, METRICS, SAMPLES, CARD, PUBLISHED, TRAINER_STATE, LOCK, MARKER)
 # What a saved model needs to load: a config plus one of these weight files.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 # Run kinds, with the entry point that makes each.
@@ -186,6 +188,28 @@ def require_own_run_dir(output_dir: str | os.PathLike, kind: str) -> bool:
             "new folder for this one."
         )
     return True
+
+
+# ---------------------------------------------------------------------------------------------------------- publishing
+def write_published(run_dir: str | os.PathLike, repo_id: str, branches: list[str]) -> Path:
+    """Record, after a successful push, the Hub repo (and branches) that now hold this run's model."""
+    import time
+
+    record = {"repo_id": repo_id, "branches": branches, "url": f"https://huggingface.co/{repo_id}",
+              "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "created_by": "publish.py"}
+    return atomic_write_json(Path(run_dir) / PUBLISHED, record)
+
+
+def published_repo_id(run_dir: str | os.PathLike) -> str | None:
+    """The Hub repo holding this run's final model: the one publish.py last pushed it to (published.json), else the
+    one training pushed it to (run_config.json: training.push_to_hub with training.hub_model_id); None if neither."""
+    published = read_json(Path(run_dir) / PUBLISHED, what="publish record")
+    if isinstance(published, dict) and isinstance(published.get("repo_id"), str) and published["repo_id"]:
+        return published["repo_id"]
+    training = (read_run_config(run_dir) or {}).get("training")
+    if isinstance(training, dict) and training.get("push_to_hub") and isinstance(training.get("hub_model_id"), str):
+        return training["hub_model_id"] or None
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------- lm-eval results

@@ -34,7 +34,7 @@ step "7/8 one chat reply from the base, SFT and DPO models"
 python -m edugpt.chat --compare "$RUN_DIR/pretrain" "$RUN_DIR/sft" "$RUN_DIR/dpo" --message "What is the capital of France?"
 
 step "8/8 model card and a publishing dry run (the Hub is not contacted)"
-python -m edugpt.report "$RUN_DIR/pretrain"
+python -m edugpt.card "$RUN_DIR/pretrain"
 python publish.py "$RUN_DIR/pretrain" --hub_model_id you/edugpt-demo --branches --dry_run "$RUN_DIR/publish-dry-run"
 
 echo

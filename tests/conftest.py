@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,92 @@ class FakeHub:
         except ConnectionError as err:
             outcome.set_exception(err)
         return outcome if run_as_future else outcome.result()
+
+
+# --- a run directory by the run-directory contract (edugpt.rundir), for the card and publishing tests -----------------
+RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin",
+                "edugpt-complete.json")
+FINAL_TRAIN_LOSS = 6.8125
+FINAL_VAL_LOSS = 6.9375
+LM_EVAL_ACC_NORM = 0.2617
+
+
+def _png(path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (30, 90, 200)).save(path)
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def make_run_dir(root: Path, model_dir: Path, *, steps=(2, 4), lm_eval: bool = True) -> Path:
+    """A pretraining run directory as train_hf.py leaves it: final model, checkpoint-N folders with resume state,
+    metrics.jsonl, samples.md, run_config.json, data_manifest.json, plots, and an lm-eval results file under eval/."""
+    from edugpt.checkpoints import write_marker
+
+    run = root / "run"
+    shutil.copytree(model_dir, run)
+    for step in steps:
+        ckpt = run / f"checkpoint-{step}"
+        shutil.copytree(model_dir, ckpt)
+        for name in RESUME_STATE[:-1]:
+            (ckpt / name).write_bytes(b"resume state stand-in " + name.encode())
+        (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+        write_marker(ckpt)  # what train_hf.py's CompleteCheckpointCallback leaves in a finished checkpoint
+    records = []
+    for step in range(1, 5):
+        tokens = step * 2048
+        records.append({"step": step, "tokens": tokens, "loss": 10.0 - step * 0.5 if step < 4 else FINAL_TRAIN_LOSS,
+                        "grad_norm": 1.5, "learning_rate": 3e-4, "tokens_per_second": 1000.0 + step, "mfu": 0.3125})
+        if step in (2, 4):
+            records.append({"step": step, "tokens": tokens, "eval_loss": 8.5 if step == 2 else FINAL_VAL_LOSS})
+            records.append({"step": step, "tokens": tokens, "hellaswag/acc": 0.23 + step / 100,
+                            "hellaswag/acc_norm": 0.24 + step / 100})
+    records.append({"step": 0, "tokens": 0, "sample/prompt": "Once upon a time", "sample/text": "Once upon a time zebra"})
+    _write_jsonl(run / "metrics.jsonl", records)
+    (run / "samples.md").write_text(
+        "| Step | Output |\n|------|--------|\n| 0 | Once upon a time zebra |\n| 4 | Once upon a time, the cell |\n"
+    )
+    (run / "run_config.json").write_text(json.dumps({
+        "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "seq_len": 128},
+        "data": {"dataset_dir": "data/prepared/embedded"},
+        "script": {"sample_steps": 2, "hellaswag_steps": 2},
+        "training": {"output_dir": str(run), "max_steps": 4, "num_train_epochs": 3.0, "per_device_train_batch_size": 8,
+                     "gradient_accumulation_steps": 2, "learning_rate": 0.0006, "lr_scheduler_type": "cosine",
+                     "warmup_steps": 1, "seed": 1337, "hub_token": "<HUB_TOKEN>"},
+    }))
+    (run / "data_manifest.json").write_text(json.dumps({
+        "format": "edugpt-prepared-v1", "created_by": "prepare_data.py",
+        "source": {"dataset": "HuggingFaceFW/fineweb-edu", "subset": "sample-10BT", "max_docs": 500},
+        "tokenizer": {"name": "gpt2", "vocab_size": 50257, "eos_token_id": 50256},
+        "seq_len": 128,
+        "split_rule": {"hash": "sha256", "salt": "edugpt", "val_fraction": 0.05,
+                       "description": "sha256(salt + doc id) below 5% of the hash range goes to validation"},
+        "splits": {"train": {"documents": 475, "tokens": 123456, "blocks": 964, "dropped_tail_tokens": 64,
+                             "skipped_empty_documents": 0},
+                   "validation": {"documents": 25, "tokens": 6543, "blocks": 51, "dropped_tail_tokens": 15,
+                                  "skipped_empty_documents": 0}},
+    }))
+    _png(run / "images" / "train-loss.png")
+    _png(run / "images" / "hellaswag.png")
+    if lm_eval:
+        results = run / "eval" / "tiny" / "results_2026-11-25T20-00-00.json"
+        results.parent.mkdir(parents=True)
+        results.write_text(json.dumps({
+            "results": {"hellaswag": {"alias": "hellaswag", "acc,none": 0.2539, "acc_stderr,none": 0.0195,
+                                      "acc_norm,none": LM_EVAL_ACC_NORM, "acc_norm_stderr,none": 0.0197}},
+            "configs": {"hellaswag": {"dataset_path": "Rowan/hellaswag", "validation_split": "validation"}},
+            "n-shot": {"hellaswag": 0},
+            "n-samples": {"hellaswag": {"original": 10042, "effective": 500}},
+            "config": {"model": "hf", "model_args": f"pretrained={run}", "limit": 500},
+            "lm_eval_version": "0.4.13",
+        }))
+    return run
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_model_dir):
+    return make_run_dir(tmp_path, tiny_model_dir)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_script
-from test_report import FAKE_TOKEN, RESUME_STATE, make_run_dir
+from conftest import FAKE_TOKEN, RESUME_STATE, run_script
 
 from edugpt.errors import EduGPTError
 from edugpt.hub import plan_publish, publish_run, require_push_ready
@@ -26,11 +27,6 @@ def _snapshot(folder: Path) -> dict:
         else:
             out[key] = "dir"
     return out
-
-
-@pytest.fixture
-def run_dir(tmp_path, tiny_model_dir):
-    return make_run_dir(tmp_path, tiny_model_dir)
 
 
 @pytest.mark.slow
@@ -183,6 +179,33 @@ def test_push_commits_main_then_one_branch_per_checkpoint(run_dir, monkeypatch):
         assert hub.branches[branch] == {".gitattributes", "README.md", "config.json", "generation_config.json",
                                         "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
     assert not (main_files | hub.branches["step-2"]) & set(RESUME_STATE)
+
+
+def test_successful_push_records_the_repo_that_a_finetune_card_names_as_base(run_dir, tiny_model_dir, tmp_path,
+                                                                             monkeypatch):
+    from edugpt.card import build_model_card
+
+    monkeypatch.setattr("huggingface_hub.HfApi", _RecordingHub())
+    publish_run_offline(run_dir, monkeypatch)
+    record = json.loads((run_dir / "published.json").read_text())
+    assert (record["repo_id"], record["branches"]) == ("someone/x", ["main", "step-2", "step-4"])
+    sft = tmp_path / "sft"
+    shutil.copytree(tiny_model_dir, sft)
+    (sft / "run_config.json").write_text(json.dumps({"script": "sft", "model": {"model_name_or_path": str(run_dir)},
+                                                     "training": {"assistant_only_loss": True}}))
+    assert build_model_card(sft).data.base_model == "someone/x"
+
+
+def test_branch_cards_link_only_files_their_branch_holds(run_dir):
+    (run_dir / "images" / "lr.png").write_bytes((run_dir / "images" / "hellaswag.png").read_bytes())
+    plan = plan_publish(run_dir, "someone/x", branches=True)
+    for upload in plan.uploads:
+        links = set(re.findall(r"\]\((?!https?://)([^)]+)\)", upload.card))  # relative Markdown links and images
+        assert links <= set(upload.files), upload.branch
+        loads = re.findall(r"from_pretrained\((.*)\)", upload.card)
+        revision = "" if upload.branch == "main" else f', revision="{upload.branch}"'
+        assert loads and all(args == f'"someone/x"{revision}' for args in loads), upload.branch
+    assert {"images/train-loss.png", "images/lr.png"} <= set(re.findall(r"\]\((images/[^)]+)\)", plan.uploads[0].card))
 
 
 def test_failed_push_is_one_clear_error_without_the_token(run_dir, monkeypatch):

@@ -1,11 +1,13 @@
 """The model card built from a run directory: valid Hub metadata, the run's numbers in the body, absent parts omitted.
 
-`make_run_dir` builds a run directory by the run-directory contract (README "Run directory"); test_publish.py uses it.
+`make_run_dir` and the `run_dir` fixture (conftest.py) build a pretraining run directory by the run-directory
+contract (edugpt.rundir).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,95 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edugpt.checkpoints import write_marker
+from conftest import FAKE_TOKEN, FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, LM_EVAL_ACC_NORM, ROOT
+from edugpt.card import build_model_card, main, write_model_card
 from edugpt.errors import EduGPTError
-from edugpt.report import build_model_card, main, write_model_card
-
-ROOT = Path(__file__).resolve().parents[1]
-FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtokenFAKE12"  # shaped like a real token (hf_ + 34 chars)
-RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin",
-                "edugpt-complete.json")
-FINAL_TRAIN_LOSS = 6.8125
-FINAL_VAL_LOSS = 6.9375
-LM_EVAL_ACC_NORM = 0.2617
-
-
-def _png(path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (30, 90, 200)).save(path)
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-
-
-def make_run_dir(root: Path, model_dir: Path, *, steps=(2, 4), lm_eval: bool = True) -> Path:
-    """A pretraining run directory as train_hf.py leaves it: final model, checkpoint-N folders with resume state,
-    metrics.jsonl, samples.md, run_config.json, data_manifest.json, plots, and an lm-eval results file under eval/."""
-    run = root / "run"
-    shutil.copytree(model_dir, run)
-    for step in steps:
-        ckpt = run / f"checkpoint-{step}"
-        shutil.copytree(model_dir, ckpt)
-        for name in RESUME_STATE[:-1]:
-            (ckpt / name).write_bytes(b"resume state stand-in " + name.encode())
-        (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
-        write_marker(ckpt)  # what train_hf.py's CompleteCheckpointCallback leaves in a finished checkpoint
-    records = []
-    for step in range(1, 5):
-        tokens = step * 2048
-        records.append({"step": step, "tokens": tokens, "loss": 10.0 - step * 0.5 if step < 4 else FINAL_TRAIN_LOSS,
-                        "grad_norm": 1.5, "learning_rate": 3e-4, "tokens_per_second": 1000.0 + step, "mfu": 0.3125})
-        if step in (2, 4):
-            records.append({"step": step, "tokens": tokens, "eval_loss": 8.5 if step == 2 else FINAL_VAL_LOSS})
-            records.append({"step": step, "tokens": tokens, "hellaswag/acc": 0.23 + step / 100,
-                            "hellaswag/acc_norm": 0.24 + step / 100})
-    records.append({"step": 0, "tokens": 0, "sample/prompt": "Once upon a time", "sample/text": "Once upon a time zebra"})
-    _write_jsonl(run / "metrics.jsonl", records)
-    (run / "samples.md").write_text(
-        "| Step | Output |\n|------|--------|\n| 0 | Once upon a time zebra |\n| 4 | Once upon a time, the cell |\n"
-    )
-    (run / "run_config.json").write_text(json.dumps({
-        "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "seq_len": 128},
-        "data": {"dataset_dir": "data/prepared/embedded"},
-        "training": {"output_dir": str(run), "max_steps": 4, "num_train_epochs": 3.0, "per_device_train_batch_size": 8,
-                     "gradient_accumulation_steps": 2, "learning_rate": 0.0006, "lr_scheduler_type": "cosine",
-                     "warmup_steps": 1, "seed": 1337, "hub_token": "<HUB_TOKEN>"},
-    }))
-    (run / "data_manifest.json").write_text(json.dumps({
-        "format": "edugpt-prepared-v1", "created_by": "prepare_data.py",
-        "source": {"dataset": "HuggingFaceFW/fineweb-edu", "subset": "sample-10BT", "max_docs": 500},
-        "tokenizer": {"name": "gpt2", "vocab_size": 50257, "eos_token_id": 50256},
-        "seq_len": 128,
-        "split_rule": {"hash": "sha256", "salt": "edugpt", "val_fraction": 0.05,
-                       "description": "sha256(salt + doc id) below 5% of the hash range goes to validation"},
-        "splits": {"train": {"documents": 475, "tokens": 123456, "blocks": 964, "dropped_tail_tokens": 64,
-                             "skipped_empty_documents": 0},
-                   "validation": {"documents": 25, "tokens": 6543, "blocks": 51, "dropped_tail_tokens": 15,
-                                  "skipped_empty_documents": 0}},
-    }))
-    _png(run / "images" / "train-loss.png")
-    _png(run / "images" / "hellaswag.png")
-    if lm_eval:
-        results = run / "eval" / "tiny" / "results_2026-11-25T20-00-00.json"
-        results.parent.mkdir(parents=True)
-        results.write_text(json.dumps({
-            "results": {"hellaswag": {"alias": "hellaswag", "acc,none": 0.2539, "acc_stderr,none": 0.0195,
-                                      "acc_norm,none": LM_EVAL_ACC_NORM, "acc_norm_stderr,none": 0.0197}},
-            "configs": {"hellaswag": {"dataset_path": "Rowan/hellaswag", "validation_split": "validation"}},
-            "n-shot": {"hellaswag": 0},
-            "n-samples": {"hellaswag": {"original": 10042, "effective": 500}},
-            "config": {"model": "hf", "model_args": f"pretrained={run}", "limit": 500},
-            "lm_eval_version": "0.4.13",
-        }))
-    return run
-
-
-@pytest.fixture
-def run_dir(tmp_path, tiny_model_dir):
-    return make_run_dir(tmp_path, tiny_model_dir)
 
 
 def _header(card_path: Path) -> dict:
@@ -273,9 +189,102 @@ def test_not_a_run_dir_is_a_user_error(tmp_path):
 
 @pytest.mark.slow
 def test_command_line_regenerates_card(run_dir):
-    proc = subprocess.run([sys.executable, "-m", "edugpt.report", str(run_dir), "--hub_model_id", "someone/x"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "edugpt.card", str(run_dir), "--hub_model_id", "someone/x"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "README.md" in proc.stdout
     assert _header(run_dir / "README.md")["library_name"] == "transformers"
     assert not list(run_dir.glob(".README.*"))  # no temp file left behind
+
+
+# --- issue 12: base model of a finetune started from a local run, framework versions, citations --------------------
+
+
+def _finetune_of(base: Path, root: Path, tiny_model_dir: Path, kind: str = "sft") -> Path:
+    """A finetune run directory (run_config shaped as finetune/sft.py writes it) whose base is the folder `base`."""
+    run = root / kind
+    shutil.copytree(tiny_model_dir, run)
+    training = {"assistant_only_loss": True} if kind == "sft" else {"beta": 0.1, "loss_type": ["sigmoid"]}
+    (run / "run_config.json").write_text(json.dumps({
+        "script": kind, "model": {"model_name_or_path": str(base)},
+        "data": {"dataset_name": "edugpt/assets/finetune/sft_smoke.jsonl"}, "training": {"max_steps": 2, **training},
+    }))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 2, "tokens": 512, "loss": 2.5}) + "\n")
+    return run
+
+
+def test_unpublished_local_base_is_described_by_its_own_card_summary(run_dir, tmp_path, tiny_model_dir):
+    card = build_model_card(_finetune_of(run_dir, tmp_path, tiny_model_dir))
+    assert card.data.base_model is None  # a local path is not Hub metadata
+    assert (f"- Base model: `{run_dir}` (a local edugpt run, not published to the Hub). From its own card: A "
+            "1.64M-parameter GPT-2-architecture causal language model (2 layers, 2 heads, d_model 32) pretrained from "
+            "scratch on `HuggingFaceFW/fineweb-edu` (sample-10BT), 8.19k tokens seen, with the GPT-2 tokenizer.") in card.text
+
+
+def test_local_base_pushed_by_training_or_publish_py_is_the_hub_base_model(run_dir, tmp_path, tiny_model_dir):
+    from edugpt.rundir import write_published
+
+    finetune = _finetune_of(run_dir, tmp_path, tiny_model_dir)
+    config = json.loads((run_dir / "run_config.json").read_text())
+    config["training"].update(push_to_hub=True, hub_model_id="someone/edugpt-pushed")
+    (run_dir / "run_config.json").write_text(json.dumps(config))
+    assert build_model_card(finetune).data.base_model == "someone/edugpt-pushed"
+
+    write_published(run_dir, "someone/edugpt-published", ["main", "step-2"])  # publish.py's record wins
+    card = build_model_card(finetune)
+    assert card.data.base_model == "someone/edugpt-published"
+    assert ("- Base model: [`someone/edugpt-published`](https://huggingface.co/someone/edugpt-published), published "
+            f"from the local run `{run_dir}`") in card.text
+    assert "starting from `someone/edugpt-published`" in card.text and "From its own card" not in card.text
+
+    (run_dir / "published.json").write_text("{torn")
+    with pytest.raises(EduGPTError, match=r"publish record .*published.json is not valid JSON"):
+        build_model_card(finetune)
+
+
+def test_local_base_that_is_not_an_edugpt_run_is_named_only(tmp_path, tiny_model_dir):
+    card = build_model_card(_finetune_of(tiny_model_dir, tmp_path, tiny_model_dir))
+    assert card.data.base_model is None
+    assert f"- Base model: `{tiny_model_dir}`\n" in card.text
+
+
+def test_framework_versions_and_citations_like_trl_cards(run_dir, tmp_path, tiny_model_dir):
+    from importlib.metadata import version
+
+    pretrain = build_model_card(run_dir).text
+    sft = build_model_card(_finetune_of(run_dir, tmp_path / "a", tiny_model_dir, "sft")).text
+    dpo = build_model_card(_finetune_of(run_dir, tmp_path / "b", tiny_model_dir, "dpo")).text
+    for text in (pretrain, sft, dpo):
+        versions = text.split("## Framework versions")[1].split("## Citations")[0]
+        for label, distribution in (("edugpt", "edugpt"), ("Transformers", "transformers"), ("Pytorch", "torch")):
+            assert f"- {label}: {version(distribution)}\n" in versions
+        citations = text.split("## Citations")[1]
+        assert "```bibtex\n@software{edugpt," in citations
+        assert citations.count("```bibtex") == citations.count("\n}\n```")  # every BibTeX block is closed
+    assert "- TRL: " not in pretrain and "vonwerra2020trl" not in pretrain
+    assert f"- TRL: {version('trl')}\n" in sft and "@software{vonwerra2020trl," in sft and "rafailov2023" not in sft
+    assert "@software{vonwerra2020trl," in dpo and "@inproceedings{rafailov2023direct," in dpo
+
+
+def test_revision_card_links_no_images_and_loads_that_revision(run_dir):
+    (run_dir / "images" / "lr.png").write_bytes((run_dir / "images" / "hellaswag.png").read_bytes())
+    main_card = build_model_card(run_dir, hub_model_id="someone/x").text
+    assert "](images/lr.png)" in main_card and "](images/hellaswag.png)" in main_card
+    text = build_model_card(run_dir, hub_model_id="someone/x", revision="step-2").text
+    assert "images/" not in text and "## More plots" not in text
+    loads = re.findall(r"from_pretrained\((.*)\)", text)
+    assert loads and all(args.endswith(', revision="step-2"') for args in loads)
+    assert "--model_args pretrained=someone/x,revision=step-2 " in text
+    assert "eval_harness.py" not in text.split("## How to use")[1].split("Offline,")[0]  # it takes no revision
+
+
+def test_template_ships_as_package_data():
+    import fnmatch
+
+    from edugpt.card import TEMPLATE
+
+    # pyproject's `[tool.setuptools.package-data]` line for edugpt (tomllib is 3.11+, the project supports 3.10).
+    section = (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
+    patterns = json.loads(re.search(r"^edugpt = (\[.*\])$", section, re.MULTILINE).group(1))
+    relative = TEMPLATE.relative_to(ROOT / "edugpt").as_posix()
+    assert TEMPLATE.is_file() and any(fnmatch.fnmatch(relative, pattern) for pattern in patterns)
