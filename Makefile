@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench clean-venv
+.PHONY: install demo test test-fast lint bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -22,8 +22,16 @@ install: $(STAMP)
 demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
-test: install
+# ruff (configured in pyproject.toml) first: a lint error fails in a second, before minutes of tests.
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# The quick loop while editing: everything but the tests marked slow (real training runs and subprocesses).
+test-fast: lint
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash bench/run_all.sh

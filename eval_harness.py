@@ -1,8 +1,9 @@
 """Evaluate a checkpoint with lm-eval-harness (its Python API on an HFLM): lm-eval's results JSON + a Markdown table.
 
-    python eval_harness.py --model runs/gpt2-124M/pretrain --tasks hellaswag --batch_size auto --output_dir runs/gpt2-124M/eval
-    python eval_harness.py --model runs/demo/pretrain --tasks hellaswag --limit 100 \\
-        --hellaswag_file edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl --output_dir runs/demo/eval   # CPU, offline
+    python eval_harness.py --model runs/gpt2-124M/pretrain --tasks hellaswag --batch_size auto \\
+        --output_dir runs/gpt2-124M/eval
+    python eval_harness.py --model runs/demo/pretrain --tasks hellaswag --limit 100 --output_dir runs/demo/eval \\
+        --hellaswag_file edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl   # CPU, offline
 
 `--model` is a checkpoint directory written by train_hf.py (output_dir or output_dir/checkpoint-N) or a Hub id.
 `--tasks` takes any lm-eval task names, comma-separated. With `--hellaswag_file` (a jsonl in HellaSwag's schema),
@@ -19,11 +20,12 @@ numbers come from lm-eval's own CLI:
 from __future__ import annotations
 
 from edugpt.args import EvalArguments
-from edugpt.cli import parse_config, run
+from edugpt.cli import parse_config, run, setup_logging
 
 
 def main(argv=None) -> None:
     (args,) = parse_config([EvalArguments], argv)
+    setup_logging()
     from edugpt.evaluation import evaluate_checkpoint, require_free_output_dir, results_table, write_results
 
     if args.output_dir:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from edugpt.args import PublishArguments
-from edugpt.cli import parse_config, run
+from edugpt.cli import parse_config, run, setup_logging
 from edugpt.hub import publish_run
 
 
@@ -26,11 +26,15 @@ def main() -> None:
     if argv and not argv[0].startswith("-"):
         argv = ["--run_dir", *argv]
     (args,) = parse_config([PublishArguments], argv)
+    setup_logging()
     where = publish_run(
         args.run_dir, args.hub_model_id, branches=args.branches, include_optimizer=args.include_optimizer,
         dry_run=args.dry_run, eval_dir=args.eval_dir, private=args.private or None, license=args.license,
     )
-    print(f"dry run written: {where} (plan.json lists branches and left-out files)" if args.dry_run else f"published: {where}")
+    if args.dry_run:
+        print(f"dry run written: {where} (plan.json lists branches and left-out files)")
+    else:
+        print(f"published: {where}")
 
 
 if __name__ == "__main__":

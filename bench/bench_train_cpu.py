@@ -47,8 +47,9 @@ def make_dataset(path: Path, seq_len: int, blocks: int) -> Path:
         "train": datasets.Dataset.from_dict({"input_ids": tokens[:blocks]}, features=features),
         "validation": datasets.Dataset.from_dict({"input_ids": tokens[blocks:]}, features=features),
     }).save_to_disk(str(path))
-    split = lambda n: {"documents": 1, "tokens": n * seq_len, "blocks": n, "dropped_tail_tokens": 0,
-                       "skipped_empty_documents": 0}
+    def split(n):
+        return {"documents": 1, "tokens": n * seq_len, "blocks": n, "dropped_tail_tokens": 0,
+                "skipped_empty_documents": 0}
     (path / "manifest.json").write_text(json.dumps({
         "format": "edugpt-prepared-v1", "created_by": "prepare_data.py",
         "source": {"dataset": "bench", "subset": None, "max_docs": None},

@@ -111,7 +111,7 @@ class PrepareDataArguments:
 
 def split_of(doc_id: str, val_fraction: float, salt: str = SPLIT_SALT) -> str:
     """'validation' or 'train' for a document ID: a salted SHA-256 of the ID compared with `val_fraction`."""
-    digest = hashlib.sha256(f"{salt}:{doc_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{salt}:{doc_id}".encode()).digest()
     return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
 
 

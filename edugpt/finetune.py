@@ -1,6 +1,8 @@
 """SFT and DPO runs (finetune/sft.py, finetune/dpo.py) through the shared lifecycle (edugpt.lifecycle): the checks
 before anything loads, the data, the model and its tokenizer, the run's settings and run_config.json.
 
+    finetune("sft", SFTTrainer, script_args, training_args, model_args, run_args)   # sft.py's whole job
+
     job = prepare("sft", script_args, training_args, model_args, run_args)   # checks, data, resume decision
     job.run.execute(lambda: SFTTrainer(model=load_model(job, model_args), args=training_args, ...))
 
@@ -88,3 +90,21 @@ def load_model(job: FinetuneJob, model_args):
     add_chat_template(job.tokenizer, model)
     require_fits_context(model, job.run.args.max_length)
     return model
+
+
+def finetune(stage: str, trainer_class, script_args, training_args, model_args, run_args) -> None:
+    """A whole SFT or DPO run with TRL's `trainer_class` (SFTTrainer / DPOTrainer). DPO's reference policy is the same
+    SFT model loaded a second time and frozen, passed explicitly: with `ref_model=None` TRL would reload it from
+    `config._name_or_path`, which is wrong or empty for a model object."""
+    from edugpt.cli import setup_logging
+
+    setup_logging(training_args.process_index)
+    job = prepare(stage, script_args, training_args, model_args, run_args)
+
+    def build_trainer():
+        reference = {"ref_model": load_model(job, model_args)} if stage == "dpo" else {}
+        return trainer_class(model=load_model(job, model_args), args=training_args, train_dataset=job.train_dataset,
+                             eval_dataset=job.eval_dataset, processing_class=job.tokenizer, **reference)
+
+    job.run.execute(build_trainer)
+

@@ -33,11 +33,24 @@ from pathlib import Path
 
 from edugpt import __version__
 from edugpt.checkpoints import (
-    CompleteCheckpointCallback, checkpoint_problem, find_resume_checkpoint, read_marker, write_marker,
+    CompleteCheckpointCallback,
+    checkpoint_problem,
+    find_resume_checkpoint,
+    read_marker,
+    write_marker,
 )
 from edugpt.errors import EduGPTError
 from edugpt.rundir import (
-    CARD, IMAGES, KINDS, LOCK, MARKER, RUN_CONFIG, RUN_FILES, checkpoint_step, list_checkpoints, require_own_run_dir,
+    CARD,
+    IMAGES,
+    KINDS,
+    LOCK,
+    MARKER,
+    RUN_CONFIG,
+    RUN_FILES,
+    checkpoint_step,
+    list_checkpoints,
+    require_own_run_dir,
     write_run_config,
 )
 from edugpt.safefs import DirLock, ensure_dir
@@ -224,7 +237,8 @@ class TrainingRun:
             return {}
         changes = settings_differences(saved, self.settings)
         if changes and not self.run_args.resume_with_changes:
-            listed = "; ".join(f"{k}: {json.dumps(a)} in the checkpoint, {json.dumps(b)} now" for k, (a, b) in changes.items())
+            listed = "; ".join(f"{key}: {json.dumps(old)} in the checkpoint, {json.dumps(new)} now"
+                               for key, (old, new) in changes.items())
             raise EduGPTError(
                 f"cannot resume from {source}: the run's settings changed ({listed}). Use the checkpoint's values, "
                 "a new output_dir, or --resume_with_changes to continue with the new ones (recorded in run_config.json)."

@@ -9,7 +9,10 @@ from urllib.parse import urlparse
 
 
 def hub_offline_requested() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: huggingface_hub's own reading of it."""
+    from huggingface_hub import is_offline_mode
+
+    return is_offline_mode()
 
 
 @functools.lru_cache(maxsize=1)

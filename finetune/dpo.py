@@ -23,24 +23,15 @@ from __future__ import annotations
 from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments
 
 from edugpt.args import RunArguments
-from edugpt.cli import parse_config, run, setup_logging
-from edugpt.finetune import load_model, prepare
+from edugpt.cli import parse_config, run
+from edugpt.finetune import finetune
 
 
 def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args, run_args = parse_config(
         [ScriptArguments, DPOConfig, ModelConfig, RunArguments], argv
     )
-    setup_logging(training_args.process_index)
-    job = prepare("dpo", script_args, training_args, model_args, run_args)
-    job.run.execute(lambda: DPOTrainer(
-        model=load_model(job, model_args),
-        ref_model=load_model(job, model_args),  # the same SFT model, frozen; see the docstring for why explicit
-        args=training_args,
-        train_dataset=job.train_dataset,
-        eval_dataset=job.eval_dataset,
-        processing_class=job.tokenizer,
-    ))
+    finetune("dpo", DPOTrainer, script_args, training_args, model_args, run_args)
 
 
 if __name__ == "__main__":

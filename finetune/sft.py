@@ -29,23 +29,15 @@ from __future__ import annotations
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
 
 from edugpt.args import RunArguments
-from edugpt.cli import parse_config, run, setup_logging
-from edugpt.finetune import load_model, prepare
+from edugpt.cli import parse_config, run
+from edugpt.finetune import finetune
 
 
 def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args, run_args = parse_config(
         [ScriptArguments, SFTConfig, ModelConfig, RunArguments], argv
     )
-    setup_logging(training_args.process_index)
-    job = prepare("sft", script_args, training_args, model_args, run_args)
-    job.run.execute(lambda: SFTTrainer(
-        model=load_model(job, model_args),
-        args=training_args,
-        train_dataset=job.train_dataset,
-        eval_dataset=job.eval_dataset,
-        processing_class=job.tokenizer,
-    ))
+    finetune("sft", SFTTrainer, script_args, training_args, model_args, run_args)
 
 
 if __name__ == "__main__":

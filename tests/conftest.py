@@ -154,7 +154,8 @@ class FakeHub:
         for op in operations:
             (files.add if isinstance(op, CommitOperationAdd) else files.discard)(op.path_in_repo)
             if isinstance(op, CommitOperationAdd) and op.path_in_repo == "README.md":
-                card = op.path_or_fileobj.decode() if isinstance(op.path_or_fileobj, bytes) else Path(op.path_or_fileobj).read_text()
+                content = op.path_or_fileobj
+                card = content.decode() if isinstance(content, bytes) else Path(content).read_text()
         self.uploads.append({"repo_id": repo_id, "revision": revision, "message": commit_message,
                              "files": sorted(files), "card": card})
 

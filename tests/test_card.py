@@ -218,7 +218,8 @@ def test_unpublished_local_base_is_described_by_its_own_card_summary(run_dir, tm
     assert card.data.base_model is None  # a local path is not Hub metadata
     assert (f"- Base model: `{run_dir}` (a local edugpt run, not published to the Hub). From its own card: A "
             "1.64M-parameter GPT-2-architecture causal language model (2 layers, 2 heads, d_model 32) pretrained from "
-            "scratch on `HuggingFaceFW/fineweb-edu` (sample-10BT), 8.19k tokens seen, with the GPT-2 tokenizer.") in card.text
+            "scratch on `HuggingFaceFW/fineweb-edu` (sample-10BT), 8.19k tokens seen, with the GPT-2 "
+            "tokenizer.") in card.text
 
 
 def test_local_base_pushed_by_training_or_publish_py_is_the_hub_base_model(run_dir, tmp_path, tiny_model_dir):

@@ -115,10 +115,20 @@ def test_resolve_model_dir_errors(tmp_path):
         resolve_model_dir(None)
 
 
-def test_base_model_gets_the_sft_template_for_a_reply(tiny_model_dir):
+def test_base_model_gets_the_sft_template_for_a_reply(tiny_model_dir, gpt2_tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
     [(model_dir, reply, had_template)] = compare_replies([str(tiny_model_dir)], "Hello!", max_new_tokens=5)
     assert model_dir == str(tiny_model_dir) and not had_template
-    assert isinstance(reply, str)
+    # The same greedy continuation of the prompt SFT's template renders (the random model says something arbitrary,
+    # but deterministically so).
+    prompt = gpt2_tokenizer("User: Hello!\n\nAssistant:", return_tensors="pt").input_ids
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False,
+                             pad_token_id=50256)
+    assert reply == gpt2_tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).strip()
 
 
 def test_compare_cli_prints_a_reply_per_model_and_rejects_bad_paths(tiny_model_dir, tmp_path, capsys):

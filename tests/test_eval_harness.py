@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_script
 
+from conftest import run_script
 from edugpt.errors import EduGPTError
 from edugpt.tasks.hellaswag_local import SMOKE_FILE
 

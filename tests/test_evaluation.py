@@ -110,8 +110,14 @@ LIMIT, EVERY, BATCH = 12, 2, 4
 def make_trainer(model_dir: Path, output_dir: Path, with_hellaswag: bool):
     import torch
     from datasets import Dataset
-    from transformers import (AutoTokenizer, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments,
-                              default_data_collator)
+    from transformers import (
+        AutoTokenizer,
+        GPT2LMHeadModel,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        default_data_collator,
+    )
 
     from edugpt.evaluation import HellaSwagCallback
 
@@ -119,7 +125,8 @@ def make_trainer(model_dir: Path, output_dir: Path, with_hellaswag: bool):
     ids = torch.randint(0, 50257, (16, 32), generator=generator).tolist()
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=4, per_device_train_batch_size=2, learning_rate=1e-3, logging_steps=1,
-        save_steps=EVERY, save_strategy="steps" if with_hellaswag else "no", report_to="none", use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+        save_steps=EVERY, save_strategy="steps" if with_hellaswag else "no", report_to="none", use_cpu=True, seed=0,
+        disable_tqdm=True, dataloader_num_workers=0,
     )
     model = GPT2LMHeadModel.from_pretrained(model_dir)  # dropout 0.1: any RNG or train-mode change shows in the loss
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}),

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_same_losses, load_train_main, run_script, tiny_args, train_records
 
+from conftest import ROOT, assert_same_losses, load_train_main, run_script, tiny_args, train_records
 from edugpt.errors import EduGPTError
 from edugpt.rundir import LOCK, MARKER, list_checkpoints
 from edugpt.safefs import DirLock

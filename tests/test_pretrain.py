@@ -28,8 +28,9 @@ def write_prepared(path, train_blocks=6, val_blocks=2, seq_len=SEQ, **manifest_o
         "train": datasets.Dataset.from_dict({"input_ids": blocks[:train_blocks]}, features=features),
         "validation": datasets.Dataset.from_dict({"input_ids": blocks[train_blocks:]}, features=features),
     }).save_to_disk(str(path))
-    counts = lambda n: {"documents": 1, "tokens": n * seq_len, "blocks": n, "dropped_tail_tokens": 0,
-                        "skipped_empty_documents": 0}
+    def counts(n):
+        return {"documents": 1, "tokens": n * seq_len, "blocks": n, "dropped_tail_tokens": 0,
+                "skipped_empty_documents": 0}
     manifest = {
         "format": "edugpt-prepared-v1", "created_by": "prepare_data.py",
         "source": {"dataset": "test", "subset": None, "max_docs": None},

@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_TOKEN, RESUME_STATE, run_script
 
+from conftest import FAKE_TOKEN, RESUME_STATE, run_script
 from edugpt.errors import EduGPTError
 from edugpt.hub import plan_publish, publish_run, require_push_ready
 

@@ -6,7 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
@@ -31,7 +31,7 @@ def _entry_point(words):
     return None, []
 
 
-@lru_cache(maxsize=None)
+@cache
 def _help(entry):
     cmd = [sys.executable, "-m", entry] if not entry.endswith(".py") else [sys.executable, str(ROOT / entry)]
     proc = subprocess.run([*cmd, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
