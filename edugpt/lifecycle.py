@@ -18,6 +18,9 @@ The rules, the same for every kind of run:
   length, data) are recorded in its completion marker; resuming with different ones is refused with the list of
   differences, unless `--resume_with_changes`, which makes the new values take effect (the optimizer's and
   scheduler's saved hyperparameters would otherwise silently win) and records the change in run_config.json.
+- A checkpoint that is whole by its marker but whose state Trainer cannot load is set aside like a corrupt one, and
+  training restarts with a fresh Trainer from the previous valid checkpoint. A save that fails (a full disk: one
+  error line) leaves no unfinished checkpoint-N behind: it is removed, the earlier ones are untouched.
 - Under several processes, rank 0 decides (it holds the lock and reads the folder) and every rank gets the same
   decision or the same error, so a refused run never leaves other ranks waiting in a collective.
 """

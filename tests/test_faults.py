@@ -18,7 +18,7 @@ import pytest
 from conftest import assert_same_losses, load_train_main, run_script, tiny_args, train_records
 from edugpt.checkpoints import checkpoint_problem, read_marker, write_marker
 from edugpt.errors import EduGPTError
-from edugpt.rundir import MARKER, list_checkpoints
+from edugpt.rundir import MARKER
 from edugpt.tasks.hellaswag_local import SMOKE_FILE
 
 
@@ -123,7 +123,7 @@ def test_disk_full_while_saving_a_checkpoint_is_one_line_and_leaves_no_unfinishe
         assert [p.name for p in sorted(output_dir.iterdir()) if "checkpoint" in p.name] == ["checkpoint-2"]
         assert checkpoint_problem(output_dir / "checkpoint-2") is None
         assert not (output_dir / "model.safetensors").exists() and not (output_dir / MARKER).exists()
-        assert [r for r in train_records(output_dir)] == [1, 2, 3, 4]
+        assert sorted(train_records(output_dir)) == [1, 2, 3, 4]
 
 
 # --- eval_harness.py: damaged inputs ----------------------------------------------------------------------------------
