@@ -11,6 +11,7 @@ entry point parses its dataclasses with `edugpt.cli.parse_config` (YAML recipe +
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from edugpt.errors import EduGPTError
@@ -107,6 +108,10 @@ class ScriptArguments:
     )
 
     def __post_init__(self):
+        if isinstance(self.sample_prompts, str):  # one prompt, not one per character
+            self.sample_prompts = [self.sample_prompts]
+        if not all(isinstance(prompt, str) and prompt for prompt in self.sample_prompts):
+            raise EduGPTError(f"sample_prompts must be non-empty strings, got {self.sample_prompts!r}.")
         for name in ("sample_steps", "hellaswag_steps", "sample_max_new_tokens", "sample_top_k", "max_skipped_steps"):
             if getattr(self, name) < 0:
                 raise EduGPTError(f"{name} must be >= 0, got {getattr(self, name)}.")
@@ -189,3 +194,61 @@ class CardArguments:
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id used in the how-to-load snippets."})
     base_model: str | None = field(default=None, metadata={"help": "Base model of a finetune (default: run_config)."})
     license: str = field(default=DEFAULT_LICENSE, metadata={"help": "License id for the card's metadata."})
+
+
+# TrainingArguments accepts these values and Trainer fails on them only inside train() (torch's optimizer: "Invalid
+# learning rate"), after output_dir holds run_config.json; or it accepts them and quietly does nothing (save_steps 0).
+NON_NEGATIVE = ("learning_rate", "weight_decay", "adam_epsilon", "seed", "dataloader_num_workers")
+AT_LEAST_ONE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+INTERVALS = (("save_steps", "save_strategy"), ("eval_steps", "eval_strategy"), ("logging_steps", "logging_strategy"))
+
+
+def check_training_arguments(args) -> None:
+    """Refuse, at parse time, the `TrainingArguments` (SFTConfig, DPOConfig) values Trainer would only fail on later
+    or silently ignore; and a `report_to` backend that is unknown or not installed."""
+    for name in NON_NEGATIVE:
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise EduGPTError(f"{name} must be a finite number >= 0, got {value}.")
+    for name in AT_LEAST_ONE:
+        if getattr(args, name) < 1:
+            raise EduGPTError(f"{name} must be >= 1, got {getattr(args, name)}.")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise EduGPTError(f"{name} must be in [0, 1), got {getattr(args, name)} (AdamW's usual: 0.9 and 0.95-0.999).")
+    if args.max_grad_norm is not None and args.max_grad_norm < 0:
+        raise EduGPTError(f"max_grad_norm must be >= 0 (0: no clipping), got {args.max_grad_norm}.")
+    for name, strategy in INTERVALS:
+        value = getattr(args, name)
+        mode = getattr(args, strategy)
+        if getattr(mode, "value", mode) == "steps" and value is not None and value <= 0:
+            raise EduGPTError(f"{name} must be positive with {strategy} 'steps', got {value}; set {strategy}: 'no' "
+                              "to turn it off.")
+    _check_report_to(args.report_to)
+
+
+def _check_report_to(report_to) -> None:
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = [name for name in names if name not in ("none", "all")]
+    available = get_available_reporting_integrations()
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(INTEGRATION_TO_CALLBACK), n=1)
+            raise EduGPTError(f"report_to {name!r} is not a Trainer integration"
+                              + (f" (did you mean {close[0]}?)" if close else "")
+                              + f"; choose from {', '.join(INTEGRATION_TO_CALLBACK)} or none.")
+        # Only the backends transformers can tell are installed; the others fail in Trainer as before.
+        if name not in available and name in _DETECTABLE_INTEGRATIONS:
+            raise EduGPTError(f"report_to {name!r}: {name} is not installed; `pip install {name}`, "
+                              "or drop it from report_to (e.g. report_to: none).")
+
+
+_DETECTABLE_INTEGRATIONS = ("comet_ml", "dagshub", "dvclive", "mlflow", "neptune", "tensorboard", "wandb", "codecarbon",
+                            "clearml", "swanlab", "trackio")

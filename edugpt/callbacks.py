@@ -121,11 +121,17 @@ class SamplesCallback(TrainerCallback):
         self.metrics = metrics
         self._last_step = None
 
+    def encode(self, prompt: str):
+        """The prompt's ids as ordinary text (a literal "<|endoftext|>" in it is text, not the end of a document)."""
+        from edugpt.tokenizer import encode_text
+
+        return encode_text(self.tokenizer, prompt, add_special_tokens=True, return_tensors="pt")
+
     def generate(self, model, prompt: str) -> str:
         import torch
 
         device = next(model.parameters()).device
-        encoded = self.tokenizer(prompt, return_tensors="pt").to(device)
+        encoded = self.encode(prompt).to(device)
         was_training = model.training
         cuda_devices = [device.index or 0] if device.type == "cuda" else []
         model.eval()

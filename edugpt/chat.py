@@ -95,13 +95,14 @@ def resolve_model_dir(model_name_or_path: str | None, flag: str = "--model_name_
                 "output_dir of train_hf.py or finetune/sft.py (the folder with config.json and model.safetensors)."
             )
         return model_name_or_path
-    from edugpt.net import hub_available
+    from edugpt.net import hub_available, looks_like_hub_id, missing_local_path
 
-    looks_like_hub_id = model_name_or_path.count("/") == 1 and not model_name_or_path.startswith((".", "/", "~"))
-    if looks_like_hub_id and hub_available():
+    if path.exists():
+        raise EduGPTError(f"{model_name_or_path!r} is a file; pass {flag} with a saved model's folder.")
+    if looks_like_hub_id(model_name_or_path) and hub_available():
         return model_name_or_path
     raise EduGPTError(
-        f"model path {model_name_or_path!r} does not exist; pass {flag} with the folder a previous stage wrote "
+        f"{missing_local_path(model_name_or_path, 'model path')}; pass {flag} with the folder a previous stage wrote "
         "(train_hf.py's output_dir for SFT, sft.py's output_dir for DPO)."
     )
 
@@ -135,9 +136,10 @@ def generate_reply(model, tokenizer, messages: list[dict], max_new_tokens: int =
     """
     import torch
 
-    input_ids = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-    )["input_ids"]
+    from edugpt.tokenizer import encode_chat
+
+    # A special-token string inside a message ("<|endoftext|>") is ordinary text: a message cannot end its own turn.
+    input_ids = torch.tensor([encode_chat(tokenizer, messages, add_generation_prompt=True)])
     n_positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if n_positions is not None:
         if input_ids.shape[1] >= n_positions:

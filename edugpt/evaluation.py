@@ -121,12 +121,15 @@ def check_model_source(model: str) -> None:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    from edugpt.checkpoints import weights_problem
+    from edugpt.net import looks_like_hub_id, missing_local_path
+
     path = Path(model).expanduser()
     if not path.exists():
-        if not hub_available():
+        if not (looks_like_hub_id(model) and hub_available()):
             raise EduGPTError(
-                f"model {model!r} is not a local directory (and the Hub is offline, so it is no Hub id either); pass "
-                "a checkpoint directory written by train_hf.py, e.g. runs/NAME/pretrain or runs/NAME/checkpoint-100."
+                f"{missing_local_path(model, 'model')}; pass a checkpoint directory written by train_hf.py, e.g. "
+                "runs/NAME/pretrain or runs/NAME/checkpoint-100, or a Hub model id."
             )
         return  # a Hub id: HFLM downloads it
     if not path.is_dir():
@@ -147,6 +150,10 @@ def check_model_source(model: str) -> None:
         )
     if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
         raise EduGPTError(f"{model!r} has no tokenizer files; save the tokenizer with the model (train_hf.py does).")
+    for weights in sorted(path.glob("*.safetensors")):  # before lm-eval spends its start-up on a broken file
+        if problem := weights_problem(weights):
+            raise EduGPTError(f"{weights} is damaged ({problem}), e.g. truncated by an interrupted copy; copy or save "
+                              "the model again.")
 
 
 def default_device() -> str:

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
-from edugpt.net import hub_available, hub_offline_requested
+from edugpt.net import hub_available, hub_offline_requested, looks_like_hub_id, missing_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ def _load_raw(name: str, config: str | None, split: str):
         return loaded
     if not hub_available() and not hub_offline_requested():
         raise EduGPTError(
-            f"{name!r} is not a local file and the Hugging Face Hub cannot be reached; go online, or use a local "
-            ".jsonl file (configs/sft_smoke.yaml and configs/dpo_smoke.yaml ship one)."
+            f"{missing_local_path(name, 'dataset')}; go online, or use a local .jsonl file (configs/sft_smoke.yaml "
+            "and configs/dpo_smoke.yaml ship one)."
         )
     try:
         # Offline (HF_HUB_OFFLINE=1) this reads the local datasets cache, if the dataset was downloaded before.
@@ -144,7 +144,8 @@ def _load_raw(name: str, config: str | None, split: str):
     except Exception as err:
         where = "in the offline cache (HF_HUB_OFFLINE=1)" if not hub_available() else "on the Hub"
         raise EduGPTError(
-            f"could not load dataset {name!r} (config {config!r}, split {split!r}) {where}: "
+            f"dataset {name!r} is no local file or folder (relative to {Path.cwd()}) and could not be loaded "
+            f"(config {config!r}, split {split!r}) {where}: "
             f"{type(err).__name__}: {_first_line(err)}; check the name, or use a local .jsonl file."
         ) from None
 
@@ -154,8 +155,9 @@ def _local_path(name: str) -> Path | None:
     for candidate in (Path(name).expanduser(), PACKAGE_ROOT / name):
         if candidate.exists():
             return candidate
-    if name.endswith((".jsonl", ".json")) or name.startswith((".", "/", "~")):
-        raise EduGPTError(f"dataset file {name!r} does not exist; pass an existing .jsonl file or a Hub dataset id.")
+    if not looks_like_hub_id(name):
+        raise EduGPTError(f"{missing_local_path(name, 'dataset')}; pass an existing .jsonl file or dataset folder, or "
+                          "a Hub dataset id.")
     return None
 
 

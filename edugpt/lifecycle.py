@@ -18,6 +18,9 @@ The rules, the same for every kind of run:
   length, data) are recorded in its completion marker; resuming with different ones is refused with the list of
   differences, unless `--resume_with_changes`, which makes the new values take effect (the optimizer's and
   scheduler's saved hyperparameters would otherwise silently win) and records the change in run_config.json.
+- A checkpoint that is whole by its marker but whose state Trainer cannot load is set aside like a corrupt one, and
+  training restarts with a fresh Trainer from the previous valid checkpoint. A save that fails (a full disk: one
+  error line) leaves no unfinished checkpoint-N behind: it is removed, the earlier ones are untouched.
 - Under several processes, rank 0 decides (it holds the lock and reads the folder) and every rank gets the same
   decision or the same error, so a refused run never leaves other ranks waiting in a collective.
 """
@@ -28,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +41,7 @@ from edugpt.checkpoints import (
     checkpoint_problem,
     find_resume_checkpoint,
     read_marker,
+    set_aside,
     write_marker,
 )
 from edugpt.errors import EduGPTError
@@ -50,10 +55,11 @@ from edugpt.rundir import (
     RUN_FILES,
     checkpoint_step,
     list_checkpoints,
+    read_run_config,
     require_own_run_dir,
     write_run_config,
 )
-from edugpt.safefs import DirLock, ensure_dir
+from edugpt.safefs import NO_SPACE, DirLock, ensure_dir
 
 logger = logging.getLogger(__name__)
 
@@ -312,11 +318,73 @@ class TrainingRun:
             if not self.needs_training:
                 self.finish_existing()
                 return
-            trainer = build_trainer()
-            if self.sigterm is None:
-                self.attach(trainer)
-            if self.train(trainer):
-                self.finish(trainer)
+            trainer = None
+            try:
+                while trainer is None:
+                    trainer = build_trainer()
+                    if self.sigterm is None:
+                        self.attach(trainer)
+                    try:
+                        finished = self.train(trainer)
+                    except Exception as err:
+                        if not self._fell_back(err):
+                            raise
+                        trainer = self.sigterm = self.guard = None  # a fresh Trainer resumes from the fallback
+                if finished:
+                    self.finish(trainer)
+            except Exception as err:
+                if (failure := self._write_failure(trainer, err)) is None:
+                    raise
+                raise failure from None
+
+    def _fell_back(self, err: Exception) -> bool:
+        """A checkpoint can be whole by its marker and still fail to load in Trainer (state files from another torch
+        version, a marker of an older edugpt that recorded sizes only). Set it aside as a corrupt one and resume
+        from the previous valid checkpoint (or from the start), as `find_resume_checkpoint` does for corrupt ones.
+        True when training is to be retried with a fresh Trainer."""
+        checkpoint = self.decision.checkpoint
+        if checkpoint is None or not _raised_in(err, CHECKPOINT_LOADERS):
+            return False
+        reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+        explicit = self.args.resume_from_checkpoint
+        if explicit is not None and str(explicit).lower() not in ("true", "last"):
+            raise EduGPTError(f"--resume_from_checkpoint {str(explicit)!r} could not be loaded ({reason}); pass "
+                              "another checkpoint-N folder.") from None
+
+        def fall_back():
+            moved = set_aside(checkpoint)
+            logger.warning("checkpoint %s is not usable (its saved state did not load: %s); falling back to the "
+                           "previous checkpoint (moved it to %s)", checkpoint, reason, moved.name)
+            previous = find_resume_checkpoint(self.output_dir, quarantine=True)
+            record = read_run_config(self.output_dir) or {}
+            write_run_config(self.output_dir, {**record, "resumed_from": str(previous) if previous else None})
+            return previous
+
+        self.decision.checkpoint = on_main_then_shared(self.args, fall_back)
+        if self.decision.checkpoint is not None:
+            self.decision.changes = self._changed_settings(self.decision.checkpoint)
+        return True
+
+    def _write_failure(self, trainer, err: Exception) -> EduGPTError | None:
+        """After training or finishing failed: remove the checkpoint a save left unfinished (no marker: it could
+        never be resumed, and it would sit where the next save goes), and turn a full disk into one error line
+        (None: re-raise `err` as it is)."""
+        full = _disk_full(err, self.output_dir)
+        step = trainer.state.global_step if trainer is not None else None
+        partial = self.output_dir / f"checkpoint-{step}"
+        removed = ""
+        if self.is_main and step is not None and partial.is_dir() and not (partial / MARKER).exists():
+            shutil.rmtree(partial, ignore_errors=True)
+            removed = f", removed the unfinished {partial.name}"
+            logger.warning("removed %s: saving it did not finish (%s)", partial, type(err).__name__)
+        if full is None or isinstance(err, EduGPTError):
+            return None
+        good = list_checkpoints(self.output_dir)
+        return EduGPTError(
+            f"the disk holding {self.output_dir} is full ({full}){removed}; the last complete checkpoint is "
+            f"{good[-1].name if good else 'none'}: free space (or choose another output_dir), then run the same "
+            "command again to resume."
+        )
 
     # ---------------------------------------------------------------------------------------------------- finish
     def card_kwargs(self) -> dict:
@@ -384,6 +452,39 @@ class TrainingRun:
         write_marker(self.output_dir, {**marker.get("settings", self.settings), "step": checkpoint_step(checkpoint)},
                      top_level_only=True)
         logger.info("restored the final model in %s from %s", self.output_dir, checkpoint)
+
+
+# Trainer's functions that read the checkpoint it resumes from: an exception raised inside one of them means the
+# checkpoint's saved state did not load, not that training failed.
+CHECKPOINT_LOADERS = frozenset({
+    "_load_from_checkpoint", "load_from_json", "_load_callback_state", "_load_optimizer_and_scheduler", "_load_scaler",
+    "_load_rng_state", "deepspeed_load_checkpoint", "load_fsdp_model", "load_fsdp_optimizer",
+})
+# Less free space than this after a failed write means the disk filled up: torch.save reports a full disk as
+# "RuntimeError: [enforce fail at inline_container.cc] unexpected pos", without the errno.
+LOW_SPACE_BYTES = 16 * 2**20
+NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
+
+
+def _raised_in(err: BaseException, function_names: frozenset) -> bool:
+    """Was `err` raised (directly or by what it called) inside a function named in `function_names`?"""
+    return any(frame.f_code.co_name in function_names for frame, _ in traceback.walk_tb(err.__traceback__))
+
+
+def _disk_full(err: BaseException, folder: Path) -> str | None:
+    """A short reason when `err` comes from a full disk or quota under `folder`, else None."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+            return os.strerror(seen.errno)
+        if any(text in str(seen) for text in NO_SPACE_TEXT):
+            return "no space left on device"
+        seen = seen.__cause__ or seen.__context__
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    return f"{free / 2**20:.1f} MiB free" if free < LOW_SPACE_BYTES else None
 
 
 def needs_training(decision: Decision) -> bool:

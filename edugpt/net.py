@@ -30,3 +30,34 @@ def hub_available(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+# Endings of local files, never of a Hub repo id a user means.
+FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".txt", ".yaml", ".yml", ".safetensors", ".bin", ".pt", ".arrow")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """Could `name` be a Hub repo id ('owner/name', or a bare legacy one like 'gpt2') rather than a local path?
+
+    A name that starts like a path ('.', '/', '~'), has more than one '/' or a file ending is a path, so a missing
+    one is reported as a missing path rather than as a Hub problem.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or name.lower().endswith(FILE_SUFFIXES):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def missing_local_path(name: str, what: str) -> str:
+    """The start of the message for a `name` that is no local file or folder: a missing path, and for a name that
+    could also be a Hub id, that the Hub cannot be asked about it (offline or unreachable)."""
+    from pathlib import Path
+
+    where = f"{what} {name!r} does not exist" + ("" if Path(name).is_absolute() else f" (relative to {Path.cwd()})")
+    return where + (", and the Hugging Face Hub, where it would be a repo id, is offline or unreachable"
+                    if looks_like_hub_id(name) else "")

@@ -307,4 +307,10 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
 def pretrain(model_args, data_args, script_args, run_args, training_args) -> None:
     """train_hf.py's whole job: start (or resume, or find the run finished), train, finish."""
     run, pretraining = start(model_args, data_args, script_args, run_args, training_args)
-    run.execute(lambda: pretraining.trainer)
+    built = [pretraining.trainer] if pretraining is not None else []
+
+    def trainer():  # start()'s; a fresh one if the lifecycle falls back from a checkpoint that did not load
+        return built.pop() if built else build_trainer(
+            run, model_args, data_args, script_args, training_args, pretraining.data).trainer
+
+    run.execute(trainer)

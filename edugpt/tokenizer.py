@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
@@ -60,6 +61,48 @@ def require_gpt2_compatible(tokenizer, vocab_size: int = GPT2_VOCAB_SIZE) -> Non
             f"tokenizer {name!r} is not GPT-2-compatible (eos id {tokenizer.eos_token_id}, "
             f"{PROBE_TEXT!r} -> {tokenizer.encode(PROBE_TEXT)}); use --tokenizer gpt2."
         )
+
+
+def encode_text(tokenizer, text, add_special_tokens: bool = False, **kwargs):
+    """Encode `text` (a string or a list of them) as ordinary text: a special-token string inside it is BPE'd like
+    any other characters ("<|endoftext|>" -> 27, 91, 437, 1659, 5239, 91, 29, as tiktoken's `encode_ordinary`),
+    never turned into the special token. HF tokenizers match special tokens in the text by default, even with
+    `add_special_tokens=False`, so a web page that quotes "<|endoftext|>" would become a document boundary.
+    Returns what `tokenizer(...)` returns (`kwargs` such as `return_tensors` pass through)."""
+    return tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=True, **kwargs)
+
+
+def encode_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """The ids of `messages` in the tokenizer's chat template, where the template's own special tokens are special
+    and everything inside the messages is ordinary text (`encode_text`): a user who writes "<|endoftext|>" does not
+    end the turn. For messages without special-token strings these are exactly `apply_chat_template`'s ids.
+
+    transformers' `apply_chat_template(..., sanitize_control_tokens=True)` also keeps such strings out of the control
+    tokens, but cuts the text around them (" <|endoftext|>" -> 220, 27, 91, ... instead of 1279, 91, ...), a
+    tokenization the model never saw in pretraining. Here the special-token strings in the messages are swapped for
+    private-use placeholders while the template renders, so every special token left in the rendered text is the
+    template's own; the text between them is encoded as ordinary text, as HF does between special tokens."""
+    specials = sorted(set(tokenizer.all_special_tokens), key=len, reverse=True)
+    used = "".join(str(m.get("content", "")) for m in messages)
+    placeholders = [chr(c) for c in range(0xF0000, 0xFFFFE) if chr(c) not in used][:len(specials)]
+    to_placeholder = dict(zip(specials, placeholders))
+
+    def hide(text):
+        for special, placeholder in to_placeholder.items():
+            text = text.replace(special, placeholder)
+        return text
+
+    hidden = [{**m, "content": hide(m["content"])} if isinstance(m.get("content"), str) else m for m in messages]
+    rendered = tokenizer.apply_chat_template(hidden, add_generation_prompt=add_generation_prompt, tokenize=False)
+    ids: list[int] = []
+    for piece in re.split("(" + "|".join(map(re.escape, specials)) + ")", rendered) if specials else [rendered]:
+        if piece in to_placeholder:
+            ids.append(tokenizer.convert_tokens_to_ids(piece))
+        elif piece:
+            for special, placeholder in to_placeholder.items():
+                piece = piece.replace(placeholder, special)
+            ids.extend(encode_text(tokenizer, piece)["input_ids"])
+    return ids
 
 
 @functools.lru_cache(maxsize=1)

@@ -49,7 +49,7 @@ def write_image_model_dir(path):
 
 
 @pytest.mark.parametrize(("case", "message"), [
-    ("missing", "is not a local directory"),
+    ("missing", "does not exist"),
     ("no_config", "has no config.json, so it is not a saved model"),
     ("not_causal", "holds a 'vit' model, not a causal language model"),
     ("bad_file", "line 2: field 'label' is 7, out of range 0-3"),

@@ -66,12 +66,18 @@ def read_hellaswag_jsonl(path: str | Path, max_items: int | None = None) -> list
     """The file's items as HellaSwag rows; raises EduGPTError naming the line and field of the first bad item."""
     path = Path(path)
     if not path.is_file():
-        raise EduGPTError(f"HellaSwag file {path} does not exist; pass a jsonl file in HellaSwag's schema.")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise EduGPTError(f"HellaSwag file {path} {what}; pass a jsonl file in HellaSwag's schema.")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with path.open("rb") as f:  # bytes, so a binary file is reported with its line instead of a UnicodeDecodeError
+        for line_no, raw in enumerate(f, start=1):
             if max_items is not None and len(rows) >= max_items:
                 break
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise EduGPTError(f"HellaSwag file {path} line {line_no} is not UTF-8 text (a binary file?); pass a "
+                                  "jsonl file in HellaSwag's schema.") from None
             if not line.strip():
                 continue
             try:
