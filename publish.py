@@ -1,14 +1,16 @@
 """Publish a finished run directory to the Hugging Face Hub: the final model with its model card on `main`, and with
 --branches each checkpoint-N on its own branch `step-N` (load it with `from_pretrained(NAME, revision="step-N")`).
 
-    # see exactly what would go up, offline: DIR/main/, DIR/step-N/ and DIR/plan.json
+    # see exactly what would go up, offline: DIR/main/, DIR/step-N/ and DIR/plan.json (what stays local, and why)
     python publish.py runs/demo --hub_model_id you/edugpt-demo --branches --dry_run /tmp/edugpt-publish
     # upload (needs `hf auth login` or HF_TOKEN, and network)
     python publish.py runs/fineweb-270m --hub_model_id you/edugpt-270m --branches
 
-Optimizer, scheduler, RNG and trainer state stay local unless --include_optimizer. The token is never uploaded or
-printed; a failed push changes nothing in RUN_DIR. Training scripts push with Trainer's own `--push_to_hub`; this
-command is for a run that already exists (see edugpt/hub.py).
+Only the model's files and the run's record go up, never a symlink (nothing outside RUN_DIR is read) or a hidden
+file; optimizer, scheduler, RNG and trainer state stay local unless --include_optimizer. Every byte is scanned for a
+token first; the token is never uploaded or printed; a failed push changes nothing in RUN_DIR. Training scripts push
+with --push_to_hub (and --hub_step_branches) through the same code, edugpt/hub.py; this command is for a run that
+already exists, and also pushes step-N branches whose push failed during training.
 """
 
 from __future__ import annotations

@@ -125,7 +125,8 @@ class ScriptArguments:
 
 @dataclass
 class RunArguments:
-    """How a training run treats an output_dir that already holds a run (edugpt.lifecycle); every training entry point."""
+    """How a training run treats an output_dir that already holds a run (edugpt.lifecycle), and what it pushes to the
+    Hub while it trains (edugpt.hub); every training entry point."""
 
     overwrite_output_dir: bool = field(
         default=False,
@@ -137,6 +138,13 @@ class RunArguments:
         metadata={"help": "Resume although the learning rate, schedule, optimizer, batch size, sequence length or "
                           "data differ from the checkpoint's; the new values take effect and run_config.json records "
                           "the change. Without it such a resume is refused with the list of differences."},
+    )
+    hub_step_branches: bool = field(
+        default=False,
+        metadata={"help": "With --push_to_hub: push every checkpoint to branch step-N of hub_model_id as soon as it is "
+                          "saved, in the background (a failed push is retried at the next save and reported at the "
+                          "end), so save_total_limit cannot delete a step before it is on the Hub. Load one with "
+                          "from_pretrained(NAME, revision='step-N')."},
     )
 
 

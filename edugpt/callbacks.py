@@ -439,3 +439,17 @@ def install_callbacks(trainer, *callbacks) -> None:
     for callback in callbacks:
         if isinstance(callback, ThroughputCallback):
             trainer.add_callback(callback.clock)
+
+
+class HubPushCallback(TrainerCallback):
+    """With --push_to_hub: the pushes of each save (edugpt.hub.TrainerPushes) — main as hub_strategy asks, and with
+    --hub_step_branches checkpoint-N to branch step-N — staged at once and uploaded in the background, so training
+    never waits for the Hub and a run with save_total_limit still leaves every saved step on the Hub. Added after the
+    lifecycle's callbacks: the checkpoint's completion marker is written first."""
+
+    def __init__(self, pushes):
+        self.pushes = pushes
+
+    def on_save(self, args, state, control, **kwargs):
+        if _is_main(state):
+            self.pushes.on_saved(state.global_step)

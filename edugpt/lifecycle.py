@@ -53,6 +53,7 @@ from edugpt.rundir import (
     MARKER,
     RUN_CONFIG,
     RUN_FILES,
+    STAGING,
     checkpoint_step,
     list_checkpoints,
     read_run_config,
@@ -72,7 +73,7 @@ RESUME_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json
 RESUME_STATE_PREFIXES = ("rng_state", "optimizer", "pytorch_model_fsdp", "global_step")
 # Entries of a run directory that --overwrite_output_dir removes (with the final model's files); others are kept.
 RUN_ENTRY_PREFIXES = ("checkpoint-", "corrupt-checkpoint-")
-RUN_FOLDERS = (IMAGES, "runs")  # plots; TensorBoard event files (report_to tensorboard)
+RUN_FOLDERS = (IMAGES, "runs", STAGING)  # plots; TensorBoard event files; uploads staged for the Hub
 
 
 def training_settings(training_args, **data) -> dict:
@@ -118,7 +119,9 @@ class TrainingRun:
         self.decision = Decision()
         self.lock = DirLock(self.output_dir / LOCK, f"output_dir {str(self.output_dir)!r}")
         self.sigterm = self.guard = None
+        self.pushes = None  # edugpt.hub.TrainerPushes, with push_to_hub
         self._protect_token()
+        self._check_hub_options()
 
     # ------------------------------------------------------------------------------------------------- before work
     def _protect_token(self) -> None:
@@ -127,6 +130,17 @@ class TrainingRun:
         if getattr(self.args, "hub_token", None):
             os.environ["HF_TOKEN"] = self.args.hub_token
             self.args.hub_token = None
+
+    def _check_hub_options(self) -> None:
+        if not getattr(self.run_args, "hub_step_branches", False):
+            return
+        if not self.args.push_to_hub:
+            raise EduGPTError("hub_step_branches pushes each checkpoint to its step-N branch of the Hub repo while "
+                              "training; add --push_to_hub --hub_model_id NAME (or publish the checkpoints after "
+                              "training with `python publish.py OUTPUT_DIR --hub_model_id NAME --branches`).")
+        if self.args.save_strategy == "no":
+            raise EduGPTError("hub_step_branches pushes checkpoints as they are saved, but save_strategy is 'no'; set "
+                              "save_strategy: steps and save_steps N.")
 
     def check_output_dir(self) -> None:
         """Refuse, before anything is loaded or written, an output_dir that cannot hold this run."""
@@ -291,7 +305,7 @@ class TrainingRun:
         if self.decision.changes:
             lifecycle.append(cb.NewHyperparametersCallback(self.args))
         cb.install_callbacks(trainer, *lifecycle, *callbacks)
-        _card_on_push(trainer, self)
+        self.pushes = _guard_pushes(trainer, self)
 
     def train(self, trainer) -> bool:
         """Train (resuming as decided). True when training reached its end; False when SIGTERM stopped it after
@@ -393,39 +407,37 @@ class TrainingRun:
 
     def finish(self, trainer) -> None:
         """Save the final model (every rank: FSDP gathers it), then on rank 0 the card and the completion marker;
-        with push_to_hub, Trainer's own push uploads the folder with edugpt's card in one commit."""
+        with push_to_hub, push it (edugpt.hub: the run's own files, scanned, with edugpt's card in the same commit)
+        once the pushes of the saves before have finished, and report what could not be pushed."""
         from edugpt.card import write_model_card
-        from edugpt.hub import push_failed_error, scrub
+        from edugpt.hub import pushes_failed_error
 
         state = trainer.state
         if trainer.eval_dataset is not None and not any(
             "eval_loss" in record and record["step"] == state.global_step for record in state.log_history
         ):
             trainer.evaluate()  # the final validation loss, for the card's table and the plot
-        failure = None
-        if self.args.push_to_hub:
-            try:
-                trainer.push_to_hub(commit_message="End of training")
-            except Exception as err:  # the network or the Hub: the local run stays complete
-                failure = f"{type(err).__name__}: {scrub(str(err))}"
-                if not (self.output_dir / "config.json").is_file():
-                    trainer.save_model(str(self.output_dir))
-        else:
-            trainer.save_model(str(self.output_dir))
+        # _internal_call: with push_to_hub, Trainer.save_model would also push ("Model save"); the push below is the one.
+        trainer.save_model(str(self.output_dir), _internal_call=True)
         trainer.accelerator.wait_for_everyone()
+        failures = {}
         if self.is_main:
             if trainer.state.log_history:  # loss curves for the card, also with save_strategy "no"
                 trainer.state.save_to_json(str(self.output_dir / "trainer_state.json"))
             write_model_card(self.output_dir, **self.card_kwargs())
             write_marker(self.output_dir, {**self.settings, "step": trainer.state.global_step}, top_level_only=True)
-        if failure:
-            raise push_failed_error(self.output_dir, self.args.hub_model_id, failure)
+            if self.pushes is not None:
+                failures = self.pushes.finish("End of training")
+        if failures:
+            raise pushes_failed_error(self.output_dir, self.args.hub_model_id, failures,
+                                      self.pushes.main_branch if self.pushes else "main")
         logger.info("final model and model card saved to %s%s", self.output_dir,
                     f" and pushed to {self.args.hub_model_id}" if self.args.push_to_hub else "")
 
     def finish_existing(self) -> None:
         """A re-run of a run with no training left: restore a missing or damaged final model from the checkpoint at
-        its last step, write a missing card, and push the run when asked (finishing a push that failed)."""
+        its last step, write a missing card, and push the run when asked (finishing a push that failed, step-N
+        branches included with hub_step_branches)."""
         if not self.is_main:
             return
         from edugpt.card import write_model_card
@@ -437,7 +449,9 @@ class TrainingRun:
         elif not (self.output_dir / CARD).exists():
             write_model_card(self.output_dir, **self.card_kwargs())
         if self.args.push_to_hub:
-            publish_run(self.output_dir, self.args.hub_model_id)
+            publish_run(self.output_dir, self.args.hub_model_id, branches=getattr(self.run_args, "hub_step_branches",
+                                                                                  False),
+                        private=self.args.hub_private_repo)
         logger.info("%s already reached its last step; final model in %s", self.kind, self.output_dir)
 
     def _restore_final_model(self, checkpoint: Path) -> None:
@@ -507,11 +521,12 @@ def _model_file_names(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir() if p.is_file() and p.name.startswith(patterns)}
 
 
-def _card_on_push(trainer, run: TrainingRun) -> None:
-    """Make Trainer's own push (`push_to_hub` at the end, `hub_strategy` during training) carry edugpt's card in the
-    same commit: Trainer calls `self.create_model_card()` right before it uploads the folder. Replaced on this
-    instance rather than by subclassing, because the same trainer classes are TRL's SFTTrainer and DPOTrainer too.
-    TRL also calls it at every checkpoint save, before output_dir holds a model: then there is nothing to describe."""
+def _guard_pushes(trainer, run: TrainingRun):
+    """Route every push of this Trainer through edugpt.hub (TrainerPushes: the run's own files only, no symlink
+    followed, scanned for tokens, edugpt's card in the same commit; step-N branches with hub_step_branches), and keep
+    Trainer's card out of output_dir: TRL calls `create_model_card` at every checkpoint save, which would write
+    Trainer's generic card over edugpt's. Replaced on this instance rather than by subclassing, because the same
+    trainer classes are TRL's SFTTrainer and DPOTrainer too. Returns the TrainerPushes, None without push_to_hub."""
     from edugpt.card import write_model_card
     from edugpt.rundir import is_saved_model
 
@@ -520,6 +535,12 @@ def _card_on_push(trainer, run: TrainingRun) -> None:
             write_model_card(run.output_dir, **run.card_kwargs())
 
     trainer.create_model_card = create_model_card
+    if not run.args.push_to_hub:
+        return None
+    from edugpt.hub import TrainerPushes
+
+    return TrainerPushes(trainer, run.output_dir, run.args,
+                         step_branches=getattr(run.run_args, "hub_step_branches", False))
 
 
 def on_main_then_shared(training_args, decide):

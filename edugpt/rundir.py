@@ -12,6 +12,7 @@ its readers, and the rule for who may write into it.
       README.md              the model card (edugpt.card)
       published.json         after publish.py pushed the run: the Hub repo and branches (a finetune's card names it)
       .edugpt.lock           held while a job writes here (edugpt.safefs.DirLock)
+      .edugpt-upload/        uploads staged for the Hub (edugpt.hub); a step-N push that failed waits here
 
 Nothing here imports torch or transformers at module level, so writing a card or a plot stays fast.
 """
@@ -38,6 +39,7 @@ LOSS_PLOT = f"{IMAGES}/train-loss.png"
 HELLASWAG_PLOT = f"{IMAGES}/hellaswag.png"
 TRAINER_STATE = "trainer_state.json"
 LOCK = ".edugpt.lock"
+STAGING = ".edugpt-upload"  # edugpt.hub stages each upload here (hardlinks); hidden, so never uploaded itself
 # Written last into every finished checkpoint and final model: the size and SHA-256 of each file (edugpt.checkpoints).
 MARKER = "edugpt-complete.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # transformers.trainer_utils' PREFIX_CHECKPOINT_DIR + "-N"

@@ -116,70 +116,108 @@ FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtokenFAKE12"  # shaped like a real token 
 
 
 class FakeHub:
-    """Stands in for the Hub, which is unreachable here: patch it over `huggingface_hub.HfApi` (publish.py,
-    edugpt.hub) and `transformers.trainer.hf_api` (Trainer's pushes). Keeps each branch's files as HfApi calls would
-    leave them and records every upload (`uploads`: one dict per commit). `fail=True` fails every upload like a dropped
-    connection, `fail_on_branch` only that branch's; the error quotes the token, as some server errors do. As HfApi
-    does, a `run_as_future` upload (Trainer's pushes at each save) returns a Future holding the outcome."""
+    """Stands in for the Hub, which is unreachable here: patch it over `huggingface_hub.HfApi` (edugpt.hub) and
+    `transformers.trainer.hf_api` (Trainer's own pushes). Selects files as the real `HfApi.upload_folder` does
+    (`folder.glob("**/*")` regular files, so a symlinked file's target is read; allow/ignore patterns plus
+    huggingface_hub's default ignores; `delete_patterns` deletes matching remote files except .gitattributes and
+    those uploaded again), and keeps every branch's files with their bytes (`branches[branch][path]`). Records every
+    commit (`uploads`: repo_id, revision, message, files added, files deleted, card, the thread that uploaded) and the
+    branch of each failed one (`failed`).
+    `fail=True` fails every upload like a dropped connection, `fail_on_branch` only that branch's; `fail_times=N` makes
+    either fail only N times. The error quotes the token, as some server errors do. As HfApi does, a
+    `run_as_future` upload returns a Future holding the outcome; an upload to a branch that does not exist fails."""
 
-    def __init__(self, fail: bool = False, fail_on_branch: str | None = None):
-        self.fail, self.fail_on_branch = fail, fail_on_branch
+    def __init__(self, fail: bool = False, fail_on_branch: str | None = None, fail_times: int | None = None):
+        self.fail, self.fail_on_branch, self.fail_times = fail, fail_on_branch, fail_times
         self.uploads: list[dict] = []
-        self.branches: dict[str, set[str]] = {"main": {".gitattributes"}}
+        self.failed: list[str] = []  # the branch of every upload that failed
+        self.branches: dict[str, dict[str, bytes]] = {"main": {".gitattributes": b"*.safetensors filter=lfs\n"}}
 
     def __call__(self, *args, **kwargs):  # HfApi() / hf_api() -> this instance
         return self
 
     def _check(self, revision):
         if self.fail or revision == self.fail_on_branch:
+            if self.fail_times is not None:
+                if self.fail_times <= 0:
+                    return
+                self.fail_times -= 1
+            self.failed.append(revision)
             raise ConnectionError(f"Connection reset by peer (token {FAKE_TOKEN})")
+        if revision not in self.branches:
+            raise ValueError(f"404 Client Error: Revision Not Found for {revision}")
+
+    def blobs(self):
+        """(branch, path, bytes) of every file on the fake Hub."""
+        return [(branch, path, data) for branch, files in self.branches.items() for path, data in files.items()]
 
     def create_repo(self, repo_id, **kwargs):
         from huggingface_hub import RepoUrl
 
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def create_branch(self, repo_id, *, branch, **kwargs):
-        self.branches.setdefault(branch, set(self.branches["main"]))
+    def create_branch(self, repo_id, *, branch, revision=None, exist_ok=False, **kwargs):
+        if branch in self.branches:
+            if not exist_ok:
+                raise ValueError(f"409 Client Error: Conflict: branch {branch} already exists")
+            return
+        self.branches[branch] = dict(self.branches[revision or "main"])
 
     def list_repo_files(self, repo_id, *, revision=None, **kwargs):
         return sorted(self.branches[revision or "main"])
+
+    def _commit(self, repo_id, revision, message, added: dict[str, bytes], deleted: list[str]):
+        import threading
+
+        files = self.branches[revision]
+        for path in deleted:
+            files.pop(path, None)
+        files.update(added)
+        card = added.get("README.md")
+        self.uploads.append({"repo_id": repo_id, "revision": revision, "message": message, "files": sorted(added),
+                             "deleted": sorted(deleted), "card": card.decode() if card is not None else None,
+                             "thread": threading.current_thread().name})
 
     def create_commit(self, repo_id, operations, *, revision=None, commit_message=None, **kwargs):
         from huggingface_hub import CommitOperationAdd
 
         revision = revision or "main"
         self._check(revision)
-        files, card = self.branches[revision], None
+        added, deleted = {}, []
         for op in operations:
-            (files.add if isinstance(op, CommitOperationAdd) else files.discard)(op.path_in_repo)
-            if isinstance(op, CommitOperationAdd) and op.path_in_repo == "README.md":
+            if isinstance(op, CommitOperationAdd):
                 content = op.path_or_fileobj
-                card = content.decode() if isinstance(content, bytes) else Path(content).read_text()
-        self.uploads.append({"repo_id": repo_id, "revision": revision, "message": commit_message,
-                             "files": sorted(files), "card": card})
+                added[op.path_in_repo] = content if isinstance(content, bytes) else Path(content).read_bytes()
+            else:
+                deleted.append(op.path_in_repo)
+        self._commit(repo_id, revision, commit_message, added, deleted)
 
     def upload_folder(self, *, repo_id, folder_path, commit_message=None, revision=None, run_as_future=False,
-                      allow_patterns=None, ignore_patterns=None, path_in_repo=None, **kwargs):
-        import fnmatch
+                      allow_patterns=None, ignore_patterns=None, delete_patterns=None, path_in_repo=None, **kwargs):
         from concurrent.futures import Future
+
+        from huggingface_hub.utils import filter_repo_objects
+        from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
 
         outcome = Future()
         try:
-            self._check(revision or "main")
-            root = Path(folder_path)
-            names = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
-            names = [n for n in names if not any(fnmatch.fnmatch(n, pattern) for pattern in ignore_patterns or [])]
-            if allow_patterns:
-                names = [n for n in names if any(fnmatch.fnmatch(n, pattern) for pattern in allow_patterns)]
-            if path_in_repo:
-                names = [f"{path_in_repo}/{n}" for n in names]
-            self.branches.setdefault(revision or "main", set()).update(names)
-            card = root / "README.md"
-            self.uploads.append({"repo_id": repo_id, "revision": revision or "main", "message": commit_message,
-                                 "files": sorted(names), "card": card.read_text() if card.is_file() else None})
+            revision = revision or "main"
+            self._check(revision)
+            root = Path(folder_path).expanduser().resolve()
+            local = {p.relative_to(root).as_posix(): p for p in sorted(root.glob("**/*")) if p.is_file()}
+            ignore = [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
+            names = filter_repo_objects(local, allow_patterns=allow_patterns,
+                                        ignore_patterns=ignore + DEFAULT_IGNORE_PATTERNS)
+            prefix = f"{path_in_repo.strip('/')}/" if path_in_repo else ""
+            added = {prefix + name: local[name].read_bytes() for name in names}
+            deleted = []
+            if delete_patterns is not None:
+                remote = {p[len(prefix):]: p for p in self.branches[revision] if p.startswith(prefix)}
+                deleted = [remote[rel] for rel in filter_repo_objects(remote, allow_patterns=delete_patterns)
+                           if remote[rel] != ".gitattributes" and remote[rel] not in added]
+            self._commit(repo_id, revision, commit_message, added, deleted)
             outcome.set_result(None)
-        except ConnectionError as err:
+        except (ConnectionError, ValueError) as err:
             outcome.set_exception(err)
         return outcome if run_as_future else outcome.result()
 

@@ -1,19 +1,25 @@
-"""publish.py / edugpt.hub: the dry-run folder is exactly a loadable model with a valid card, no resume state and no
-token; checkpoints become step-N branches; with no network or no login a real push fails cleanly, touching nothing."""
+"""publish.py / edugpt.hub: the dry-run folder is exactly a loadable model with a valid card, no resume state, no token
+and nothing from outside the run directory; checkpoints become step-N branches holding exactly their files; a push
+in the background is retried and outlives its checkpoint; with no network or no login a real push fails cleanly."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_TOKEN, RESUME_STATE, run_script
+from conftest import FAKE_TOKEN, RESUME_STATE, FakeHub, run_script
 from edugpt.errors import EduGPTError
-from edugpt.hub import plan_publish, publish_run, require_push_ready
+from edugpt.hub import HubPusher, plan_branch, plan_publish, publish_run, require_push_ready, scan_file
+
+SECRET = b"-----BEGIN OPENSSH PRIVATE KEY----- not for the Hub"
+LOADABLE = {".gitattributes", "README.md", "config.json", "generation_config.json", "model.safetensors",
+            "tokenizer.json", "tokenizer_config.json"}
 
 
 def _snapshot(folder: Path) -> dict:
@@ -27,6 +33,10 @@ def _snapshot(folder: Path) -> dict:
         else:
             out[key] = "dir"
     return out
+
+
+def _files_under(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.mark.slow
@@ -69,6 +79,8 @@ def test_dry_run_folder_loads_and_holds_no_secrets(run_dir, tmp_path):
     assert (step2 / "model.safetensors").read_bytes() == (run_dir / "checkpoint-2" / "model.safetensors").read_bytes()
     AutoModelForCausalLM.from_pretrained(step2)
     assert 'revision="step-2"' in (step2 / "README.md").read_text()
+    # A dry run is a copy: editing it in place cannot change the run.
+    assert os.stat(out / "main" / "model.safetensors").st_ino != os.stat(run_dir / "model.safetensors").st_ino
 
 
 def test_include_optimizer_and_incomplete_checkpoint(run_dir):
@@ -84,13 +96,70 @@ def test_include_optimizer_and_incomplete_checkpoint(run_dir):
     assert [u.branch for u in plan_publish(run_dir, "someone/x").uploads] == ["main"]
 
 
-def test_token_inside_a_run_file_stops_the_dry_run(run_dir, tmp_path, monkeypatch, capsys):
+def test_symlinks_are_never_followed_and_what_is_left_out_is_said(run_dir, tmp_path, monkeypatch, capsys):
+    """issue 11: a symlinked images/ or checkpoint-N, a symlinked file, a link through `..`: nothing outside the run
+    directory reaches a dry run or the Hub, and the plan says what was left out and why."""
+    outside = tmp_path / "home" / ".ssh"
+    outside.mkdir(parents=True)
+    (outside / "id_ed25519").write_bytes(SECRET)
+    shutil.copy(run_dir / "images" / "train-loss.png", outside / "train-loss.png")
+    shutil.rmtree(run_dir / "images")
+    (run_dir / "images").symlink_to(outside)  # a symlinked folder
+    (run_dir / "samples.md").unlink()
+    (run_dir / "samples.md").symlink_to(outside / "id_ed25519")  # a symlinked file with an uploaded name
+    # out through `..`, with the name of a tokenizer file
+    (run_dir / "checkpoint-2" / "special_tokens_map.json").symlink_to("../../home/.ssh/id_ed25519")
+    elsewhere = tmp_path / "scratch" / "checkpoint-4"
+    shutil.move(run_dir / "checkpoint-4", elsewhere)
+    shutil.copy(outside / "id_ed25519", elsewhere / "id_ed25519")
+    (run_dir / "checkpoint-4").symlink_to(elsewhere)  # a symlinked checkpoint
+    (run_dir / "runs" / "host").mkdir(parents=True)
+    (run_dir / "runs" / "host" / "events.out.tfevents.1").write_bytes(b"tensorboard events")
+    (run_dir / "runs" / "host" / "leak").symlink_to(outside, target_is_directory=True)
+    (run_dir / ".edugpt.lock").write_text('{"host": "node1", "command": "train_hf.py ..."}')
+    shutil.copytree(run_dir / "checkpoint-2", run_dir / "corrupt-checkpoint-6", symlinks=True)
+
+    out = tmp_path / "plan"
+    publish_run(run_dir, "someone/x", branches=True, dry_run=out)
+    printed = capsys.readouterr().out
+    for folder in out.iterdir():
+        if folder.is_dir():
+            for name, data in _files_under(folder).items():
+                assert SECRET not in data, f"{folder.name}/{name}"
+    plan = json.loads((out / "plan.json").read_text())
+    main, step2 = plan["branches"]
+    reasons = {e["path"]: e["reason"] for e in main["excluded"] + step2["excluded"]}
+    for path in ("images", "samples.md", "checkpoint-2/special_tokens_map.json", "runs/host/leak"):
+        assert "outside the run directory: links are never followed" in reasons[path], path
+        assert f"left out {path}: a symlink to " in printed
+    assert "never uploaded" in reasons[".edugpt.lock"] and "corrupt" in reasons["corrupt-checkpoint-6/"]
+    assert [b["branch"] for b in plan["branches"]] == ["main", "step-2"]
+    assert "symlink" in plan["skipped_checkpoints"][0]["reason"]
+    assert "runs/host/events.out.tfevents.1" in main["files"]  # TensorBoard logs go up with main
+    assert not {f for f in main["files"] if f.startswith(("images/", ".", "corrupt")) or f == "samples.md"}
+    card = (out / "main" / "README.md").read_text()
+    assert "images/" not in card  # the card links no image that does not go up
+    assert "special_tokens_map.json" not in step2["files"]
+
+    hub = FakeHub()  # the same for a real push
+    monkeypatch.setattr("huggingface_hub.HfApi", hub)
+    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)
+    publish_run(run_dir, "someone/x", branches=True)
+    assert hub.uploads and not [(b, p) for b, p, data in hub.blobs() if SECRET in data]
+    assert not (run_dir / ".edugpt-upload").exists()
+
+
+def test_token_inside_an_uploaded_file_stops_the_dry_run(run_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
-    (run_dir / "notes.txt").write_text(f"export HF_TOKEN={FAKE_TOKEN}\n")
-    with pytest.raises(EduGPTError, match="notes.txt contains a Hugging Face access token") as err:
+    (run_dir / "notes.txt").write_text(f"export HF_TOKEN={FAKE_TOKEN}\n")  # not a run file: left out, not read
+    publish_run(run_dir, "someone/x", dry_run=tmp_path / "ok")
+    assert "left out notes.txt: not a file of the model" in capsys.readouterr().out
+    with (run_dir / "samples.md").open("a") as f:
+        f.write(f"| 8 | my token is {FAKE_TOKEN} |\n")
+    with pytest.raises(EduGPTError, match="samples.md contains a Hugging Face access token") as err:
         publish_run(run_dir, "someone/x", dry_run=tmp_path / "plan")
     assert FAKE_TOKEN not in str(err.value) + capsys.readouterr().out
-    assert not (tmp_path / "plan").exists()
+    assert not (tmp_path / "plan").exists() and not list(tmp_path.glob(".plan*"))
 
 
 def test_token_shaped_text_is_caught_without_a_login(run_dir, tmp_path, monkeypatch):
@@ -99,6 +168,29 @@ def test_token_shaped_text_is_caught_without_a_login(run_dir, tmp_path, monkeypa
     (run_dir / "run_config.json").write_text(json.dumps({"training": {"hub_token": FAKE_TOKEN}}))
     with pytest.raises(EduGPTError, match="run_config.json contains a Hugging Face access token"):
         publish_run(run_dir, "someone/x", dry_run=tmp_path / "plan")
+
+
+def test_token_inside_a_binary_file_is_caught(run_dir, tmp_path, monkeypatch):
+    """issue 11: training_args.bin as Trainer pickles it with --hub_token, uploaded with --include_optimizer, is
+    scanned byte by byte (with no login to compare against, by the token's shape; across chunk borders too)."""
+    import torch
+    from transformers import TrainingArguments
+
+    from edugpt.checkpoints import write_marker
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("edugpt.hub._known_tokens", lambda: [])
+    pickled = run_dir / "checkpoint-2" / "training_args.bin"
+    torch.save(TrainingArguments(output_dir=str(tmp_path / "x"), hub_token=FAKE_TOKEN, report_to="none"), pickled)
+    write_marker(run_dir / "checkpoint-2")  # as Trainer._save once left it
+    assert FAKE_TOKEN.encode() in pickled.read_bytes()
+    publish_run(run_dir, "someone/x", branches=True, dry_run=tmp_path / "without")  # left out: nothing to see
+    with pytest.raises(EduGPTError, match=r"checkpoint-2/training_args.bin contains a Hugging Face access token"):
+        publish_run(run_dir, "someone/x", branches=True, include_optimizer=True, dry_run=tmp_path / "with")
+    assert not (tmp_path / "with").exists()
+    monkeypatch.setattr("edugpt.hub.SCAN_CHUNK_BYTES", 16)  # every token straddles a chunk border: still found
+    with pytest.raises(EduGPTError, match="contains a Hugging Face access token"):
+        scan_file(pickled, "training_args.bin")
 
 
 def test_user_errors(run_dir, tmp_path):
@@ -136,56 +228,31 @@ def test_real_push_fails_cleanly_offline_or_without_login(run_dir, tmp_path):
     assert _snapshot(run_dir) == before
 
 
-class _RecordingHub:
-    """Stands in for HfApi where the real Hub cannot be reached: records each call, keeps each branch's file list."""
-
-    def __init__(self, fail_on_branch: str | None = None):
-        self.commits, self.branches, self.fail_on_branch = [], {"main": {".gitattributes"}}, fail_on_branch
-
-    def __call__(self, *args, **kwargs):  # HfApi() -> this instance
-        return self
-
-    def create_repo(self, repo_id, **kwargs):
-        from huggingface_hub import RepoUrl
-
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def create_branch(self, repo_id, *, branch, **kwargs):
-        self.branches.setdefault(branch, set(self.branches["main"]))
-
-    def list_repo_files(self, repo_id, *, revision, **kwargs):
-        return sorted(self.branches[revision])
-
-    def create_commit(self, repo_id, operations, *, revision, commit_message, **kwargs):
-        from huggingface_hub import CommitOperationAdd
-
-        if revision == self.fail_on_branch:
-            raise ConnectionError(f"403 Forbidden: token {FAKE_TOKEN} has no write access")
-        files = self.branches[revision]
-        for op in operations:
-            (files.add if isinstance(op, CommitOperationAdd) else files.discard)(op.path_in_repo)
-        self.commits.append((revision, sorted(files)))
-
-
 def test_push_commits_main_then_one_branch_per_checkpoint(run_dir, monkeypatch):
-    hub = _RecordingHub()
+    hub = FakeHub()
     monkeypatch.setattr("huggingface_hub.HfApi", hub)
+    hub.branches["main"]["model-00001-of-00002.safetensors"] = b"an older sharded upload"
     url = publish_run_offline(run_dir, monkeypatch)
     assert url == "https://huggingface.co/someone/x"
-    assert [branch for branch, _ in hub.commits] == ["main", "step-2", "step-4"]
-    main_files = set(hub.branches["main"])
-    assert {"README.md", "model.safetensors", "metrics.jsonl", "images/hellaswag.png"} <= main_files
-    for branch in ("step-2", "step-4"):  # exactly the checkpoint's loadable files: main's extras were deleted
-        assert hub.branches[branch] == {".gitattributes", "README.md", "config.json", "generation_config.json",
-                                        "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
-    assert not (main_files | hub.branches["step-2"]) & set(RESUME_STATE)
+    assert [u["revision"] for u in hub.uploads] == ["main", "step-2", "step-4"]
+    main = hub.branches["main"]
+    assert {"README.md", "model.safetensors", "metrics.jsonl", "images/hellaswag.png"} <= set(main)
+    assert "model-00001-of-00002.safetensors" not in main  # weights on main are exactly the uploaded ones
+    for step in (2, 4):  # exactly the checkpoint's loadable files and its own weights
+        files = hub.branches[f"step-{step}"]
+        assert set(files) == LOADABLE
+        assert files["model.safetensors"] == (run_dir / f"checkpoint-{step}" / "model.safetensors").read_bytes()
+    assert not (set(main) | set(hub.branches["step-2"])) & set(RESUME_STATE)
+    card = main["README.md"].decode()
+    assert hub.uploads[0]["card"] == card and 'from_pretrained("someone/x")' in card
+    assert not (run_dir / ".edugpt-upload").exists()  # staging is gone once the push is done
 
 
 def test_successful_push_records_the_repo_that_a_finetune_card_names_as_base(run_dir, tiny_model_dir, tmp_path,
                                                                              monkeypatch):
     from edugpt.card import build_model_card
 
-    monkeypatch.setattr("huggingface_hub.HfApi", _RecordingHub())
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeHub())
     publish_run_offline(run_dir, monkeypatch)
     record = json.loads((run_dir / "published.json").read_text())
     assert (record["repo_id"], record["branches"]) == ("someone/x", ["main", "step-2", "step-4"])
@@ -208,13 +275,47 @@ def test_branch_cards_link_only_files_their_branch_holds(run_dir):
     assert {"images/train-loss.png", "images/lr.png"} <= set(re.findall(r"\]\((images/[^)]+)\)", plan.uploads[0].card))
 
 
+def test_the_pushed_card_is_the_local_card(run_dir):
+    from edugpt.card import build_model_card
+
+    plan = plan_publish(run_dir, "someone/x")
+    assert plan.uploads[0].card == str(build_model_card(run_dir, hub_model_id="someone/x"))
+
+
 def test_failed_push_is_one_clear_error_without_the_token(run_dir, monkeypatch):
     before = _snapshot(run_dir)
-    monkeypatch.setattr("huggingface_hub.HfApi", _RecordingHub(fail_on_branch="step-4"))
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeHub(fail_on_branch="step-4"))
     with pytest.raises(EduGPTError, match="pushing to someone/x failed .*ConnectionError.*local run is unchanged") as err:
         publish_run_offline(run_dir, monkeypatch)
     assert FAKE_TOKEN not in str(err.value) and "***" in str(err.value)
     assert _snapshot(run_dir) == before
+
+
+def test_background_push_is_retried_and_outlives_its_checkpoint(run_dir, monkeypatch):
+    """issue 12: a step-N push staged at save time is uploaded on another thread; one that fails is tried again at the
+    next submit, and stays staged (hardlinks) after save_total_limit deleted the checkpoint, until publish.py (or the
+    end of training) pushes it."""
+    hub = FakeHub(fail_on_branch="step-2")
+    monkeypatch.setattr("huggingface_hub.HfApi", hub)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    weights = (run_dir / "checkpoint-2" / "model.safetensors").read_bytes()
+    pusher = HubPusher(run_dir, "someone/x")
+    pusher.submit(plan_branch(run_dir, run_dir / "checkpoint-2", "someone/x", step=2))
+    shutil.rmtree(run_dir / "checkpoint-2")  # save_total_limit at the next save
+    pusher.submit(plan_branch(run_dir, run_dir / "checkpoint-4", "someone/x", step=4))
+    pusher.wait()
+    assert hub.failed.count("step-2") == 2  # tried again at the second submit
+    assert [(u["revision"], u["thread"]) for u in hub.uploads] == [("step-4", "edugpt-hub-push")]
+    assert set(pusher.failures) == {"step-2"} and FAKE_TOKEN not in pusher.failures["step-2"]
+    (staged,) = (run_dir / ".edugpt-upload").iterdir()
+    assert staged.name.startswith("step-2.") and (staged / "model.safetensors").read_bytes() == weights
+
+    hub.fail_on_branch = None
+    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)
+    publish_run(run_dir, "someone/x", branches=True)
+    assert [u["revision"] for u in hub.uploads[1:]] == ["main", "step-2", "step-4"]
+    assert hub.branches["step-2"]["model.safetensors"] == weights and set(hub.branches["step-2"]) == LOADABLE
+    assert not (run_dir / ".edugpt-upload").exists()
 
 
 def publish_run_offline(run_dir, monkeypatch):
