@@ -18,6 +18,9 @@ The rules, the same for every kind of run:
   length, data) are recorded in its completion marker; resuming with different ones is refused with the list of
   differences, unless `--resume_with_changes`, which makes the new values take effect (the optimizer's and
   scheduler's saved hyperparameters would otherwise silently win) and records the change in run_config.json.
+- The marker also records the layout (number of processes, FSDP or not). A checkpoint resumes on another number of
+  processes (the global batch in tokens, a compared setting, fixes the blocks of every step); a sharded (FSDP)
+  checkpoint never resumes unsharded or the other way round: that is refused, naming both layouts.
 - Under several processes, rank 0 decides (it holds the lock and reads the folder) and every rank gets the same
   decision or the same error, so a refused run never leaves other ranks waiting in a collective.
 """
@@ -67,6 +70,8 @@ RESUME_STATE_PREFIXES = ("rng_state", "optimizer", "pytorch_model_fsdp", "global
 # Entries of a run directory that --overwrite_output_dir removes (with the final model's files); others are kept.
 RUN_ENTRY_PREFIXES = ("checkpoint-", "corrupt-checkpoint-")
 RUN_FOLDERS = (IMAGES, "runs")  # plots; TensorBoard event files (report_to tensorboard)
+# The settings key of the process layout (number of processes, FSDP or not), recorded in every completion marker.
+LAYOUT = "layout"
 
 
 def training_settings(training_args, **data) -> dict:
@@ -75,7 +80,11 @@ def training_settings(training_args, **data) -> dict:
     settings = {key: getattr(args, key) for key in OPTIMIZER_KEYS + SCHEDULE_KEYS}
     if args.max_steps > 0:
         settings.pop("num_train_epochs")
-    settings["global_batch_size"] = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    if data.get("seq_len"):  # fixed-length blocks (pretraining): the global batch in tokens, whatever the layout
+        settings["tokens_per_step"] = global_batch * data["seq_len"]
+    else:
+        settings["global_batch_size"] = global_batch
     settings["seed"] = args.seed if args.data_seed is None else args.data_seed
     settings.update(data)
     return json.loads(json.dumps(settings, default=str))
@@ -83,8 +92,53 @@ def training_settings(training_args, **data) -> dict:
 
 def settings_differences(saved: dict, new: dict) -> dict:
     """{key: (saved value, new value)} for every key whose value differs (a key absent on one side is not compared:
-    checkpoints of older versions record fewer settings)."""
-    return {key: (saved[key], new[key]) for key in sorted(saved.keys() & new.keys()) if saved[key] != new[key]}
+    checkpoints of older versions record fewer settings). The layout is checked on its own (`layout_problem`)."""
+    keys = sorted((saved.keys() & new.keys()) - {LAYOUT})
+    return {key: (saved[key], new[key]) for key in keys if saved[key] != new[key]}
+
+
+def training_layout(trainer) -> dict:
+    """How `trainer` spreads the run over processes: their number and the FSDP version (None: every process holds
+    the whole model, as under DDP or on one device)."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None) if trainer.is_fsdp_enabled else None
+    return {"processes": trainer.args.world_size, "fsdp": getattr(plugin, "fsdp_version", None) if plugin else None}
+
+
+def checkpoint_layout(checkpoint: Path) -> dict | None:
+    """The layout recorded in `checkpoint`'s marker, else the one its files show (Trainer writes FSDP model state as
+    pytorch_model_fsdp*, and one rng_state_N.pth per process when there are several); None if unknown."""
+    recorded = ((read_marker(checkpoint) or {}).get("settings") or {}).get(LAYOUT)
+    if isinstance(recorded, dict):
+        return recorded
+    try:
+        names = [p.name for p in checkpoint.iterdir()]
+    except OSError:
+        return None
+    fsdp = any(name.startswith("pytorch_model_fsdp") for name in names)
+    return {"processes": max(1, sum(name.startswith("rng_state_") for name in names)), "fsdp": "unknown" if fsdp else None}
+
+
+def _describe(layout: dict) -> str:
+    processes = f"{layout['processes']} process{'es' if layout['processes'] != 1 else ''}"
+    fsdp = layout.get("fsdp")
+    return f"{processes} under FSDP{'' if fsdp == 'unknown' else fsdp}" if fsdp else f"{processes} without FSDP"
+
+
+def layout_problem(saved: dict | None, now: dict) -> str | None:
+    """Why a checkpoint written with layout `saved` cannot be resumed with layout `now`, or None.
+
+    The number of processes may change: with the same global batch in tokens (a compared setting) every optimizer
+    step trains on the same blocks (edugpt.pretrain.CompactRandomSampler), and unsharded runs save the whole
+    optimizer state, FSDP runs with FULL_STATE_DICT a full one that is re-sharded on load. Sharded and unsharded runs
+    cannot continue each other: Trainer keeps their model and optimizer state in different files
+    (pytorch_model_fsdp.bin + optimizer.bin vs model.safetensors + optimizer.pt) and would crash on the other kind.
+    """
+    if not saved:
+        return None
+    was, now_fsdp = saved.get("fsdp"), now.get("fsdp")
+    if bool(was) != bool(now_fsdp) or was not in ("unknown", now_fsdp):
+        return f"it was written by {_describe(saved)} and this run has {_describe(now)}"
+    return None
 
 
 @dataclass
@@ -95,6 +149,7 @@ class Decision:
     finished: bool = False  # the final model is whole: nothing to train
     restore_from: Path | None = None  # the final model is missing or damaged: copy it from this final-step checkpoint
     changes: dict = field(default_factory=dict)  # settings that differ from the checkpoint's (resume_with_changes)
+    checkpoint_layout: dict | None = None  # processes and FSDP of the checkpoint resumed from (checked in attach)
 
 
 class TrainingRun:
@@ -189,6 +244,8 @@ class TrainingRun:
                 decision.restore_from = decision.checkpoint
         source = self.output_dir if decision.finished else decision.checkpoint
         decision.changes = self._changed_settings(source) if source is not None else {}
+        if decision.checkpoint is not None:
+            decision.checkpoint_layout = checkpoint_layout(decision.checkpoint)
         if decision.changes:  # e.g. a larger max_steps with --resume_with_changes: train on from the newest checkpoint
             decision.finished, decision.restore_from = False, None
 
@@ -278,6 +335,7 @@ class TrainingRun:
         from edugpt import callbacks as cb
         from edugpt.rundir import METRICS, MetricsLog
 
+        self._check_layout(training_layout(trainer))
         self.sigterm = cb.SigtermCallback()
         self.guard = cb.NonFiniteLossCallback(nonfinite_loss, max_skipped_steps)  # after sigterm: checks the weights
         metrics = metrics or MetricsLog(self.output_dir / METRICS, enabled=self.is_main)  # before the save it asks for
@@ -286,6 +344,25 @@ class TrainingRun:
             lifecycle.append(cb.NewHyperparametersCallback(self.args))
         cb.install_callbacks(trainer, *lifecycle, *callbacks)
         _card_on_push(trainer, self)
+
+    def _check_layout(self, layout: dict) -> None:
+        """Record this launch's layout with the run's settings (every completion marker gets it) and refuse to resume
+        a checkpoint whose layout Trainer cannot continue from: on every rank alike, since each holds the same
+        decision and layout. Checked here, once the Trainer shows whether accelerate really shards (it runs an FSDP
+        config as plain data parallel on CPUs)."""
+        self.settings[LAYOUT] = layout
+        saved, checkpoint = self.decision.checkpoint_layout, self.decision.checkpoint
+        if checkpoint is None or not saved:
+            return
+        if problem := layout_problem(saved, layout):
+            raise EduGPTError(
+                f"cannot resume from {checkpoint}: {problem}. Trainer stores sharded (FSDP) and unsharded runs' model "
+                "and optimizer state in different files, so one cannot continue the other; launch with the kind of "
+                "accelerate config the checkpoint was written with (the number of processes may change), or train "
+                "into a new output_dir."
+            )
+        if saved.get("processes") != layout["processes"]:
+            logger.info("resuming %s, written by %s, with %s", checkpoint.name, _describe(saved), _describe(layout))
 
     def train(self, trainer) -> bool:
         """Train (resuming as decided). True when training reached its end; False when SIGTERM stopped it after
