@@ -56,7 +56,7 @@ from edugpt.rundir import (
     require_own_run_dir,
     write_run_config,
 )
-from edugpt.safefs import DirLock, ensure_dir
+from edugpt.safefs import DirLock, atomic_write_bytes, ensure_dir
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ class TrainingRun:
         self.decision = Decision()
         self.lock = DirLock(self.output_dir / LOCK, f"output_dir {str(self.output_dir)!r}")
         self.sigterm = self.guard = None
+        self._previous_run_config: bytes | None = None  # run_config.json before this attempt, kept on rank 0
         self._protect_token()
 
     # ------------------------------------------------------------------------------------------------- before work
@@ -178,7 +179,12 @@ class TrainingRun:
             self.args.hub_token = None
 
     def check_output_dir(self) -> None:
-        """Refuse, before anything is loaded or written, an output_dir that cannot hold this run."""
+        """Refuse, before anything is loaded or written, an output_dir that cannot hold this run. Rank 0 looks and
+        every rank gets its verdict: another process looking at the same time could see rank 0's half-written files
+        (its lock, a temporary run_config.json) as someone else's folder."""
+        on_main_then_shared(self.args, self._check_output_dir)
+
+    def _check_output_dir(self) -> None:
         if self.args.max_steps == 0 or (self.args.max_steps < 0 and self.args.num_train_epochs <= 0):
             raise EduGPTError("max_steps is 0, so this run would train nothing and save an untrained model; set "
                               "max_steps to the number of optimizer steps to train.")
@@ -217,7 +223,7 @@ class TrainingRun:
         return needs_training(self.decision)
 
     def _decide(self, run_config: dict) -> Decision:
-        self.check_output_dir()
+        self._check_output_dir()
         ensure_dir(self.output_dir, "output_dir")
         self.lock.acquire()
         holds_run = require_own_run_dir(self.output_dir, self.kind)
@@ -258,6 +264,8 @@ class TrainingRun:
             if decision.changes:
                 record["resumed_with_changes"] = {k: {"checkpoint": old, "now": new}
                                                   for k, (old, new) in decision.changes.items()}
+            previous = self.output_dir / RUN_CONFIG
+            self._previous_run_config = previous.read_bytes() if previous.is_file() else None
             write_run_config(self.output_dir, record)
         return decision
 
@@ -355,6 +363,8 @@ class TrainingRun:
         if checkpoint is None or not saved:
             return
         if problem := layout_problem(saved, layout):
+            if self.is_main and self._previous_run_config is not None:  # refused: the folder stays as it was
+                atomic_write_bytes(self.output_dir / RUN_CONFIG, self._previous_run_config)
             raise EduGPTError(
                 f"cannot resume from {checkpoint}: {problem}. Trainer stores sharded (FSDP) and unsharded runs' model "
                 "and optimizer state in different files, so one cannot continue the other; launch with the kind of "
