@@ -1,7 +1,8 @@
 """In-loop HellaSwag on 2 processes vs 1: wall time of one `HellaSwagCallback.evaluate`, the call train_hf.py makes
 every `hellaswag_steps`, with the items shared out across processes (edugpt.evaluation.score_task) against one
-process scoring them all. Same model, same items, same batch size; the script checks that both report the same acc
-and acc_norm and that each process scored about half the items.
+process scoring them all: 2 processes with a whole model each (DDP) and 2 processes scoring through an FSDP2-sharded
+model (torch's fully_shard per GPT2Block, as accelerate shards it). Same model, same items, same batch size; the
+script checks that all report the same acc and acc_norm and that each process scored about half the items.
 
     python bench/bench_eval_sharding.py                  # CPU: 2 gloo processes x 1 thread vs 1 process x 2 threads
     python bench/bench_eval_sharding.py --gpu            # 2 GPUs (NCCL) vs 1 GPU; bench/bench_gpu.py runs this too
@@ -56,6 +57,14 @@ def worker(args) -> None:
         if args.gpu:
             model = model.to(torch.bfloat16)
         trainer = Trainer(model=model, args=training, processing_class=load_tokenizer("gpt2"))
+        if args.fsdp:  # what accelerate's FSDP2 preparation does: one unit per GPT2Block, then the root
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh(training.device.type, (trainer.accelerator.num_processes,))
+            for block in model.transformer.h:
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
         callback = HellaSwagCallback(trainer, every_steps=1, limit=args.limit, hellaswag_file=str(SMOKE))
         seconds = []
         for _ in range(args.rounds + 1):  # the first round warms caches (kernels, tokenizing) and is not counted
@@ -65,14 +74,16 @@ def worker(args) -> None:
             trainer.accelerator.wait_for_everyone()
             seconds.append(time.perf_counter() - start)
         if trainer.accelerator.is_main_process:
-            print("RESULT " + json.dumps({"processes": trainer.accelerator.num_processes, "seconds": seconds[1:],
+            print("RESULT " + json.dumps({"processes": trainer.accelerator.num_processes, "fsdp": args.fsdp,
+                                          "seconds": seconds[1:],
                                           "scores": scores, "items_per_process": callback.items_per_process,
                                           "device": torch.cuda.get_device_name() if args.gpu else "CPU"}), flush=True)
 
 
-def measure(args, processes: int) -> dict:
+def measure(args, processes: int, fsdp: bool = False) -> dict:
     command = [sys.executable, __file__, "--worker", "--limit", str(args.limit), "--rounds", str(args.rounds),
-               "--batch_size", str(args.batch_size), "--shape", args.shape] + (["--gpu"] if args.gpu else [])
+               "--batch_size", str(args.batch_size), "--shape", args.shape] + (["--gpu"] if args.gpu else []) \
+        + (["--fsdp"] if fsdp else [])
     env = dict(os.environ)
     if processes > 1:
         launcher = [str(Path(sys.executable).parent / "accelerate"), "launch"]
@@ -100,23 +111,27 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="2 GPUs vs 1 (needs 2 CUDA devices)")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="CPU threads shared out on CPU")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fsdp", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
-    one, two = measure(args, 1), measure(args, 2)
-    assert one["scores"] == two["scores"], (one["scores"], two["scores"])
-    assert sorted(two["items_per_process"]) == sorted([args.limit // 2, args.limit - args.limit // 2])
-    best_one, best_two = min(one["seconds"]), min(two["seconds"])
+    one, two, sharded = measure(args, 1), measure(args, 2), measure(args, 2, fsdp=True)
+    for other in (two, sharded):
+        assert one["scores"] == other["scores"], (one["scores"], other["scores"])
+        assert sorted(other["items_per_process"]) == sorted([args.limit // 2, args.limit - args.limit // 2])
     print(f"device: {one['device']}; model shape {args.shape}; {args.limit} items, batch {args.batch_size}; "
           f"best of {args.rounds} evaluations after a warm-up")
-    print("| processes | items per process | seconds per evaluation (rounds) | acc | acc_norm |")
-    print("|---:|---|---:|---:|---:|")
-    for r in (one, two):
+    print("| processes | model | items per process | seconds per evaluation (rounds) | acc | acc_norm |")
+    print("|---:|---|---|---:|---:|---:|")
+    for r in (one, two, sharded):
         rounds = ", ".join(f"{s:.2f}" for s in r["seconds"])
-        print(f"| {r['processes']} | {' + '.join(map(str, r['items_per_process']))} | {min(r['seconds']):.2f} ({rounds})"
-              f" | {r['scores']['hellaswag/acc']:.4f} | {r['scores']['hellaswag/acc_norm']:.4f} |")
-    print(f"speed-up 2 processes / 1: {best_one / best_two:.2f}x (same scores)")
+        model = "FSDP2-sharded" if r["fsdp"] else "whole (replica)"
+        print(f"| {r['processes']} | {model} | {' + '.join(map(str, r['items_per_process']))} | "
+              f"{min(r['seconds']):.2f} ({rounds}) | {r['scores']['hellaswag/acc']:.4f} | "
+              f"{r['scores']['hellaswag/acc_norm']:.4f} |")
+    for name, r in (("2 processes (replicas)", two), ("2 processes (FSDP2)", sharded)):
+        print(f"speed-up {name} / 1 process: {min(one['seconds']) / min(r['seconds']):.2f}x (same scores)")
 
 
 if __name__ == "__main__":
