@@ -91,6 +91,7 @@ def cross_entropy_per_token(model, blocks) -> float:
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1)).item()
 
 
+@pytest.mark.slow
 def test_logged_losses_are_the_mean_cross_entropy_per_predicted_token(data_dir, tmp_path):
     """Trainer's train and eval losses, recomputed without Trainer. A block of T tokens has T-1 targets; GPT-2's
     `loss_type` is None unless edugpt names it, and then Trainer divides by T and every loss reads (T-1)/T low."""
