@@ -2,14 +2,15 @@
 
 One GPU (GH200/H100/H200), the 16-layer, 1024-wide model ("270M") on FineWeb-Edu sample-10BT:
     accelerate launch --config_file accelerate_config.yaml train_hf.py --config configs/gpt2_270m.yaml
-Several GPUs or nodes, no code change (DDP or FSDP; divide gradient_accumulation_steps by the GPU count):
-    accelerate launch --config_file configs/accelerate/ddp_8gpu.yaml train_hf.py --config configs/gpt2_270m.yaml \\
-        --gradient_accumulation_steps 4
+Several GPUs or nodes, no code change (DDP or FSDP2; the recipe's tokens_per_step keeps ~0.5M tokens per step, the
+gradient accumulation follows the GPU count; N nodes under Slurm: scripts/slurm_train.sbatch):
+    accelerate launch --config_file configs/accelerate/ddp_8gpu.yaml train_hf.py --config configs/gpt2_270m.yaml
 CPU-sized (2 cores, ~1-2 minutes), on the embedded offline corpus:
     python prepare_data.py --dataset embedded --output_dir runs/data --seq_len 128
     python train_hf.py --config configs/smoke.yaml --dataset_dir runs/data --output_dir runs/smoke
-Two CPU processes (DDP over gloo):
-    accelerate launch --config_file configs/accelerate/cpu_ddp_2proc.yaml train_hf.py --config configs/smoke.yaml
+Two CPU processes (DDP over gloo), at the one-process global batch:
+    accelerate launch --config_file configs/accelerate/cpu_ddp_2proc.yaml train_hf.py --config configs/smoke.yaml \\
+        --per_device_train_batch_size 4 --tokens_per_step 1024
 
 Any key of the recipe can be overridden on the command line (`--max_steps 50 --learning_rate 1e-3`); unknown keys
 are an error. Running the same command again resumes from the newest valid checkpoint in output_dir, bit-exact, and

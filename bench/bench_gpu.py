@@ -5,11 +5,12 @@ and the largest micro-batch that fits. One command on a machine with one CUDA GP
     python bench/bench_gpu.py --dataset_dir data/prepared/edu10B --steps 40
     python bench/bench_gpu.py --tiny                    # CPU sanity check of this script (tiny model, no MFU)
 
-The runs are built by `edugpt.training.build_trainer` exactly as train_hf.py builds them (same callbacks; tokens/s
+The runs are built by `edugpt.pretrain.start` exactly as train_hf.py builds them (same callbacks; tokens/s
 and MFU are the numbers train_hf.py logs, MFU = tokens/s x 6N+12LdT FLOPs/token / peak bf16 FLOP/s of the GPU).
-Evaluation, checkpoints and samples are off; gradient accumulation is cut to `--grad_accum` micro-batches per step
-so a step is short (throughput per token does not depend on it). The first `--warmup` steps (compilation, cache
-warm-up) are excluded. Target from the issue: >= 45% MFU.
+Evaluation, checkpoints and samples are off; the global batch is cut to `--grad_accum` micro-batches per step so a
+step is short (throughput per token does not depend on it). The first `--warmup` steps (compilation, cache warm-up)
+are excluded. Target from the issue: >= 45% MFU. With 2 or more GPUs it also runs bench/bench_eval_sharding.py --gpu:
+one in-loop HellaSwag evaluation on 2 GPUs vs 1.
 """
 
 from __future__ import annotations
@@ -31,25 +32,35 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--n_positions", "128", "--bf16", "false",
-        "--tf32", "false", "--optim", "adamw_torch", "--use_cpu", "true", "--per_device_train_batch_size", "4",
-        "--dataloader_num_workers", "0", "--dataloader_pin_memory", "false"]
+        "--tf32", "false", "--optim", "adamw_torch", "--use_cpu", "true", "--dataloader_num_workers", "0",
+        "--dataloader_pin_memory", "false"]
 
 
 def build(data_dir: Path, output_dir: Path, overrides: list[str]):
+    """The Pretraining (Trainer and all) train_hf.py builds for configs/gpt2_270m.yaml with `overrides`, output_dir
+    unlocked again (each measurement trains into a fresh temporary folder)."""
     from transformers import TrainingArguments
 
-    from edugpt.args import DataArguments, ModelArguments, ScriptArguments
+    from edugpt.args import DataArguments, ModelArguments, RunArguments, ScriptArguments
     from edugpt.cli import parse_config
-    from edugpt.training import build_trainer
+    from edugpt.pretrain import start
 
     parsed = parse_config(
-        [ModelArguments, DataArguments, ScriptArguments, TrainingArguments],
+        [ModelArguments, DataArguments, ScriptArguments, RunArguments, TrainingArguments],
         ["--config", str(ROOT / "configs" / "gpt2_270m.yaml"), "--dataset_dir", str(data_dir),
          "--output_dir", str(output_dir), "--eval_strategy", "no", "--save_strategy", "no", "--sample_steps", "0",
          "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--hellaswag_steps", "0",
          *overrides],
     )
-    return build_trainer(*parsed)
+    run, pretraining = start(*parsed)
+    run.lock.release()
+    return pretraining
+
+
+def tokens_per_step(micro_batch: int, accumulation: int, seq_len: int) -> list[str]:
+    """The recipe states its global batch in tokens; a measurement sets it to `accumulation` micro-batches."""
+    tokens = micro_batch * accumulation * seq_len
+    return ["--per_device_train_batch_size", str(micro_batch), "--tokens_per_step", str(tokens)]
 
 
 def free_memory() -> None:
@@ -87,8 +98,8 @@ def fits(data_dir: Path, overrides: list[str], batch_size: int) -> bool:
     free_memory()
     try:
         with tempfile.TemporaryDirectory() as out:
-            pretraining = build(data_dir, Path(out), ["--max_steps", "2", "--gradient_accumulation_steps", "1",
-                                                      "--per_device_train_batch_size", str(batch_size), *overrides])
+            pretraining = build(data_dir, Path(out), ["--max_steps", "2", *tokens_per_step(batch_size, 1, 1024),
+                                                      *overrides])
             pretraining.trainer.train()
         return True
     except torch.OutOfMemoryError:
@@ -121,7 +132,8 @@ def main() -> None:
             from bench_train_cpu import make_dataset
 
             data_dir = make_dataset(Path(tmp) / "data", 128 if args.tiny else 1024, 4000)
-        overrides = [*base, "--gradient_accumulation_steps", str(args.grad_accum)]
+        seq_len = 128 if args.tiny else 1024
+        overrides = [*base, *tokens_per_step(4 if args.tiny else 16, args.grad_accum, seq_len)]
         rows = []
         for compile_ in (False, True):
             if compile_ and args.tiny:
@@ -151,6 +163,12 @@ def main() -> None:
         print(f"\nlargest micro-batch that fits (of {args.batch_sizes}): {largest} x 1024 tokens")
     if len(rows) == 2:
         print(f"ratio compiled/eager tokens/s: {rows[1][1]['tokens_per_second'] / rows[0][1]['tokens_per_second']:.2f}x")
+    if not args.tiny and torch.cuda.device_count() >= 2:
+        print("\nin-loop HellaSwag, 2 GPUs vs 1 (bench/bench_eval_sharding.py):", flush=True)
+        import subprocess
+
+        subprocess.run([sys.executable, str(ROOT / "bench" / "bench_eval_sharding.py"), "--gpu", "--shape", "270m",
+                        "--limit", "1000", "--batch_size", "32"], check=True)
 
 
 if __name__ == "__main__":

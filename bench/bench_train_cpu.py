@@ -5,7 +5,7 @@
 
 Both sides train the same from-scratch GPT-2 (same seed, so the same initial weights) on the same prepared blocks
 with the same collator, AdamW settings, LR schedule and gradient clipping. The Trainer side is built by
-`edugpt.training.build_trainer`, exactly as train_hf.py builds it (all callbacks installed: throughput, metrics.jsonl,
+`edugpt.pretrain.start`, exactly as train_hf.py builds it (all callbacks installed: throughput, metrics.jsonl,
 checkpoint markers, SIGTERM, non-finite guard, plots; logging every 10 steps); evaluation, checkpoints and samples
 are switched off because they are not step time. Short rounds alternate raw / Trainer so that load from other
 processes on the machine hits both sides alike; every step after `--warmup` is timed (wall clock and this process's
@@ -84,7 +84,8 @@ def trainer_round(argv, data_dir: Path, steps: int, warmup: int) -> list[tuple[f
     """Per-step (wall, CPU) seconds after `warmup` steps of a Trainer built as train_hf.py builds it."""
     from transformers import TrainerCallback
 
-    from edugpt.training import build_trainer
+    from edugpt.args import RunArguments
+    from edugpt.pretrain import start
 
     marks = []
 
@@ -94,7 +95,9 @@ def trainer_round(argv, data_dir: Path, steps: int, warmup: int) -> list[tuple[f
 
     with tempfile.TemporaryDirectory() as out:
         model_args, data_args, script_args, training_args = parse(argv, data_dir, Path(out), steps)
-        trainer = build_trainer(model_args, data_args, script_args, training_args).trainer
+        run, pretraining = start(model_args, data_args, script_args, RunArguments(), training_args)
+        run.lock.release()
+        trainer = pretraining.trainer
         trainer.add_callback(StepTimes())
         trainer.train()
     return per_step(marks, warmup)
@@ -106,7 +109,7 @@ def raw_round(argv, data_dir: Path, steps: int, warmup: int) -> list[tuple[float
     from transformers import GPT2LMHeadModel, get_scheduler, set_seed
 
     from edugpt.modeling import gpt2_config
-    from edugpt.training import collate_blocks, load_prepared
+    from edugpt.pretrain import collate_blocks, load_prepared
 
     with tempfile.TemporaryDirectory() as out:
         model_args, data_args, _, args = parse(argv, data_dir, Path(out), steps)

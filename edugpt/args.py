@@ -50,7 +50,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Where the prepared (tokenized, packed) dataset lives, and how much of its validation split to evaluate."""
+    """Where the prepared (tokenized, packed) dataset lives, how many of its tokens make one optimizer step, and how much
+    of its validation split to evaluate."""
 
     dataset_dir: str | None = field(
         default=None, metadata={"help": "Directory written by prepare_data.py (manifest.json + train/ + validation/)."}
@@ -61,12 +62,21 @@ class DataArguments:
     )
     eval_max_batches: int | None = field(
         default=None,
-        metadata={"help": "Evaluate on at most this many batches of the validation split per device (None: all)."},
+        metadata={"help": "Evaluate on the first N x per_device_eval_batch_size blocks of the validation split, shared "
+                          "by all processes, so the number is the same on any layout (None: all whole batches)."},
+    )
+    tokens_per_step: int | None = field(
+        default=None,
+        metadata={"help": "Global batch in tokens per optimizer step (e.g. 524288): gradient_accumulation_steps is "
+                          "derived as tokens_per_step / (processes x per_device_train_batch_size x seq_len), so any "
+                          "number of GPUs trains the same recipe. None: gradient_accumulation_steps as given."},
     )
 
     def __post_init__(self):
         if self.eval_max_batches is not None and self.eval_max_batches < 1:
             raise EduGPTError(f"eval_max_batches must be >= 1 or unset, got {self.eval_max_batches}.")
+        if self.tokens_per_step is not None and self.tokens_per_step < 1:
+            raise EduGPTError(f"tokens_per_step must be a positive number of tokens or unset, got {self.tokens_per_step}.")
 
 
 @dataclass

@@ -240,7 +240,10 @@ def _any_rank(flag: bool, device) -> bool:
 class SigtermCallback(TrainerCallback):
     """On SIGTERM (cloud preemption): finish the current step, save a checkpoint there, stop; the script exits 0.
 
-    The handler only sets a flag; the save happens at the step boundary through Trainer's own `should_save`.
+    The handler only sets a flag; the save happens at the step boundary through Trainer's own `should_save`. Under
+    several processes a signal to any one of them (a preempted node) stops all of them at the same step: the flags
+    are combined at every step end (`_any_rank`), so every process saves its part of the same checkpoint and leaves
+    the loop together, instead of the others waiting in a collective for one that has gone.
     """
 
     def __init__(self):
@@ -257,6 +260,10 @@ class SigtermCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if _any_rank(self.received, args.device):
+            if self.stopped_at is None:
+                where = "received here" if self.received else "received by another process"
+                print(f"process {args.process_index}: stopping at step "
+                      f"{state.global_step} (SIGTERM {where}) after saving a checkpoint", flush=True)
             self.received = True
             self.stopped_at = state.global_step
             control.should_save = True

@@ -248,6 +248,9 @@ def write_results(results: dict, output_dir: str | os.PathLike) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- in-loop scoring
+logger = logging.getLogger(__name__)
+
+
 @contextlib.contextmanager
 def preserved_training_state(model: torch.nn.Module):
     """Restore RNG streams, every module's train/eval flag and grad mode afterwards: evaluation must leave no trace."""
@@ -288,19 +291,30 @@ def quiet_lm_eval():
             enable_progress_bars()
 
 
-def score_task(model, tokenizer, task, *, limit: int | None, batch_size: int) -> dict:
+def score_task(model, tokenizer, task, *, limit: int | None, batch_size: int, accelerator=None) -> dict | None:
     """Score an in-memory causal LM on one lm-eval task exactly as `lm_eval` would; returns lm-eval's results dict.
 
     This is `simple_evaluate` minus what does not change the numbers and would cost seconds per call (seeding the
     global RNGs, collecting environment info, bootstrap stderrs). HFLM batches the requests and keeps only each
     continuation's summed log-likelihood, so memory holds one batch of logits at a time. HFLM gives `tokenizer` a pad
     token if it has none: pass a copy of the run's tokenizer.
+
+    With a multi-process `accelerator` (the Trainer's) every process must call this: lm-eval's own data parallelism
+    then shards the items (process p scores items p, p+P, ...), pads every process to the same number of requests
+    and gathers the scores, which only process 0 gets (the others get None). HFLM treats a pre-built model as
+    single-process, so its rank, world size and accelerator are set here. Each process runs the same number of
+    forward passes, which a sharded (FSDP) model needs: every forward gathers the parameters with the other
+    processes. For that, requests sharing a context are not merged into one row (HFLM's `logits_cache`), since the
+    merges would differ between processes; the scores are the same.
     """
     from lm_eval.evaluator import evaluate
     from lm_eval.models.huggingface import HFLM
 
+    sharded = accelerator is not None and accelerator.num_processes > 1
     with quiet_lm_eval(), preserved_training_state(model):
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, logits_cache=not sharded)
+        if sharded:
+            lm._rank, lm._world_size, lm.accelerator = accelerator.process_index, accelerator.num_processes, accelerator
         if task.get_config("num_fewshot") is None:  # what simple_evaluate does for 0-shot tasks
             task.set_config(key="num_fewshot", value=0)
         return evaluate(lm=lm, task_dict={"tasks": {task.config.task: task}}, limit=limit, bootstrap_iters=0,
@@ -328,8 +342,11 @@ class HellaSwagCallback(TrainerCallback):
     `hellaswag_file` selects a local HellaSwag-format jsonl (task `hellaswag_local`); without it lm-eval's Hub
     `hellaswag` task is used, and an offline run fails here, before training starts. The items are loaded once.
     Scoring runs under `preserved_training_state`, so the training trajectory is the same with or without it.
-    `batch_size` defaults to the run's `per_device_eval_batch_size`. Under DDP every process scores the same items
-    on its own replica (HFLM treats a pre-built model as single-process); sharded models (FSDP) are not supported.
+    `batch_size` defaults to the run's `per_device_eval_batch_size`.
+
+    Under several processes the items are shared out (`score_task`): each process scores about 1/P of them, through
+    its own replica under DDP or through the sharded module under FSDP (no process ever holds the whole model), and
+    process 0 gathers the scores, item for item the ones a single process gets. Process 0 logs, and tells the others.
     """
 
     def __init__(self, trainer, every_steps: int, limit: int | None, hellaswag_file: str | None = None,
@@ -356,18 +373,35 @@ class HellaSwagCallback(TrainerCallback):
                 self.task = ConfigurableTask(config=local_hellaswag_config(hellaswag_file, max_items=limit))
             else:
                 self.task = hub_hellaswag_task(max_items=limit)
-        self.last_items: list[dict] = []  # per-item scores of the latest evaluation, for tests and debugging
+        self.last_items: list[dict] = []  # per-item scores of the latest evaluation (process 0), for tests and debugging
+        self.items_per_process: list[int] = []  # how many items each process scored in the latest evaluation
 
     def evaluate(self, model) -> dict[str, float]:
-        results = score_task(model, self.tokenizer, self.task, limit=self.limit, batch_size=self.batch_size)
+        from accelerate.utils import broadcast_object_list, gather_object
+
+        accelerator = self.trainer.accelerator
+        results = score_task(model, self.tokenizer, self.task, limit=self.limit, batch_size=self.batch_size,
+                             accelerator=accelerator)
+        scored_here = len({instance.doc_id for instance in self.task.instances})
         name = self.task.config.task
-        self.last_items = per_item_scores(results, name)
-        metrics = results["results"][name]
-        return {"hellaswag/acc": metrics["acc,none"], "hellaswag/acc_norm": metrics["acc_norm,none"]}
+        scores = None
+        if results is not None:
+            self.last_items = per_item_scores(results, name)
+            metrics = results["results"][name]
+            scores = {"hellaswag/acc": metrics["acc,none"], "hellaswag/acc_norm": metrics["acc_norm,none"]}
+        if accelerator.num_processes == 1:
+            self.items_per_process = [scored_here]
+            return scores
+        self.items_per_process = gather_object([scored_here])
+        return broadcast_object_list([scores], from_process=0)[0]
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_steps == 0:
             scores = self.evaluate(model if model is not None else self.trainer.model)
+            if len(self.items_per_process) > 1 and state.is_world_process_zero:
+                logger.info("HellaSwag at step %d: %d items scored by %d processes (%s)", state.global_step,
+                            sum(self.items_per_process), len(self.items_per_process),
+                            " + ".join(map(str, self.items_per_process)))
             # Trainer.log -> on_log clears control.should_log, which would drop this step's train-loss record.
             should_log = control.should_log
             self.trainer.log(scores)

@@ -21,6 +21,9 @@ The rules, the same for every kind of run:
 - A checkpoint that is whole by its marker but whose state Trainer cannot load is set aside like a corrupt one, and
   training restarts with a fresh Trainer from the previous valid checkpoint. A save that fails (a full disk: one
   error line) leaves no unfinished checkpoint-N behind: it is removed, the earlier ones are untouched.
+- The marker also records the layout (number of processes, FSDP or not). A checkpoint resumes on another number of
+  processes (the global batch in tokens, a compared setting, fixes the blocks of every step); a sharded (FSDP)
+  checkpoint never resumes unsharded or the other way round: that is refused, naming both layouts.
 - Under several processes, rank 0 decides (it holds the lock and reads the folder) and every rank gets the same
   decision or the same error, so a refused run never leaves other ranks waiting in a collective.
 """
@@ -60,7 +63,7 @@ from edugpt.rundir import (
     require_own_run_dir,
     write_run_config,
 )
-from edugpt.safefs import NO_SPACE, DirLock, ensure_dir
+from edugpt.safefs import NO_SPACE, DirLock, atomic_write_bytes, ensure_dir
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ RESUME_STATE_PREFIXES = ("rng_state", "optimizer", "pytorch_model_fsdp", "global
 # Entries of a run directory that --overwrite_output_dir removes (with the final model's files); others are kept.
 RUN_ENTRY_PREFIXES = ("checkpoint-", "corrupt-checkpoint-")
 RUN_FOLDERS = (IMAGES, "runs", STAGING)  # plots; TensorBoard event files; uploads staged for the Hub
+# The settings key of the process layout (number of processes, FSDP or not), recorded in every completion marker.
+LAYOUT = "layout"
 
 
 def training_settings(training_args, **data) -> dict:
@@ -82,7 +87,11 @@ def training_settings(training_args, **data) -> dict:
     settings = {key: getattr(args, key) for key in OPTIMIZER_KEYS + SCHEDULE_KEYS}
     if args.max_steps > 0:
         settings.pop("num_train_epochs")
-    settings["global_batch_size"] = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    if data.get("seq_len"):  # fixed-length blocks (pretraining): the global batch in tokens, whatever the layout
+        settings["tokens_per_step"] = global_batch * data["seq_len"]
+    else:
+        settings["global_batch_size"] = global_batch
     settings["seed"] = args.seed if args.data_seed is None else args.data_seed
     settings.update(data)
     return json.loads(json.dumps(settings, default=str))
@@ -90,8 +99,53 @@ def training_settings(training_args, **data) -> dict:
 
 def settings_differences(saved: dict, new: dict) -> dict:
     """{key: (saved value, new value)} for every key whose value differs (a key absent on one side is not compared:
-    checkpoints of older versions record fewer settings)."""
-    return {key: (saved[key], new[key]) for key in sorted(saved.keys() & new.keys()) if saved[key] != new[key]}
+    checkpoints of older versions record fewer settings). The layout is checked on its own (`layout_problem`)."""
+    keys = sorted((saved.keys() & new.keys()) - {LAYOUT})
+    return {key: (saved[key], new[key]) for key in keys if saved[key] != new[key]}
+
+
+def training_layout(trainer) -> dict:
+    """How `trainer` spreads the run over processes: their number and the FSDP version (None: every process holds
+    the whole model, as under DDP or on one device)."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None) if trainer.is_fsdp_enabled else None
+    return {"processes": trainer.args.world_size, "fsdp": getattr(plugin, "fsdp_version", None) if plugin else None}
+
+
+def checkpoint_layout(checkpoint: Path) -> dict | None:
+    """The layout recorded in `checkpoint`'s marker, else the one its files show (Trainer writes FSDP model state as
+    pytorch_model_fsdp*, and one rng_state_N.pth per process when there are several); None if unknown."""
+    recorded = ((read_marker(checkpoint) or {}).get("settings") or {}).get(LAYOUT)
+    if isinstance(recorded, dict):
+        return recorded
+    try:
+        names = [p.name for p in checkpoint.iterdir()]
+    except OSError:
+        return None
+    fsdp = any(name.startswith("pytorch_model_fsdp") for name in names)
+    return {"processes": max(1, sum(name.startswith("rng_state_") for name in names)), "fsdp": "unknown" if fsdp else None}
+
+
+def _describe(layout: dict) -> str:
+    processes = f"{layout['processes']} process{'es' if layout['processes'] != 1 else ''}"
+    fsdp = layout.get("fsdp")
+    return f"{processes} under FSDP{'' if fsdp == 'unknown' else fsdp}" if fsdp else f"{processes} without FSDP"
+
+
+def layout_problem(saved: dict | None, now: dict) -> str | None:
+    """Why a checkpoint written with layout `saved` cannot be resumed with layout `now`, or None.
+
+    The number of processes may change: with the same global batch in tokens (a compared setting) every optimizer
+    step trains on the same blocks (edugpt.pretrain.CompactRandomSampler), and unsharded runs save the whole
+    optimizer state, FSDP runs with FULL_STATE_DICT a full one that is re-sharded on load. Sharded and unsharded runs
+    cannot continue each other: Trainer keeps their model and optimizer state in different files
+    (pytorch_model_fsdp.bin + optimizer.bin vs model.safetensors + optimizer.pt) and would crash on the other kind.
+    """
+    if not saved:
+        return None
+    was, now_fsdp = saved.get("fsdp"), now.get("fsdp")
+    if bool(was) != bool(now_fsdp) or was not in ("unknown", now_fsdp):
+        return f"it was written by {_describe(saved)} and this run has {_describe(now)}"
+    return None
 
 
 @dataclass
@@ -102,6 +156,7 @@ class Decision:
     finished: bool = False  # the final model is whole: nothing to train
     restore_from: Path | None = None  # the final model is missing or damaged: copy it from this final-step checkpoint
     changes: dict = field(default_factory=dict)  # settings that differ from the checkpoint's (resume_with_changes)
+    checkpoint_layout: dict | None = None  # processes and FSDP of the checkpoint resumed from (checked in attach)
 
 
 class TrainingRun:
@@ -120,6 +175,7 @@ class TrainingRun:
         self.lock = DirLock(self.output_dir / LOCK, f"output_dir {str(self.output_dir)!r}")
         self.sigterm = self.guard = None
         self.pushes = None  # edugpt.hub.TrainerPushes, with push_to_hub
+        self._previous_run_config: bytes | None = None  # run_config.json before this attempt, kept on rank 0
         self._protect_token()
         self._check_hub_options()
 
@@ -143,7 +199,12 @@ class TrainingRun:
                               "save_strategy: steps and save_steps N.")
 
     def check_output_dir(self) -> None:
-        """Refuse, before anything is loaded or written, an output_dir that cannot hold this run."""
+        """Refuse, before anything is loaded or written, an output_dir that cannot hold this run. Rank 0 looks and
+        every rank gets its verdict: another process looking at the same time could see rank 0's half-written files
+        (its lock, a temporary run_config.json) as someone else's folder."""
+        on_main_then_shared(self.args, self._check_output_dir)
+
+    def _check_output_dir(self) -> None:
         if self.args.max_steps == 0 or (self.args.max_steps < 0 and self.args.num_train_epochs <= 0):
             raise EduGPTError("max_steps is 0, so this run would train nothing and save an untrained model; set "
                               "max_steps to the number of optimizer steps to train.")
@@ -182,7 +243,7 @@ class TrainingRun:
         return needs_training(self.decision)
 
     def _decide(self, run_config: dict) -> Decision:
-        self.check_output_dir()
+        self._check_output_dir()
         ensure_dir(self.output_dir, "output_dir")
         self.lock.acquire()
         holds_run = require_own_run_dir(self.output_dir, self.kind)
@@ -209,6 +270,8 @@ class TrainingRun:
                 decision.restore_from = decision.checkpoint
         source = self.output_dir if decision.finished else decision.checkpoint
         decision.changes = self._changed_settings(source) if source is not None else {}
+        if decision.checkpoint is not None:
+            decision.checkpoint_layout = checkpoint_layout(decision.checkpoint)
         if decision.changes:  # e.g. a larger max_steps with --resume_with_changes: train on from the newest checkpoint
             decision.finished, decision.restore_from = False, None
 
@@ -221,6 +284,8 @@ class TrainingRun:
             if decision.changes:
                 record["resumed_with_changes"] = {k: {"checkpoint": old, "now": new}
                                                   for k, (old, new) in decision.changes.items()}
+            previous = self.output_dir / RUN_CONFIG
+            self._previous_run_config = previous.read_bytes() if previous.is_file() else None
             write_run_config(self.output_dir, record)
         return decision
 
@@ -298,6 +363,7 @@ class TrainingRun:
         from edugpt import callbacks as cb
         from edugpt.rundir import METRICS, MetricsLog
 
+        self._check_layout(training_layout(trainer))
         self.sigterm = cb.SigtermCallback()
         self.guard = cb.NonFiniteLossCallback(nonfinite_loss, max_skipped_steps)  # after sigterm: checks the weights
         metrics = metrics or MetricsLog(self.output_dir / METRICS, enabled=self.is_main)  # before the save it asks for
@@ -306,6 +372,27 @@ class TrainingRun:
             lifecycle.append(cb.NewHyperparametersCallback(self.args))
         cb.install_callbacks(trainer, *lifecycle, *callbacks)
         self.pushes = _guard_pushes(trainer, self)
+
+    def _check_layout(self, layout: dict) -> None:
+        """Record this launch's layout with the run's settings (every completion marker gets it) and refuse to resume
+        a checkpoint whose layout Trainer cannot continue from: on every rank alike, since each holds the same
+        decision and layout. Checked here, once the Trainer shows whether accelerate really shards (it runs an FSDP
+        config as plain data parallel on CPUs)."""
+        self.settings[LAYOUT] = layout
+        saved, checkpoint = self.decision.checkpoint_layout, self.decision.checkpoint
+        if checkpoint is None or not saved:
+            return
+        if problem := layout_problem(saved, layout):
+            if self.is_main and self._previous_run_config is not None:  # refused: the folder stays as it was
+                atomic_write_bytes(self.output_dir / RUN_CONFIG, self._previous_run_config)
+            raise EduGPTError(
+                f"cannot resume from {checkpoint}: {problem}. Trainer stores sharded (FSDP) and unsharded runs' model "
+                "and optimizer state in different files, so one cannot continue the other; launch with the kind of "
+                "accelerate config the checkpoint was written with (the number of processes may change), or train "
+                "into a new output_dir."
+            )
+        if saved.get("processes") != layout["processes"]:
+            logger.info("resuming %s, written by %s, with %s", checkpoint.name, _describe(saved), _describe(layout))
 
     def train(self, trainer) -> bool:
         """Train (resuming as decided). True when training reached its end; False when SIGTERM stopped it after

@@ -12,6 +12,7 @@ training set's size does not show up in RAM.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -125,39 +126,88 @@ def collate_blocks(examples: list[dict]) -> dict:
     return {"input_ids": input_ids, "labels": input_ids}
 
 
-def bound_eval_split(validation, max_batches: int | None, per_device_batch_size: int, world_size: int = 1):
-    """The first rows of `validation` that fill at most `max_batches` eval batches on every device (None: all).
+def bound_eval_split(validation, max_batches: int | None, per_device_batch_size: int):
+    """The first rows of `validation` that make whole eval batches, at most `max_batches` of them (None: all).
 
-    A contiguous `select(range(n))` stays a zero-copy slice of the memory-mapped Arrow table.
+    The same rows on any number of processes, so the validation loss is the same number on any layout: Trainer
+    shards them across processes and gathers the losses. Whole batches keep it exact there: accelerate completes a
+    process's last, partial batch with repeated rows, and Trainer averages batch means, so a partial batch would
+    count those repeats (a whole batch of repeats on a process with no rows left is dropped by `gather_for_metrics`).
+    A split smaller than one batch is used whole. A contiguous `select(range(n))` stays a zero-copy slice of the
+    memory-mapped Arrow table.
     """
-    if max_batches is None:
-        return validation
-    rows = min(len(validation), max_batches * per_device_batch_size * world_size)
-    return validation.select(range(rows))
+    rows = len(validation) if max_batches is None else min(len(validation), max_batches * per_device_batch_size)
+    if rows >= per_device_batch_size:
+        rows -= rows % per_device_batch_size
+    return validation if rows == len(validation) else validation.select(range(rows))
 
 
 class CompactRandomSampler:
-    """A fresh random order of `range(n)` every epoch, seeded by (seed, epoch), held as one int32 numpy array.
+    """A fresh random order of `range(n)` every epoch, seeded by (seed, epoch), held as one int32 numpy array; each
+    epoch yields whole global batches of `batch` blocks (the last n % batch of that epoch's order are left out).
 
     torch's `RandomSampler` turns its permutation into a Python list: ~36 bytes per block, 350 MB of RAM for
     FineWeb-Edu sample-10BT's ~9.7M blocks of 1024, growing with the dataset. This keeps 4 bytes per block. The
-    order depends only on (seed, epoch), never on the global RNG, so a resumed run replays it exactly.
+    order depends only on (seed, epoch), never on the global RNG, so a resumed run replays it exactly. Whole global
+    batches make the blocks of every optimizer step the same on any layout with the same global batch: step s of an
+    epoch trains on blocks order[s*batch:(s+1)*batch], whether one process accumulates them or eight share them
+    (accelerate deals process p the micro-batches p, p+P, ...), and no process ever gets a partial batch padded with
+    repeated blocks, so epochs end at the same step too.
     """
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, batch: int = 1):
+        self.n, self.seed, self.batch, self.epoch = n, seed, batch, 0
 
     def set_epoch(self, epoch: int) -> None:  # called by Trainer / accelerate at each epoch start
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.n - self.n % self.batch
 
     def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)[:len(self)]
         order = order.astype(np.int64 if self.n >= 2**31 else np.int32)
-        for start in range(0, self.n, 65536):
+        for start in range(0, len(order), 65536):
             yield from order[start:start + 65536].tolist()
+
+
+def global_batch_blocks(training_args) -> int:
+    """Blocks per optimizer step over all processes."""
+    return training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+
+
+def apply_tokens_per_step(tokens_per_step: int | None, training_args, seq_len: int) -> None:
+    """Derive `gradient_accumulation_steps` from a global batch in tokens (DataArguments.tokens_per_step) and this
+    launch's process count, and log the global batch in effect. Before the Trainer is built: it reads the value once.
+
+    Without it, moving a recipe from 1 to 8 GPUs silently trains 8x the tokens per step unless someone divides the
+    accumulation by hand. TrainingArguments' default accumulation (1) cannot be told from an explicit 1, so only a
+    different explicit value is a conflict.
+    """
+    args = training_args
+    per_micro_step = args.world_size * args.per_device_train_batch_size * seq_len
+    if tokens_per_step is not None:
+        steps, rest = divmod(tokens_per_step, per_micro_step)
+        if rest or steps == 0:
+            lower, higher = max(steps, 1) * per_micro_step, (steps + 1) * per_micro_step
+            raise EduGPTError(
+                f"tokens_per_step {tokens_per_step:,} cannot be split into micro-batches of {args.world_size} "
+                f"process(es) x {args.per_device_train_batch_size} blocks x {seq_len} tokens = {per_micro_step:,} tokens; "
+                f"set tokens_per_step to a multiple of {per_micro_step} (e.g. {lower} or {higher}) or change "
+                "per_device_train_batch_size."
+            )
+        if args.gradient_accumulation_steps not in (1, steps):
+            raise EduGPTError(
+                f"gradient_accumulation_steps {args.gradient_accumulation_steps} contradicts tokens_per_step "
+                f"{tokens_per_step:,}, which gives {steps} on {args.world_size} process(es); drop "
+                "gradient_accumulation_steps (tokens_per_step derives it) or set tokens_per_step to null."
+            )
+        args.gradient_accumulation_steps = steps
+    logger.info(
+        "global batch: %s tokens per optimizer step = %d process(es) x %d blocks x %d accumulation steps x %d tokens",
+        f"{per_micro_step * args.gradient_accumulation_steps:,}", args.world_size, args.per_device_train_batch_size,
+        args.gradient_accumulation_steps, seq_len,
+    )
 
 
 def _pretraining_trainer_class():
@@ -172,7 +222,7 @@ def _pretraining_trainer_class():
             if self.args.train_sampling_strategy != "random" or not hasattr(dataset, "__len__"):
                 return super()._get_train_sampler(train_dataset)
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return CompactRandomSampler(len(dataset), seed)
+            return CompactRandomSampler(len(dataset), seed, batch=global_batch_blocks(self.args))
 
     return PretrainingTrainer
 
@@ -202,10 +252,10 @@ def dataset_settings(manifest: dict) -> dict:
 def build_trainer(run: TrainingRun, model_args, data_args, script_args, training_args, data: PreparedData) -> Pretraining:
     """Build a from-scratch GPT-2 and a Trainer with the lifecycle's callbacks (run.attach) plus pretraining's own:
     throughput/MFU, plots, samples and (when asked) in-loop HellaSwag."""
-    from transformers import GPT2LMHeadModel, set_seed
+    from transformers import set_seed
 
     from edugpt import callbacks as cb
-    from edugpt.modeling import current_peak_flops, flops_per_token, gpt2_config, parameter_count
+    from edugpt.modeling import current_peak_flops, flops_per_token, gpt2_config, new_gpt2, parameter_count
     from edugpt.tokenizer import load_tokenizer, require_gpt2_compatible
 
     # Trainer settings the callbacks rely on, whatever the recipe says: tokens seen feed throughput, MFU and
@@ -219,9 +269,8 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
 
     eval_dataset = None
     if training_args.eval_strategy != "no":
-        eval_dataset = bound_eval_split(
-            data.validation, data_args.eval_max_batches, training_args.per_device_eval_batch_size, training_args.world_size
-        )
+        eval_dataset = bound_eval_split(data.validation, data_args.eval_max_batches,
+                                        training_args.per_device_eval_batch_size)
         if len(eval_dataset) == 0:
             raise EduGPTError(
                 f"the validation split of {data_args.dataset_dir} is empty; re-prepare with a larger --val_fraction "
@@ -229,7 +278,7 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
             )
 
     set_seed(training_args.seed)  # the from-scratch initialisation is part of what a seed reproduces
-    model = GPT2LMHeadModel(config)
+    model = new_gpt2(config)
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     logger.info(
         "GPT-2 %d layers x %d heads x %d wide: %.1fM parameters, %.3g training FLOPs/token at seq_len %d",
@@ -245,6 +294,10 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
         processing_class=tokenizer,  # saved into every checkpoint, so each one loads on its own
     )
 
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
+        # accelerate only shards on accelerators: `distributed_type: FSDP` with `use_cpu` silently runs as DDP.
+        logger.warning("the accelerate config asks for FSDP, but accelerate runs FSDP on GPUs only: this run is plain "
+                       "data parallel (%s), every process holds the whole model", trainer.accelerator.distributed_type)
     output_dir = Path(training_args.output_dir)
     metrics = MetricsLog(output_dir / METRICS, enabled=run.is_main)
     extras = [
@@ -287,6 +340,12 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
     config = gpt2_config(model_args)
     data = load_prepared(data_args.dataset_dir, config, data_args.seq_len)
     data_args.seq_len = data.seq_len
+    apply_tokens_per_step(data_args.tokens_per_step, training_args, data.seq_len)
+    if len(data.train) < global_batch_blocks(training_args):
+        raise EduGPTError(
+            f"the train split of {data_args.dataset_dir} has {len(data.train)} blocks, fewer than one optimizer step "
+            f"({global_batch_blocks(training_args)} blocks); prepare more documents or lower the batch."
+        )
     settings = training_settings(training_args, seq_len=data.seq_len, data=dataset_settings(data.manifest))
     run_config = {"model": asdict(model_args), "data": asdict(data_args), "script": asdict(script_args),
                   "run": asdict(run_args), "training": training_args.to_dict()}

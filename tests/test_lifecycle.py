@@ -137,8 +137,8 @@ def test_resuming_an_older_checkpoint_over_newer_ones_is_refused(baseline, data_
 def test_changed_settings_are_refused_then_applied_with_resume_with_changes(baseline, data_dir, tmp_path):
     output_dir = unfinished_copy(baseline[0], tmp_path / "run", keep_through=6)
     before = snapshot(output_dir)
-    with pytest.raises(EduGPTError, match=r"settings changed \(global_batch_size: 4 in the checkpoint, 8 now; "
-                                          r"learning_rate: 0.003 in the checkpoint, 0.001 now\)"):
+    with pytest.raises(EduGPTError, match=r"settings changed \(learning_rate: 0.003 in the checkpoint, 0.001 now; "
+                                          r"tokens_per_step: 256 in the checkpoint, 512 now\)"):
         load_train_main()(tiny_args(data_dir, output_dir, "--learning_rate", "1e-3", "--per_device_train_batch_size", "8"))
     assert snapshot(output_dir) == before
 

@@ -68,12 +68,12 @@ def test_collator_makes_int64_labels_equal_to_inputs_keeping_eos(prepared):
     assert (batch["labels"] >= 0).all()
 
 
-def test_eval_split_is_bounded_by_batches_and_devices(prepared):
-    validation = load_prepared(write_prepared(prepared.parent / "big", train_blocks=2, val_blocks=20), CONFIG).validation
-    assert len(bound_eval_split(validation, None, 4)) == 20
-    assert len(bound_eval_split(validation, 2, 4)) == 8
-    assert len(bound_eval_split(validation, 2, 4, world_size=2)) == 16
+def test_eval_split_is_whole_batches_shared_by_all_devices(prepared):
+    validation = load_prepared(write_prepared(prepared.parent / "big", train_blocks=2, val_blocks=22), CONFIG).validation
+    assert len(bound_eval_split(validation, None, 4)) == 20  # whole batches only: exact when sharded across processes
+    assert len(bound_eval_split(validation, 2, 4)) == 8  # the same rows on any number of processes
     assert len(bound_eval_split(validation, 100, 4)) == 20
+    assert len(bound_eval_split(validation, None, 32)) == 22  # smaller than one batch: all of it
     assert bound_eval_split(validation, 2, 4)[0]["input_ids"].tolist() == validation[0]["input_ids"].tolist()
 
 
@@ -136,6 +136,40 @@ def test_compact_sampler_is_a_seeded_permutation_per_epoch():
     assert list(CompactRandomSampler(100_000, seed=1337)) == first  # same (seed, epoch): same order, no global RNG
     sampler.set_epoch(1)
     assert list(sampler) != first and len(sampler) == 100_000
+    # Whole global batches: an epoch of 100,000 blocks in steps of 64 is 1,562 steps; the last 32 of its order rest.
+    batched = CompactRandomSampler(100_000, seed=1337, batch=64)
+    assert len(batched) == 99_968 and list(batched) == first[:99_968]
+
+
+@pytest.mark.parametrize(("tokens", "processes", "expected"), [(256, 1, 4), (256, 2, 2), (256, 4, 1), (512, 2, 4)])
+def test_tokens_per_step_derives_gradient_accumulation(tokens, processes, expected, caplog):
+    from types import SimpleNamespace
+
+    from edugpt.pretrain import apply_tokens_per_step
+
+    args = SimpleNamespace(world_size=processes, per_device_train_batch_size=2, gradient_accumulation_steps=1)
+    with caplog.at_level("INFO", logger="edugpt.pretrain"):
+        apply_tokens_per_step(tokens, args, seq_len=32)
+    assert args.gradient_accumulation_steps == expected
+    assert f"global batch: {tokens} tokens per optimizer step = {processes} process(es) x 2 blocks x {expected}" \
+        in caplog.text
+
+
+def test_an_impossible_or_contradicting_global_batch_is_a_user_error():
+    from types import SimpleNamespace
+
+    from edugpt.pretrain import apply_tokens_per_step
+
+    args = SimpleNamespace(world_size=3, per_device_train_batch_size=2, gradient_accumulation_steps=1)
+    with pytest.raises(EduGPTError, match=r"tokens_per_step 256 cannot be split into micro-batches of 3 process\(es\) "
+                                          r"x 2 blocks x 32 tokens = 192 tokens; set tokens_per_step to a multiple of "
+                                          r"192 \(e.g. 192 or 384\)"):
+        apply_tokens_per_step(256, args, seq_len=32)
+    args = SimpleNamespace(world_size=2, per_device_train_batch_size=2, gradient_accumulation_steps=4)
+    with pytest.raises(EduGPTError, match="gradient_accumulation_steps 4 contradicts tokens_per_step 256, which gives 2"):
+        apply_tokens_per_step(256, args, seq_len=32)
+    apply_tokens_per_step(256, SimpleNamespace(world_size=2, per_device_train_batch_size=2,
+                                               gradient_accumulation_steps=2), seq_len=32)  # agreeing: fine
 
 
 def test_trainer_shuffles_with_the_compact_sampler(prepared, tmp_path):

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -223,27 +222,6 @@ def test_unknown_config_key_and_missing_data_exit_2_without_traceback(data_dir, 
 
     proc = run_script("train_hf.py", *tiny_args(tmp_path / "missing", tmp_path / "run"), timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
-
-
-def test_accelerate_launch_two_cpu_processes_trains_and_checkpoints(data_dir, tmp_path):
-    output_dir = tmp_path / "run"
-    # `accelerate launch --cpu --num_processes 2` would start one process (accelerate's multi-CPU mode needs
-    # mpirun); this config uses torchrun with use_cpu, i.e. two gloo DDP processes.
-    launcher = Path(sys.executable).parent / "accelerate"
-    command = [
-        str(launcher), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "cpu_ddp_2proc.yaml"),
-        str(ROOT / "train_hf.py"),
-        *tiny_args(data_dir, output_dir, "--max_steps", "4", "--sample_steps", "0"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    train = train_records(output_dir)
-    assert sorted(train) == [1, 2, 3, 4]
-    assert train[4]["tokens"] == 4 * 2 * 4 * 64  # steps x processes x micro-batch x seq_len
-    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-2", "checkpoint-4"]
-    assert all(checkpoint_problem(p) is None for p in list_checkpoints(output_dir))
-    assert (output_dir / "model.safetensors").is_file() and not (output_dir / "samples.md").exists()
 
 
 def test_rerunning_a_finished_run_changes_nothing_and_restores_a_missing_final_model(baseline, data_dir, tmp_path):
