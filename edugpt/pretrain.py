@@ -206,7 +206,7 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
 
     from edugpt import callbacks as cb
     from edugpt.modeling import current_peak_flops, flops_per_token, gpt2_config, parameter_count
-    from edugpt.tokenizer import load_tokenizer, require_gpt2_compatible
+    from edugpt.tokenizer import load_tokenizer, ready_to_save, require_gpt2_compatible
 
     # Trainer settings the callbacks rely on, whatever the recipe says: tokens seen feed throughput, MFU and
     # metrics.jsonl; only the eval loss is kept (a batch of 50257-wide logits at seq 1024 would be ~200 MB a row).
@@ -216,6 +216,7 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
     config = gpt2_config(model_args)
     tokenizer = load_tokenizer(script_args.tokenizer)
     require_gpt2_compatible(tokenizer, config.vocab_size)
+    ready_to_save(tokenizer, config.n_positions)  # saved with every checkpoint: context length, pad token
 
     eval_dataset = None
     if training_args.eval_strategy != "no":

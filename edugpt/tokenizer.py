@@ -2,7 +2,8 @@
 
 Either way the ids are exactly GPT-2's ("Once upon a time" -> [7454, 2402, 257, 640], `<|endoftext|>` = 50256).
 `gpt2_tiktoken()` builds tiktoken's encoder from the same bundled files: identical ids, ~5x faster on a CPU core,
-which is what `prepare_data.py` uses for the bulk of the tokenizing.
+which is what `prepare_data.py` uses for the bulk of the tokenizing. `ready_to_save(tokenizer, n_positions)` makes a
+tokenizer what a Hub user expects to find next to a model (its context length, a pad token, no load-time settings).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ GPT2_NAMES = ("gpt2", "openai-community/gpt2")
 # A probe with known ids: a tokenizer that does not reproduce it is not GPT-2's.
 PROBE_TEXT = "Once upon a time"
 PROBE_IDS = [7454, 2402, 257, 640]
+# What `from_pretrained` records about how a tokenizer was loaded; `save_pretrained` writes it back into
+# tokenizer_config.json (transformers 5.24), where it would describe the machine that saved it, not the model.
+LOAD_TIME_SETTINGS = ("is_local", "local_files_only")
 
 
 def load_tokenizer(name: str = "gpt2"):
@@ -45,6 +49,27 @@ def load_tokenizer(name: str = "gpt2"):
             f"could not load tokenizer {name!r} ({type(err).__name__}); pass 'gpt2' or a local folder holding a "
             "saved tokenizer."
         ) from None
+
+
+def ready_to_save(tokenizer, n_positions: int | None):
+    """Make `tokenizer` (in place) what a Hub user expects beside a model of `n_positions` context; returns it.
+
+    - `model_max_length = n_positions` (as openai-community/gpt2's tokenizer_config.json has 1024) instead of the
+      "no limit" 1e30, so over-long inputs are flagged by the tokenizer ("Token indices sequence length is longer than
+      the specified maximum sequence length for this model") and `pipeline(..., handle_long_generation="hole")` or
+      `truncation=True` know where to cut.
+    - a pad token: `<|endoftext|>`, as GPT-2 has no other special token (attention masks, not pad ids, mark padding,
+      and TRL and lm-eval both use eos as pad when there is none).
+    - none of the load-time settings (`is_local`, `local_files_only`) that transformers would save into
+      tokenizer_config.json.
+    """
+    if n_positions is not None:
+        tokenizer.model_max_length = n_positions
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    for key in LOAD_TIME_SETTINGS:
+        tokenizer.init_kwargs.pop(key, None)
+    return tokenizer
 
 
 def require_gpt2_compatible(tokenizer, vocab_size: int = GPT2_VOCAB_SIZE) -> None:

@@ -20,7 +20,7 @@ metrics.jsonl (the rewards/* above included) and edugpt's model card; resume, SI
 
 from __future__ import annotations
 
-from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments
+from trl import DatasetMixtureConfig, DPOConfig, DPOTrainer, ModelConfig, ScriptArguments
 
 from edugpt.args import RunArguments
 from edugpt.cli import parse_config, run
@@ -28,10 +28,11 @@ from edugpt.finetune import finetune
 
 
 def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args, run_args = parse_config(
-        [ScriptArguments, DPOConfig, ModelConfig, RunArguments], argv
+    # TRL's own `trl dpo` parses these four (the `datasets:` mixture included); RunArguments is edugpt's lifecycle.
+    script_args, training_args, model_args, dataset_args, run_args = parse_config(
+        [ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig, RunArguments], argv
     )
-    finetune("dpo", DPOTrainer, script_args, training_args, model_args, run_args)
+    finetune("dpo", DPOTrainer, script_args, training_args, model_args, run_args, dataset_args)
 
 
 if __name__ == "__main__":

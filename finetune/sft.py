@@ -26,7 +26,7 @@ the folder with Trainer's own push (`hub_strategy` honoured), edugpt's card in t
 
 from __future__ import annotations
 
-from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
+from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
 
 from edugpt.args import RunArguments
 from edugpt.cli import parse_config, run
@@ -34,10 +34,11 @@ from edugpt.finetune import finetune
 
 
 def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args, run_args = parse_config(
-        [ScriptArguments, SFTConfig, ModelConfig, RunArguments], argv
+    # TRL's own `trl sft` parses these four (the `datasets:` mixture included); RunArguments is edugpt's lifecycle.
+    script_args, training_args, model_args, dataset_args, run_args = parse_config(
+        [ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig, RunArguments], argv
     )
-    finetune("sft", SFTTrainer, script_args, training_args, model_args, run_args)
+    finetune("sft", SFTTrainer, script_args, training_args, model_args, run_args, dataset_args)
 
 
 if __name__ == "__main__":
