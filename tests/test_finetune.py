@@ -20,8 +20,8 @@ from edugpt.errors import EduGPTError
 from edugpt.finetune_data import load_finetune_dataset
 from edugpt.rundir import MARKER, read_metrics
 
-SFT_SMOKE = ROOT / "edugpt/assets/finetune/sft_smoke.jsonl"
-DPO_SMOKE = ROOT / "edugpt/assets/finetune/dpo_smoke.jsonl"
+SFT_SMOKE = ROOT / "edugpt/assets/finetune/sft_smoke"  # local dataset folders (train.jsonl), as configs/*_smoke.yaml name them
+DPO_SMOKE = ROOT / "edugpt/assets/finetune/dpo_smoke"
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -65,7 +65,9 @@ def test_missing_columns_name_what_is_missing_and_the_formats(tmp_path):
 
 
 def test_preference_rows_equal_or_empty_are_skipped_and_counted(tmp_path, caplog):
-    good = {"prompt": [user("2+2?")], "chosen": [assistant("4")], "rejected": [assistant("5")]}
+    # One format per file (strings here): `datasets` reads a column that mixes strings and message lists as JSON,
+    # which turns a string such as "4" into the number 4.
+    good = {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
     rows = [
         good,
         {"prompt": "2+2?", "chosen": "4", "rejected": "4"},  # chosen == rejected
@@ -102,7 +104,7 @@ def test_unreadable_inputs(tmp_path):
         load_finetune_dataset(str(tmp_path / "missing.jsonl"), "sft")
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"messages": []}\n{not json\n')
-    with pytest.raises(EduGPTError, match="broken.jsonl:2 is not valid JSON"):
+    with pytest.raises(EduGPTError, match=r"could not load the dataset .*broken.jsonl.*JSON parse error.*in row 1"):
         load_finetune_dataset(str(broken), "sft")
     with pytest.raises(EduGPTError, match="no dataset given"):
         load_finetune_dataset(None, "dpo")
@@ -194,13 +196,13 @@ def test_sft_writes_a_chat_model_and_the_loss_falls(sft_run, tiny_model_dir):
     # The run files pretraining writes: every argument used, every log record with its step and tokens seen.
     run_config = json.loads((out / "run_config.json").read_text())
     assert run_config["script"] == "sft" and run_config["model"]["model_name_or_path"] == str(tiny_model_dir)
-    assert run_config["data"]["dataset_name"].endswith("sft_smoke.jsonl")
+    assert run_config["data"]["dataset_name"].endswith("edugpt/assets/finetune/sft_smoke")
     assert run_config["training"]["max_steps"] == 10 and run_config["training"]["output_dir"] == str(out)
     records = read_metrics(out / "metrics.jsonl")
     assert [r["loss"] for r in records if "loss" in r] == pytest.approx(losses)
     assert all(r["tokens"] > 0 for r in records) and records[-1]["tokens"] == records[-1]["num_input_tokens_seen"]
     card = assert_model_card(out, "sft", tiny_model_dir, [r for r in records if "loss" in r][-1])
-    assert "Supervised finetuning (SFT)" in card.text and "sft_smoke.jsonl" in card.text
+    assert "Supervised finetuning (SFT)" in card.text and "sft_smoke" in card.text
 
     from transformers import AutoTokenizer, pipeline
 
@@ -227,7 +229,7 @@ def completion_logps(model, tokenizer, prompt, reply) -> float:
 @pytest.mark.slow
 def test_dpo_raises_the_margin_above_the_reference(sft_run, tmp_path):
     _, sft_dir = sft_run
-    rows = [json.loads(line) for line in DPO_SMOKE.read_text().splitlines()]
+    rows = [json.loads(line) for line in (DPO_SMOKE / "train.jsonl").read_text().splitlines()]
     bad = [{"prompt": "2+2?", "chosen": "4", "rejected": "4"}, {"prompt": "2+2?", "chosen": "", "rejected": "5"}]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows + bad)
     out = tmp_path / "dpo"
