@@ -250,3 +250,20 @@ def test_results_table_and_files(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [RESULTS_JSON, RESULTS_MARKDOWN, "samples_hellaswag_local.jsonl"]
     assert "samples" not in json.loads((out / RESULTS_JSON).read_text())
     assert [p.name for p in tmp_path.iterdir()] == ["eval"]  # no staging folder left behind
+
+
+# ---------------------------------------------------------------------------------------------------------- console
+@pytest.mark.slow
+def test_in_loop_evaluation_is_one_line_and_records_carry_one_throughput(baseline):
+    """The baseline run scores 12 HellaSwag-format items at steps 4 and 8: each evaluation prints its one record and
+    no lm-eval progress bar (three per evaluation before, which broke Trainer's bar); every training record holds our
+    tokens_per_second and not Trainer's cumulative train_tokens_per_second."""
+    from conftest import train_records
+
+    output_dir, proc = baseline
+    for bar in ("Running loglikelihood requests", "Tokenizing inputs", "| 12/12 ["):
+        assert bar not in proc.stderr, bar
+    assert sum("hellaswag/acc" in line for line in proc.stdout.splitlines()) == 2
+    records = train_records(output_dir)
+    assert sorted(records) == list(range(1, 9))
+    assert all(r["tokens_per_second"] > 0 and "train_tokens_per_second" not in r for r in records.values())

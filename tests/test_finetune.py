@@ -20,7 +20,8 @@ from edugpt.errors import EduGPTError
 from edugpt.finetune_data import load_finetune_dataset
 from edugpt.rundir import MARKER, read_metrics
 
-SFT_SMOKE = ROOT / "edugpt/assets/finetune/sft_smoke"  # local dataset folders (train.jsonl), as configs/*_smoke.yaml name them
+# Local dataset folders (train.jsonl), as configs/*_smoke.yaml name them.
+SFT_SMOKE = ROOT / "edugpt/assets/finetune/sft_smoke"
 DPO_SMOKE = ROOT / "edugpt/assets/finetune/dpo_smoke"
 
 
@@ -397,3 +398,79 @@ def test_push_at_the_end_uploads_the_run_with_our_card(fail, tiny_model_dir, tmp
     assert final_push["repo_id"] == "someone/edugpt-chat" and final_push["message"] == "End of training"
     assert {"model.safetensors", "metrics.jsonl", "run_config.json", "README.md"} <= set(final_push["files"])
     assert final_push["card"] == local_card  # ours went up with the model, in one commit
+
+
+# --- rows longer than max_length: counted, and an error when nothing is left to learn ----------------------------------
+
+
+def length_args(stage: str, **overrides):
+    from types import SimpleNamespace
+
+    args = {"max_length": 64, "assistant_only_loss": stage == "sft", "packing": True, "dataset_num_proc": None}
+    return SimpleNamespace(**{**args, **overrides})
+
+
+@pytest.fixture()
+def chat_tokenizer(gpt2_tokenizer):
+    import copy
+
+    return add_chat_template(copy.deepcopy(gpt2_tokenizer))
+
+
+def test_sft_counts_conversations_cut_by_max_length(chat_tokenizer, caplog):
+    from datasets import Dataset
+
+    from edugpt.finetune_data import check_lengths
+
+    long_question = "Tell me about " + "tokens " * 80  # ~85 tokens: the reply starts after the 64-token window
+    rows = [[user("Hi"), assistant("Hello!")],  # fits
+            [user(long_question), assistant("They are pieces of text.")],  # cut, no reply token left
+            [user("Count."), assistant("one " * 80)]]  # cut, reply partly kept
+    with caplog.at_level(logging.WARNING, logger="edugpt.finetune_data"):
+        check_lengths("sft", Dataset.from_dict({"messages": rows}), chat_tokenizer, length_args("sft"))
+    assert ("SFT train data: 2 of 3 conversations are longer than max_length 64 tokens and are cut to it; 1 of them "
+            "keep no trained token and train on nothing") in caplog.text
+    with caplog.at_level(logging.WARNING, logger="edugpt.finetune_data"):
+        check_lengths("sft", Dataset.from_dict({"messages": rows}), chat_tokenizer, length_args("sft", packing=False))
+    assert "1 of them keep no trained token and are dropped by TRL" in caplog.text
+    with pytest.raises(EduGPTError, match=r"every one of the 1 conversations in the train data keeps no assistant "
+                                          r"token in its first max_length 64 tokens.*raise max_length"):
+        check_lengths("sft", Dataset.from_dict({"messages": rows[1:2]}), chat_tokenizer, length_args("sft"))
+
+
+def test_dpo_pairs_whose_prompt_fills_max_length_are_counted_and_all_of_them_is_an_error(chat_tokenizer, caplog):
+    from datasets import Dataset
+
+    from edugpt.finetune_data import check_lengths
+
+    long_prompt = [user("Explain " + "this " * 80)]
+    pairs = {"prompt": [[user("2+2?")], long_prompt], "chosen": [[assistant("4")], [assistant("Yes.")]],
+             "rejected": [[assistant("5")], [assistant("No.")]]}
+    with caplog.at_level(logging.WARNING, logger="edugpt.finetune_data"):
+        check_lengths("dpo", Dataset.from_dict(pairs), chat_tokenizer, length_args("dpo"))
+    assert "DPO train data: 1 of 2 pairs are longer than max_length 64 tokens and are cut to it; 1 of them keep no " \
+           "trained token and are dropped by TRL" in caplog.text
+    only_long = Dataset.from_dict({key: value[1:] for key, value in pairs.items()})
+    with pytest.raises(EduGPTError, match="every one of the 1 pairs in the eval data has a prompt of at least max_length"):
+        check_lengths("dpo", only_long, chat_tokenizer, length_args("dpo"), split="eval")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_data_longer_than_max_length_everywhere_fails_before_the_run_dir_is_written(stage, tiny_model_dir, tmp_path):
+    """Today's trap: SFT on conversations that all exceed max_length trained on nothing and exited 0; DPO dropped every
+    pair. Now one error, exit 2, and no output_dir at all (the check runs before the lifecycle writes anything)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    add_chat_template(AutoTokenizer.from_pretrained(model)).save_pretrained(model)  # DPO needs a chat model
+    question = "Please explain " + "this " * 150  # > 128 tokens: the prompt alone fills max_length
+    rows = ([{"messages": [user(question), assistant("Sure.")]}] * 3 if stage == "sft"
+            else [{"prompt": [user(question)], "chosen": [assistant("Yes.")], "rejected": [assistant("No.")]}] * 3)
+    out = tmp_path / stage
+    proc = run_script(f"finetune/{stage}.py", "--config", f"configs/{stage}_smoke.yaml", "--model_name_or_path", model,
+                      "--dataset_name", write_jsonl(tmp_path / "long.jsonl", rows), "--output_dir", out, timeout=300)
+    assert_clean_failure(proc, out, "every one of the 3", "max_length 128", "raise max_length")
