@@ -459,7 +459,9 @@ def test_dpo_pairs_whose_prompt_fills_max_length_are_counted_and_all_of_them_is_
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_data_longer_than_max_length_everywhere_fails_before_the_run_dir_is_written(stage, tiny_model_dir, tmp_path):
     """Today's trap: SFT on conversations that all exceed max_length trained on nothing and exited 0; DPO dropped every
-    pair. Now one error, exit 2, and no output_dir at all (the check runs before the lifecycle writes anything)."""
+    pair. Now one error and no output_dir at all (the check runs before the lifecycle writes anything). In-process:
+    the entry points turn the error into one line and exit 2 (tests above)."""
+    import importlib.util
     import shutil
 
     from transformers import AutoTokenizer
@@ -470,7 +472,11 @@ def test_data_longer_than_max_length_everywhere_fails_before_the_run_dir_is_writ
     question = "Please explain " + "this " * 150  # > 128 tokens: the prompt alone fills max_length
     rows = ([{"messages": [user(question), assistant("Sure.")]}] * 3 if stage == "sft"
             else [{"prompt": [user(question)], "chosen": [assistant("Yes.")], "rejected": [assistant("No.")]}] * 3)
+    spec = importlib.util.spec_from_file_location(f"_{stage}_script", ROOT / "finetune" / f"{stage}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
     out = tmp_path / stage
-    proc = run_script(f"finetune/{stage}.py", "--config", f"configs/{stage}_smoke.yaml", "--model_name_or_path", model,
-                      "--dataset_name", write_jsonl(tmp_path / "long.jsonl", rows), "--output_dir", out, timeout=300)
-    assert_clean_failure(proc, out, "every one of the 3", "max_length 128", "raise max_length")
+    with pytest.raises(EduGPTError, match=r"every one of the 3 .* max_length 128 tokens.*raise max_length"):
+        script.main(["--config", f"configs/{stage}_smoke.yaml", "--model_name_or_path", str(model),
+                     "--dataset_name", str(write_jsonl(tmp_path / "long.jsonl", rows)), "--output_dir", str(out)])
+    assert not out.exists()
