@@ -135,8 +135,10 @@ def finetune(stage: str, trainer_class, script_args, training_args, model_args, 
     `config._name_or_path`, which is wrong or empty for a model object."""
     from edugpt.callbacks import ThroughputCallback
     from edugpt.cli import setup_logging
+    from edugpt.tokenizer import packed_rows_have_no_padding
 
     setup_logging(training_args.process_index)
+    packed_rows_have_no_padding()  # SFT rows are packed without padding; DPO passes attention masks
     job = prepare(stage, script_args, training_args, model_args, run_args, dataset_args)
 
     def build_trainer():

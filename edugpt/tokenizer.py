@@ -72,6 +72,22 @@ def ready_to_save(tokenizer, n_positions: int | None):
     return tokenizer
 
 
+class _EosIsNotPaddingHere(logging.Filter):
+    """Drops transformers' one-time "input_ids may be padded" warning: with pad = eos (`ready_to_save`), every
+    `<|endoftext|>` that starts or ends a packed training row looks like padding to its check, but training rows here
+    are packed documents (pretraining) or padding-free packed conversations (SFT): nothing is padded."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "since your input_ids may be padded" not in record.getMessage()
+
+
+def packed_rows_have_no_padding() -> None:
+    """Install `_EosIsNotPaddingHere` on transformers' modeling logger (once per process; entry points call it)."""
+    modeling_logger = logging.getLogger("transformers.modeling_utils")
+    if not any(isinstance(f, _EosIsNotPaddingHere) for f in modeling_logger.filters):
+        modeling_logger.addFilter(_EosIsNotPaddingHere())
+
+
 def require_gpt2_compatible(tokenizer, vocab_size: int = GPT2_VOCAB_SIZE) -> None:
     """Raise unless `tokenizer` produces GPT-2 ids that fit a model with `vocab_size` embeddings."""
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
