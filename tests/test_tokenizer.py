@@ -116,6 +116,10 @@ def test_an_over_long_prompt_behaves_as_with_hub_gpt2(baseline, tmp_path):
     config = json.loads((hub_like / "tokenizer_config.json").read_text())
     config.pop("pad_token")  # Hub GPT-2's tokenizer_config: model_max_length = context, nothing else of ours
     (hub_like / "tokenizer_config.json").write_text(json.dumps(config))
+    for name in ("config.json", "generation_config.json"):  # and no pad id in its model configs
+        model_config = json.loads((hub_like / name).read_text())
+        model_config.pop("pad_token_id", None)
+        (hub_like / name).write_text(json.dumps(model_config))
 
     long_prompt = " the" * 70  # 70 tokens > the 64-position context
     ours, warnings = pipeline_outcome(output_dir, long_prompt)
