@@ -160,18 +160,39 @@ class RunArguments:
 
 @dataclass
 class EvalArguments:
-    """eval_harness.py: lm-eval on a checkpoint folder or Hub id."""
+    """eval_harness.py: lm-eval on a checkpoint folder or Hub id, with lm_eval's own option names where it has them."""
 
     model: str = field(metadata={"help": "Checkpoint directory (config.json, weights, tokenizer) or Hub model id."})
     tasks: str = field(default="hellaswag", metadata={"help": "Comma-separated lm-eval task names."})
+    model_args: str | None = field(
+        default=None,
+        metadata={"help": "More arguments of lm-eval's hf model, as lm_eval --model_args: 'dtype=bfloat16,"
+                          "max_length=512' (pretrained= comes from --model)."},
+    )
+    revision: str | None = field(
+        default=None, metadata={"help": "Branch, tag or commit of a Hub model, e.g. step-5000 (publish.py --branches)."}
+    )
+    num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples per prompt (default: the task's)."})
+    apply_chat_template: bool = field(
+        default=False,
+        metadata={"help": "Render prompts with the model's chat template (SFT/DPO models), as lm_eval "
+                          "--apply_chat_template; few-shot examples become turns."},
+    )
     limit: int | None = field(default=None, metadata={"help": "Score only the first N items of each task."})
     batch_size: str = field(default="16", metadata={"help": "Batch size, or 'auto' (lm-eval finds the largest)."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where results.json and results.md go."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"aliases": ["--output_path"],
+                  "help": "lm-eval's results layout goes here, as lm_eval --output_path: <model name>/results_<time>.json "
+                          "(and samples_<task>_<time>.jsonl). New files per evaluation; nothing is overwritten."},
+    )
     hellaswag_file: str | None = field(
         default=None, metadata={"help": "Local HellaSwag-schema jsonl: `hellaswag` then runs on it, offline."}
     )
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:1, cpu ... (default: cuda if present)."})
-    log_samples: bool = field(default=False, metadata={"help": "Also write every item's scores (samples_<task>.jsonl)."})
+    log_samples: bool = field(
+        default=False, metadata={"help": "Also write every item's scores (samples_<task>_<time>.jsonl), as lm_eval does."}
+    )
 
     def __post_init__(self):
         self.task_list = [name.strip() for name in self.tasks.split(",") if name.strip()]
@@ -179,8 +200,12 @@ class EvalArguments:
             raise EduGPTError("--tasks is empty; pass lm-eval task names, e.g. --tasks hellaswag.")
         if self.limit is not None and self.limit < 1:
             raise EduGPTError(f"--limit must be a positive number of items, got {self.limit}.")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise EduGPTError(f"--num_fewshot must be 0 or more, got {self.num_fewshot}.")
         if not (self.batch_size.startswith("auto") or self.batch_size.isdigit() and int(self.batch_size) > 0):
             raise EduGPTError(f"--batch_size must be a positive integer or 'auto', got {self.batch_size!r}.")
+        if self.log_samples and not self.output_dir:
+            raise EduGPTError("--log_samples writes files: pass --output_dir (lm_eval's --output_path) too.")
 
 
 @dataclass

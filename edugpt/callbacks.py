@@ -23,6 +23,9 @@ from edugpt.safefs import atomic_write_text
 logger = logging.getLogger(__name__)
 
 SAMPLES_HEADER = "| Step | Output |\n|------|--------|\n"
+# What Trainer adds to every training record when it counts input tokens; ThroughputCallback's tokens_per_second
+# replaces them there.
+TRAINER_SPEED_KEYS = ("train_tokens_per_second", "train_runtime")
 
 
 def _is_main(state) -> bool:
@@ -30,11 +33,14 @@ def _is_main(state) -> bool:
 
 
 class ThroughputCallback(TrainerCallback):
-    """Adds `tokens_per_second` (all devices, training time only) and `mfu` to every training log record.
+    """Adds `tokens_per_second` (all devices, training time only) and `mfu` to every training log record, and removes
+    Trainer's own `train_tokens_per_second` / `train_runtime` from those records: one throughput, one meaning.
 
     Time is counted from the moment the previous step's callbacks finished (see `StepClockCallback`, which runs
     last) to this step's `on_step_end`: data loading, forward, backward and the optimizer step are in; evaluation,
     checkpointing, samples and HellaSwag are out. MFU = tokens/s * FLOPs per token / (peak FLOP/s * devices).
+    Trainer's (5.24) figure is cumulative since this session started, evaluation and saving included, so it read up to
+    2x lower beside ours; it stays in trainer_state.json's log_history and in the end-of-training summary record.
     """
 
     def __init__(self, flops_per_token: float, peak_flops: float | None, world_size: int = 1):
@@ -56,6 +62,8 @@ class ThroughputCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs:
             return
+        for key in TRAINER_SPEED_KEYS:
+            logs.pop(key, None)
         tokens = state.num_input_tokens_seen - (self._tokens_at_last_log or 0)
         if self._seconds > 0 and tokens > 0:
             tokens_per_second = tokens / self._seconds

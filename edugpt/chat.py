@@ -1,7 +1,8 @@
 """Chat bootstrap for a from-scratch GPT-2: the chat template, the pad token, and one chat reply from a model folder.
 
-A pretrained edugpt model has no chat template and a single special token, `<|endoftext|>`. `finetune/sft.py` calls
-`add_chat_template` so the SFT output's tokenizer carries `EDUGPT_CHAT_TEMPLATE`; after that,
+A pretrained edugpt model has no chat template and a single special token, `<|endoftext|>`. The template is the file
+`edugpt/templates/chat_template.jinja` (`CHAT_TEMPLATE_PATH`; the SFT recipes pass it to TRL as `chat_template_path`,
+and `add_chat_template` gives it to a tokenizer that has none), so the SFT output's tokenizer carries it; after that,
 `tokenizer.apply_chat_template(messages)` and `pipeline("text-generation")` on a list of messages work unchanged.
 
 Compare one reply from the base, SFT and DPO models (the base model gets the same template SFT would give it):
@@ -18,38 +19,12 @@ from edugpt.errors import EduGPTError
 
 logger = logging.getLogger(__name__)
 
-# How turns end: we REUSE `<|endoftext|>` instead of adding <|im_start|>/<|im_end|> tokens and resizing embeddings.
-# - Pretraining already taught the model that `<|endoftext|>` closes a document (prepare_data.py appends it to every
-#   one), and generation stops on it with no config change. A freshly added token starts as an untrained embedding
-#   row that the few hundred SFT steps of a small run barely train, so the model would not learn to stop.
-# - The vocabulary stays 50257: the tokenizer still passes `require_gpt2_compatible`, the tiktoken fast path and
-#   eval_harness.py (lm-eval) see the same ids, and no `resize_token_embeddings` touches the tied LM head.
-# - TRL's check that the end-of-turn token is trained (`is_chat_template_stop_token_trained`) passes because
-#   `<|endoftext|>` is an added token and sits inside `{% generation %}`.
-# The cost: roles are plain text ("User:", "Assistant:"), so a message that itself contains "\n\nAssistant:" can fake
-# a turn boundary. Acceptable for an educational model; a production model would add dedicated role tokens.
-#
-# Layout, chosen so the prompt is always a token-level prefix of prompt + reply (TRL's DPO and prompt-completion SFT
-# split sequences at that prefix):
-#   System: {system}\n\nUser: {question}\n\nAssistant: {reply}<|endoftext|>User: {next question}\n\nAssistant:
-# Only " {reply}<|endoftext|>" is inside {% generation %}: with `assistant_only_loss=True` SFT trains on the replies
-# and their end-of-turn token, never on the prompt. "Assistant:" then " {reply}" splits into the tokens ":" and " word"
-# exactly as GPT-2's BPE splits running text, so generation after "Assistant:" continues on a token boundary.
-EDUGPT_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}"
-    "{{ 'System: ' + message['content'] + '\n\n' }}"
-    "{%- elif message['role'] == 'user' -%}"
-    "{{ 'User: ' + message['content'] + '\n\n' }}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{ 'Assistant:' }}{% generation %}{{ ' ' + message['content'] + eos_token }}{% endgeneration %}"
-    "{%- else -%}"
-    "{{ raise_exception('edugpt chat template: unsupported role ' + message['role'] + '; use system/user/assistant') }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}"
-)
-# Long enough for a full answer from `pipeline("text-generation")` without arguments (its default is 20 tokens total).
+# The template ships as a file: TRL's recipes name it with `chat_template_path` (configs/sft*.yaml), and its comment
+# explains the design (why <|endoftext|> is reused to end turns, and why message text can never end one).
+CHAT_TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "chat_template.jinja"
+EDUGPT_CHAT_TEMPLATE = CHAT_TEMPLATE_PATH.read_text(encoding="utf-8")
+# `model.generate(ids)` without arguments would stop at 20 tokens in all; 256 new tokens is also what
+# `pipeline("text-generation")` defaults to, so both answer fully.
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
@@ -107,14 +82,18 @@ def resolve_model_dir(model_name_or_path: str | None, flag: str = "--model_name_
     )
 
 
-def require_fits_context(model, max_length: int | None) -> None:
-    """Raise unless training rows of `max_length` tokens fit the model's position embeddings."""
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+def context_length(config) -> int | None:
+    """The longest sequence a model config's position embeddings cover (GPT-2's n_positions), or None if unknown."""
+    config = getattr(config, "config", config)  # a model or its config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def require_fits_context(context: int | None, max_length: int | None) -> None:
+    """Raise unless training rows of `max_length` tokens fit a model of `context` positions."""
     if context is not None and (max_length is None or max_length > context):
-        raise EduGPTError(
-            f"max_length {max_length} exceeds the model's context of {context} tokens; pass --max_length {context} "
-            "or less."
-        )
+        what = "max_length is not set" if max_length is None else f"max_length {max_length} exceeds the model's context"
+        raise EduGPTError(f"{what} ({context} tokens), so rows could not fit the model; pass --max_length {context} "
+                          "or less.")
 
 
 def load_chat_model(model_dir: str):
@@ -136,11 +115,10 @@ def generate_reply(model, tokenizer, messages: list[dict], max_new_tokens: int =
     """
     import torch
 
-    from edugpt.tokenizer import encode_chat
-
-    # A special-token string inside a message ("<|endoftext|>") is ordinary text: a message cannot end its own turn.
-    input_ids = torch.tensor([encode_chat(tokenizer, messages, add_generation_prompt=True)])
-    n_positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    input_ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )["input_ids"]
+    n_positions = context_length(model)
     if n_positions is not None:
         if input_ids.shape[1] >= n_positions:
             raise EduGPTError(

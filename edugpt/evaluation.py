@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +35,6 @@ TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 LOCAL_HELLASWAG_TASK = "hellaswag_local"
 LOCAL_HELLASWAG_YAML = TASKS_DIR / f"{LOCAL_HELLASWAG_TASK}.yaml"
 HELLASWAG = "hellaswag"
-RESULTS_JSON = "results.json"
-RESULTS_MARKDOWN = "results.md"
 
 
 # ----------------------------------------------------------------------------------------------------------- tasks
@@ -160,6 +155,30 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def model_arguments(model: str, revision: str | None = None, model_args: str | None = None) -> dict:
+    """lm-eval's `--model_args` of its `hf` model: pretrained=`model`, `revision`, then the user's key=value pairs
+    (lm_eval's own syntax, e.g. "dtype=bfloat16,max_length=512"), parsed by lm-eval."""
+    from lm_eval.utils import simple_parse_args_string
+
+    extra = simple_parse_args_string(model_args) if model_args else {}
+    if "pretrained" in extra:
+        raise EduGPTError("--model_args names pretrained=, which --model already sets; pass the model with --model.")
+    if revision and "revision" in extra and extra["revision"] != revision:
+        raise EduGPTError(f"--revision {revision} and revision={extra['revision']} in --model_args disagree; pass one.")
+    return {"pretrained": model, **({"revision": revision} if revision else {}), **extra}
+
+
+def require_chat_model(model: str, revision: str | None = None) -> None:
+    """For --apply_chat_template: a local model must carry a chat template (a pretrained edugpt model has none)."""
+    if not Path(model).expanduser().is_dir():
+        return  # a Hub id: lm-eval reports a missing template itself
+    from transformers import AutoTokenizer
+
+    from edugpt.chat import require_chat_template
+
+    require_chat_template(AutoTokenizer.from_pretrained(model, revision=revision), model)
+
+
 def evaluate_checkpoint(
     model: str,
     tasks: list[str],
@@ -169,82 +188,70 @@ def evaluate_checkpoint(
     hellaswag_file: str | None = None,
     device: str | None = None,
     log_samples: bool = False,
+    model_args: str | None = None,
+    revision: str | None = None,
+    num_fewshot: int | None = None,
+    apply_chat_template: bool = False,
+    evaluation_tracker=None,
 ) -> dict:
-    """Run lm-eval's `simple_evaluate` with an `HFLM` on a checkpoint dir or Hub id; returns lm-eval's results dict."""
+    """lm-eval's `simple_evaluate` on its `hf` model, exactly as `lm_eval --model hf --model_args pretrained=MODEL,...`
+    runs it, for a checkpoint dir or Hub id; returns lm-eval's results dict. `evaluation_tracker` (lm-eval's
+    `EvaluationTracker`) records the run's settings for `save_results`."""
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
 
     check_model_source(model)
+    arguments = model_arguments(model, revision, model_args)
+    if apply_chat_template:
+        require_chat_model(model, revision)
     specs = task_specs(tasks, hellaswag_file)
     manager = checked_task_manager(specs)
     try:
-        lm = HFLM(pretrained=model, batch_size=batch_size, device=device or default_device())
-    except OSError as err:  # missing weights / tokenizer, or a Hub id that does not exist
-        raise EduGPTError(f"could not load model {model!r} for lm-eval ({err}).") from None
-    try:
         return simple_evaluate(
-            model=lm, tasks=specs, limit=limit, log_samples=log_samples, batch_size=batch_size, task_manager=manager
+            model="hf", model_args=arguments, tasks=specs, num_fewshot=num_fewshot, batch_size=batch_size,
+            device=device or default_device(), limit=limit, log_samples=log_samples,
+            apply_chat_template=apply_chat_template, evaluation_tracker=evaluation_tracker, task_manager=manager,
         )
-    except ConnectionError as err:  # a task's dataset had to come from the Hub
+    except ConnectionError as err:  # a task's dataset (or a Hub model) had to come from the Hub
         if hub_available():
             raise
         raise offline_data_error(specs, err) from None
+    except OSError as err:  # missing weights / tokenizer, a revision or Hub id that does not exist
+        raise EduGPTError(f"could not load model {model!r} for lm-eval ({_first_line(err)}).") from None
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------- output
-def results_table(results: dict) -> str:
-    """Markdown table (task, metric, value, stderr, items) of lm-eval's results dict."""
-    lines = ["| Task | Metric | Value | Stderr | Items |", "|---|---|---:|---:|---:|"]
-    for task, metrics in results["results"].items():
-        items = results.get("n-samples", {}).get(task, {}).get("effective", "")
-        for key, value in metrics.items():
-            if "," not in key or "_stderr," in key or not isinstance(value, (int, float)):  # "acc,none" = metric,filter
-                continue
-            metric, _, filter_name = key.partition(",")
-            stderr = metrics.get(f"{metric}_stderr,{filter_name}")
-            stderr_text = f"{stderr:.4f}" if isinstance(stderr, (int, float)) else "N/A"
-            lines.append(f"| {task} | {metric} | {value:.4f} | {stderr_text} | {items} |")
-    return "\n".join(lines) + "\n"
+def save_results(results: dict, evaluation_tracker) -> Path | None:
+    """Write lm-eval's standard layout with its own `EvaluationTracker`, as `lm_eval --output_path` does:
+    OUTPUT/<model name>/results_<timestamp>.json, plus samples_<task>_<timestamp>.jsonl with --log_samples. Each
+    evaluation gets new files, so earlier results are never overwritten. Returns the results file (None without an
+    output path)."""
+    samples = results.pop("samples", None)
+    evaluation_tracker.save_results_aggregated(results=results, samples=samples)
+    if samples:
+        for task_name in results["configs"]:
+            evaluation_tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+    if not evaluation_tracker.output_path:
+        return None
+    path = Path(evaluation_tracker.output_path)
+    if path.suffix == ".json":
+        return path.with_name(f"{path.stem}_{evaluation_tracker.date_id}.json")
+    name = evaluation_tracker.general_config_tracker.model_name_sanitized
+    return path / name / f"results_{evaluation_tracker.date_id}.json"
 
 
-def require_free_output_dir(output_dir: str | os.PathLike) -> None:
-    """Refuse an output folder that already holds files: earlier results are never silently replaced or mixed."""
-    path = Path(output_dir)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise EduGPTError(
-            f"--output_dir {str(path)!r} already exists and is not empty; pass a new folder (or remove that one) so "
-            "earlier results are not overwritten."
-        )
+def results_tables(results: dict) -> str:
+    """lm-eval's own printed tables (`lm_eval.utils.make_table`): tasks, and groups when there are any."""
+    from lm_eval.utils import make_table
 
-
-def write_results(results: dict, output_dir: str | os.PathLike) -> Path:
-    """Write results.json (lm-eval's dict), results.md and samples_<task>.jsonl (if logged) into `output_dir`.
-
-    Files are written into a temporary folder beside `output_dir` first, so an interrupted run leaves no half file.
-    """
-    from lm_eval.utils import handle_non_serializable
-
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    results = dict(results)
-    samples = results.pop("samples", None) or {}
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
-    try:
-        (staging / RESULTS_JSON).write_text(
-            json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False) + "\n"
-        )
-        (staging / RESULTS_MARKDOWN).write_text(results_table(results))
-        for task, task_samples in samples.items():
-            with (staging / f"samples_{task}.jsonl").open("w") as f:
-                for sample in task_samples:
-                    f.write(json.dumps(sample, default=handle_non_serializable, ensure_ascii=False) + "\n")
-        require_free_output_dir(output_dir)  # checked before the evaluation too; a folder may appear meanwhile
-        if output_dir.exists():
-            output_dir.rmdir()  # empty: replaced whole, so no file of an earlier evaluation survives beside these
-        staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
+    tables = [make_table(results)]
+    if "groups" in results:
+        tables.append(make_table(results, "groups"))
+    return "\n".join(tables)
 
 
 # ------------------------------------------------------------------------------------------------- in-loop scoring
@@ -272,21 +279,45 @@ def preserved_training_state(model: torch.nn.Module):
         torch.set_grad_enabled(grad_enabled)
 
 
+# lm-eval modules whose progress bars (building contexts, tokenizing, scoring) an in-training evaluation hides.
+LM_EVAL_TQDM_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
+
+
 @contextlib.contextmanager
 def quiet_lm_eval():
-    """Keep in-training evaluations to one log line: lm-eval warns about pre-built models and custom datasets on every
-    call, and `datasets` draws a progress bar for each `process_docs` map."""
-    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    """Keep an in-training evaluation to its one log record: lm-eval warns about pre-built models and custom datasets
+    on every call, the tokenizer about long inputs, `datasets` draws a bar for each `process_docs` map, and lm-eval
+    draws three bars of its own, which break Trainer's progress bar. lm-eval's `evaluate()` has no switch for its bars,
+    so the `tqdm` its modules call is swapped for a disabled one while this block runs."""
+    import importlib
 
-    lm_eval_logger = logging.getLogger("lm_eval")
-    level = lm_eval_logger.level
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from tqdm.auto import tqdm
+
+    def silent_tqdm(*args, **kwargs):
+        return tqdm(*args, **{**kwargs, "disable": True})
+
+    # HFLM cuts every request to the model's context itself, from the left; the tokenizer's "longer than the specified
+    # maximum sequence length" warning about the uncut text is moot here.
+    quieted = [logging.getLogger("lm_eval"), logging.getLogger("transformers.tokenization_utils_base")]
+    levels = [logger.level for logger in quieted]
     bars_were_off = are_progress_bars_disabled()
-    lm_eval_logger.setLevel(logging.ERROR)
+    swapped = []
+    for name in LM_EVAL_TQDM_MODULES:
+        module = importlib.import_module(name)
+        if hasattr(module, "tqdm"):
+            swapped.append((module, module.tqdm))
+            module.tqdm = silent_tqdm
+    for logger in quieted:
+        logger.setLevel(logging.ERROR)
     disable_progress_bars()
     try:
         yield
     finally:
-        lm_eval_logger.setLevel(level)
+        for module, original in swapped:
+            module.tqdm = original
+        for logger, level in zip(quieted, levels):
+            logger.setLevel(level)
         if not bars_were_off:
             enable_progress_bars()
 

@@ -256,7 +256,7 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
 
     from edugpt import callbacks as cb
     from edugpt.modeling import current_peak_flops, flops_per_token, gpt2_config, new_gpt2, parameter_count
-    from edugpt.tokenizer import load_tokenizer, require_gpt2_compatible
+    from edugpt.tokenizer import load_tokenizer, packed_rows_have_no_padding, ready_to_save, require_gpt2_compatible
 
     # Trainer settings the callbacks rely on, whatever the recipe says: tokens seen feed throughput, MFU and
     # metrics.jsonl; only the eval loss is kept (a batch of 50257-wide logits at seq 1024 would be ~200 MB a row).
@@ -266,6 +266,7 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
     config = gpt2_config(model_args)
     tokenizer = load_tokenizer(script_args.tokenizer)
     require_gpt2_compatible(tokenizer, config.vocab_size)
+    ready_to_save(tokenizer, config.n_positions)  # saved with every checkpoint: context length, pad token
 
     eval_dataset = None
     if training_args.eval_strategy != "no":
@@ -280,6 +281,8 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
     set_seed(training_args.seed)  # the from-scratch initialisation is part of what a seed reproduces
     model = new_gpt2(config)
     model.generation_config.pad_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id  # what Trainer would align (with a warning) from the tokenizer
+    packed_rows_have_no_padding()
     logger.info(
         "GPT-2 %d layers x %d heads x %d wide: %.1fM parameters, %.3g training FLOPs/token at seq_len %d",
         config.n_layer, config.n_head, config.n_embd, parameter_count(config) / 1e6,

@@ -2,14 +2,13 @@
 
 Either way the ids are exactly GPT-2's ("Once upon a time" -> [7454, 2402, 257, 640], `<|endoftext|>` = 50256).
 `gpt2_tiktoken()` builds tiktoken's encoder from the same bundled files: identical ids, ~5x faster on a CPU core,
-which is what `prepare_data.py` uses for the bulk of the tokenizing.
+which is what `prepare_data.py` uses for the bulk of the tokenizing. `ready_to_save(tokenizer, n_positions)` makes a
+tokenizer what a Hub user expects to find next to a model (its context length, a pad token, no load-time settings).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
@@ -26,6 +25,9 @@ GPT2_NAMES = ("gpt2", "openai-community/gpt2")
 # A probe with known ids: a tokenizer that does not reproduce it is not GPT-2's.
 PROBE_TEXT = "Once upon a time"
 PROBE_IDS = [7454, 2402, 257, 640]
+# What `from_pretrained` records about how a tokenizer was loaded; `save_pretrained` writes it back into
+# tokenizer_config.json (transformers 5.24), where it would describe the machine that saved it, not the model.
+LOAD_TIME_SETTINGS = ("is_local", "local_files_only")
 
 
 def load_tokenizer(name: str = "gpt2"):
@@ -46,6 +48,43 @@ def load_tokenizer(name: str = "gpt2"):
             f"could not load tokenizer {name!r} ({type(err).__name__}); pass 'gpt2' or a local folder holding a "
             "saved tokenizer."
         ) from None
+
+
+def ready_to_save(tokenizer, n_positions: int | None):
+    """Make `tokenizer` (in place) what a Hub user expects beside a model of `n_positions` context; returns it.
+
+    - `model_max_length = n_positions` (as openai-community/gpt2's tokenizer_config.json has 1024) instead of the
+      "no limit" 1e30, so over-long inputs are flagged by the tokenizer ("Token indices sequence length is longer than
+      the specified maximum sequence length for this model") and `pipeline(..., handle_long_generation="hole")` or
+      `truncation=True` know where to cut.
+    - a pad token: `<|endoftext|>`, as GPT-2 has no other special token (attention masks, not pad ids, mark padding,
+      and TRL and lm-eval both use eos as pad when there is none).
+    - none of the load-time settings (`is_local`, `local_files_only`) that transformers would save into
+      tokenizer_config.json.
+    """
+    if n_positions is not None:
+        tokenizer.model_max_length = n_positions
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    for key in LOAD_TIME_SETTINGS:
+        tokenizer.init_kwargs.pop(key, None)
+    return tokenizer
+
+
+class _EosIsNotPaddingHere(logging.Filter):
+    """Drops transformers' one-time "input_ids may be padded" warning: with pad = eos (`ready_to_save`), every
+    `<|endoftext|>` that starts or ends a packed training row looks like padding to its check, but training rows here
+    are packed documents (pretraining) or padding-free packed conversations (SFT): nothing is padded."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "since your input_ids may be padded" not in record.getMessage()
+
+
+def packed_rows_have_no_padding() -> None:
+    """Install `_EosIsNotPaddingHere` on transformers' modeling logger (once per process; entry points call it)."""
+    modeling_logger = logging.getLogger("transformers.modeling_utils")
+    if not any(isinstance(f, _EosIsNotPaddingHere) for f in modeling_logger.filters):
+        modeling_logger.addFilter(_EosIsNotPaddingHere())
 
 
 def require_gpt2_compatible(tokenizer, vocab_size: int = GPT2_VOCAB_SIZE) -> None:
@@ -72,40 +111,6 @@ def encode_text(tokenizer, text, add_special_tokens: bool = False, **kwargs):
     return tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=True, **kwargs)
 
 
-def encode_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-    """The ids of `messages` in the tokenizer's chat template, where the template's own special tokens are special
-    and everything inside the messages is ordinary text (`encode_text`): a user who writes "<|endoftext|>" does not
-    end the turn. For messages without special-token strings these are exactly `apply_chat_template`'s ids.
-
-    transformers' `apply_chat_template(..., sanitize_control_tokens=True)` also keeps such strings out of the control
-    tokens, but cuts the text around them (" <|endoftext|>" -> 220, 27, 91, ... instead of 1279, 91, ...), a
-    tokenization the model never saw in pretraining. Here the special-token strings in the messages are swapped for
-    private-use placeholders while the template renders, so every special token left in the rendered text is the
-    template's own; the text between them is encoded as ordinary text, as HF does between special tokens."""
-    specials = sorted(set(tokenizer.all_special_tokens), key=len, reverse=True)
-    used = "".join(str(m.get("content", "")) for m in messages)
-    placeholders = [chr(c) for c in range(0xF0000, 0xFFFFE) if chr(c) not in used][:len(specials)]
-    to_placeholder = dict(zip(specials, placeholders))
-
-    def hide(text):
-        for special, placeholder in to_placeholder.items():
-            text = text.replace(special, placeholder)
-        return text
-
-    hidden = [{**m, "content": hide(m["content"])} if isinstance(m.get("content"), str) else m for m in messages]
-    rendered = tokenizer.apply_chat_template(hidden, add_generation_prompt=add_generation_prompt, tokenize=False)
-    ids: list[int] = []
-    for piece in re.split("(" + "|".join(map(re.escape, specials)) + ")", rendered) if specials else [rendered]:
-        if piece in to_placeholder:
-            ids.append(tokenizer.convert_tokens_to_ids(piece))
-        elif piece:
-            for special, placeholder in to_placeholder.items():
-                piece = piece.replace(placeholder, special)
-            ids.extend(encode_text(tokenizer, piece)["input_ids"])
-    return ids
-
-
-@functools.lru_cache(maxsize=1)
 def gpt2_tiktoken():
     """tiktoken's GPT-2 (r50k) encoding built offline from the bundled BPE files; ids equal the HF tokenizer's."""
     import tiktoken

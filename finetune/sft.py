@@ -5,12 +5,16 @@ Real run (270M model, smol-smoltalk; one GPU, or several with accelerate):
         --model_name_or_path runs/gpt2-270m --output_dir runs/sft
 CPU-sized (offline, bundled data, about a minute on 2 cores with a tiny model):
     python finetune/sft.py --config configs/sft_smoke.yaml --model_name_or_path RUN/pretrain --output_dir RUN/sft
+TRL's own CLI runs the same recipes unchanged (`trl sft --config configs/sft_smoke.yaml ...`): they name the chat
+template file (`chat_template_path`) and the data (`dataset_name` or a `datasets:` mixture) the way TRL loads them.
 
-The base model gets the edugpt chat template (edugpt/chat.py: plain-text roles, every assistant turn ends with
-`<|endoftext|>`), conversations are packed into `max_length` rows without padding (TRL's BFD packing: GPT-2 sees
-position_ids that restart per conversation and attends within each one only), and only assistant tokens carry loss
-(`assistant_only_loss`). Arguments are TRL's own ScriptArguments / SFTConfig / ModelConfig: a YAML recipe plus
-command-line overrides, and an unknown key is an error.
+The base model gets the edugpt chat template (edugpt/templates/chat_template.jinja: plain-text roles, every assistant
+turn ends with `<|endoftext|>`, which message text can never produce), conversations are packed into `max_length`
+rows without padding (TRL's BFD packing: GPT-2 sees position_ids that restart per conversation and attends within
+each one only), and only assistant tokens carry loss (`assistant_only_loss`). Conversations longer than `max_length`
+are counted before training, and a dataset where none keeps an assistant token within it is refused. Arguments are
+TRL's own ScriptArguments / SFTConfig / ModelConfig / DatasetMixtureConfig: a YAML recipe plus command-line
+overrides, and an unknown key is an error.
 
 Output: `output_dir` is a standard HF model folder (config.json, model.safetensors, generation_config.json, tokenizer
 files with chat_template.jinja), so `AutoTokenizer.apply_chat_template`, `pipeline("text-generation")` on a list of
@@ -26,7 +30,7 @@ the folder with Trainer's own push (`hub_strategy` honoured), edugpt's card in t
 
 from __future__ import annotations
 
-from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
+from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
 
 from edugpt.args import RunArguments
 from edugpt.cli import parse_config, run
@@ -34,10 +38,11 @@ from edugpt.finetune import finetune
 
 
 def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args, run_args = parse_config(
-        [ScriptArguments, SFTConfig, ModelConfig, RunArguments], argv
+    # TRL's own `trl sft` parses these four (the `datasets:` mixture included); RunArguments is edugpt's lifecycle.
+    script_args, training_args, model_args, dataset_args, run_args = parse_config(
+        [ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig, RunArguments], argv
     )
-    finetune("sft", SFTTrainer, script_args, training_args, model_args, run_args)
+    finetune("sft", SFTTrainer, script_args, training_args, model_args, run_args, dataset_args)
 
 
 if __name__ == "__main__":

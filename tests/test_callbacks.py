@@ -54,10 +54,11 @@ def test_throughput_counts_training_time_only_and_adds_mfu(args, monkeypatch):
         callback.clock.on_step_end(args, state, control)  # the step's callbacks are done
         clock.now += 3.0  # an evaluation after the step: not counted
         callback.clock.on_evaluate(args, state, control)
-    logs = {"loss": 1.0}
+    logs = {"loss": 1.0, "train_tokens_per_second": 150.0, "train_runtime": 6.5}  # Trainer's cumulative figure
     callback.on_log(args, state, control, logs=logs)
     assert logs["tokens_per_second"] == 2000.0
     assert logs["mfu"] == 2000 * 1e6 / (1e10 * 2)
+    assert "train_tokens_per_second" not in logs and "train_runtime" not in logs  # one throughput in the records
     eval_logs = {"eval_loss": 2.0}
     callback.on_log(args, state, control, logs=eval_logs)
     assert eval_logs == {"eval_loss": 2.0}

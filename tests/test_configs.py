@@ -71,7 +71,7 @@ def test_every_recipe_has_a_script():
     assert [script_for(recipe) for recipe in RECIPES]
     assert parser_classes("train_hf.py")[-1].__name__ == "TrainingArguments"
     assert [c.__name__ for c in parser_classes("finetune/dpo.py")] == ["ScriptArguments", "DPOConfig", "ModelConfig",
-                                                                 "RunArguments"]
+                                                                 "DatasetMixtureConfig", "RunArguments"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -82,10 +82,29 @@ def test_recipe_parses_with_its_scripts_parser(recipe):
     training = next(args for args in parsed if isinstance(args, TrainingArguments))  # SFTConfig/DPOConfig included
     assert (training.max_steps > 0 or training.num_train_epochs > 0) and training.learning_rate > 0
     if script_for(recipe) != "train_hf.py":
-        script_args, training = parsed[0], parsed[1]
-        assert script_args.dataset_name and training.max_length in (128, 1024)
-        if recipe.startswith("sft"):  # the chat recipe: reply tokens only, packed rows
+        script_args, training, dataset_args = parsed[0], parsed[1], parsed[3]
+        assert (script_args.dataset_name or dataset_args.datasets) and training.max_length in (128, 1024)
+        if recipe.startswith("sft"):  # the chat recipe: reply tokens only, packed rows, edugpt's template file
             assert training.assistant_only_loss and training.packing
+            assert (ROOT / training.chat_template_path).is_file()
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.startswith(("sft", "dpo"))])
+def test_finetune_recipe_is_a_trl_cli_recipe_without_warnings(recipe):
+    """`trl sft|dpo --config configs/RECIPE` reads the same file: TRL's own parser takes every key (strictly here), and
+    no key of ours triggers a deprecation warning (gradient_checkpointing is activation_checkpointing now)."""
+    import warnings
+
+    import trl.scripts.dpo
+    import trl.scripts.sft
+
+    script = trl.scripts.sft if recipe.startswith("sft") else trl.scripts.dpo
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        parse_recipe.cache_clear()
+        parse_recipe(recipe)  # ours
+        script.make_parser().parse_args_and_config(
+            args=["--config", str(ROOT / "configs" / recipe), *cpu_overrides()], fail_with_unknown_args=True)
 
 
 @pytest.mark.parametrize("recipe", ["smoke.yaml", "sft_smoke.yaml", "dpo.yaml"])

@@ -6,29 +6,95 @@ import json
 
 import pytest
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from edugpt.errors import EduGPTError
 from edugpt.tasks.hellaswag_local import SMOKE_FILE
 
 pytestmark = pytest.mark.slow
 
 
-def test_writes_lm_eval_results_and_table(tiny_model_dir, tmp_path):
+def eval_harness_main():
+    """eval_harness.py's `main`, to run in this process (errors arrive as EduGPTError)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_eval_harness", ROOT / "eval_harness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def results_files(out):
+    return sorted(out.rglob("results_*.json")), sorted(out.rglob("samples_*.jsonl"))
+
+
+def test_writes_lm_evals_layout_and_prints_its_table(tiny_model_dir, tmp_path):
+    """lm_eval --output_path's layout (its EvaluationTracker): OUTPUT/<model name>/results_<time>.json and
+    samples_<task>_<time>.jsonl, and lm-eval's own table on stdout (make_table). Written beside a run (runs/NAME/eval
+    next to runs/NAME/pretrain, as in the demo), it is what the run's model card reports."""
+    from lm_eval.utils import make_table, sanitize_model_name
+
+    from conftest import make_run_dir
+    from edugpt.card import build_model_card
+    from edugpt.rundir import find_lm_eval_results
+
+    run = make_run_dir(tmp_path, tiny_model_dir, lm_eval=False)
     out = tmp_path / "eval"
-    proc = run_script("eval_harness.py", "--model", tiny_model_dir, "--tasks", "hellaswag", "--limit", "8",
-                      "--batch_size", "4", "--hellaswag_file", SMOKE_FILE, "--output_dir", out, "--log_samples",
+    proc = run_script("eval_harness.py", "--model", run, "--tasks", "hellaswag", "--limit", "8",
+                      "--batch_size", "4", "--hellaswag_file", SMOKE_FILE, "--output_path", out, "--log_samples",
                       check=True)
-    results = json.loads((out / "results.json").read_text())
+    [results_path], [samples_path] = results_files(out)
+    assert results_path.parent == out / sanitize_model_name(str(run))
+    assert samples_path.name.startswith("samples_hellaswag_local_") and samples_path.parent == results_path.parent
+    results = json.loads(results_path.read_text())
     metrics = results["results"]["hellaswag_local"]
     assert results["n-samples"]["hellaswag_local"] == {"original": 200, "effective": 8}
+    assert results["config"]["model"] == "hf" and results["config"]["model_args"] == {"pretrained": str(run)}
     assert 0 <= metrics["acc,none"] <= 1 and 0 <= metrics["acc_norm,none"] <= 1
-    table = (out / "results.md").read_text()
-    assert f"| hellaswag_local | acc | {metrics['acc,none']:.4f} | {metrics['acc_stderr,none']:.4f} | 8 |" in table
-    assert f"| hellaswag_local | acc_norm | {metrics['acc_norm,none']:.4f} |" in table
-    assert table in proc.stdout  # the table is printed too
-    samples = [json.loads(line) for line in (out / "samples_hellaswag_local.jsonl").open()]
+    assert make_table(results) in proc.stdout  # lm-eval's own table, printed as lm_eval prints it
+    samples = [json.loads(line) for line in samples_path.open()]
     assert [s["doc_id"] for s in samples] == list(range(8))
     assert sum(s["acc"] for s in samples) / 8 == metrics["acc,none"]
+    assert find_lm_eval_results(run)["_path"] == results_path
+    assert f"{metrics['acc_norm,none']:.4f}" in build_model_card(run).text
+
+    # A second evaluation into the same folder adds its own files, as lm_eval does; the first ones stay untouched.
+    before = results_path.read_bytes()
+    eval_harness_main()(["--model", str(run), "--tasks", "hellaswag", "--limit", "2", "--batch_size", "4",
+                         "--hellaswag_file", str(SMOKE_FILE), "--output_dir", str(out)])
+    assert len(results_files(out)[0]) == 2 and results_path.read_bytes() == before
+
+
+def test_lm_eval_options_pass_through(tiny_model_dir, tmp_path):
+    """--model_args, --revision, --num_fewshot and --apply_chat_template reach lm-eval as lm_eval's CLI passes them;
+    the chat template needs a chat model."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from edugpt.chat import EDUGPT_CHAT_TEMPLATE, add_chat_template
+
+    chat_model = tmp_path / "sft"
+    shutil.copytree(tiny_model_dir, chat_model)
+    add_chat_template(AutoTokenizer.from_pretrained(chat_model)).save_pretrained(chat_model)
+    out = tmp_path / "eval"
+    proc = run_script("eval_harness.py", "--model", chat_model, "--tasks", "hellaswag", "--limit", "3",
+                      "--batch_size", "4", "--hellaswag_file", SMOKE_FILE, "--output_dir", out, "--log_samples",
+                      "--model_args", "dtype=float32,max_length=96", "--revision", "main", "--num_fewshot", "1",
+                      "--apply_chat_template", check=True)
+    [results_path], [samples_path] = results_files(out)
+    results = json.loads(results_path.read_text())
+    assert results["config"]["model_args"] == {"pretrained": str(chat_model), "revision": "main", "dtype": "float32",
+                                               "max_length": 96}
+    assert results["n-shot"]["hellaswag_local"] == 1
+    assert results["chat_template"] == EDUGPT_CHAT_TEMPLATE and results["fewshot_as_multiturn"] is True
+    prompt = json.loads(samples_path.open().readline())["arguments"]["gen_args_0"]["arg_0"]
+    assert prompt.startswith("User: ") and "Assistant:" in prompt  # the model's template rendered the items
+    assert "hf ({'pretrained'" in proc.stdout
+
+    with pytest.raises(EduGPTError, match="no chat template"):  # a pretrained model: refused before any scoring
+        eval_harness_main()(["--model", str(tiny_model_dir), "--tasks", "hellaswag", "--limit", "2", "--hellaswag_file",
+                             str(SMOKE_FILE), "--apply_chat_template", "--output_dir", str(tmp_path / "base")])
+    assert not (tmp_path / "base").exists()
 
 
 def write_bad_file(path):
@@ -71,28 +137,3 @@ def test_bad_input_is_one_clear_error(tiny_model_dir, tmp_path, case, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()  # nothing written where results would go
-
-
-def test_results_never_overwrite_an_earlier_evaluation(tiny_model_dir, tmp_path):
-    """A non-empty --output_dir is refused before any evaluation runs, and left exactly as it was."""
-    out = tmp_path / "eval"
-    out.mkdir()
-    (out / "results.json").write_text('{"earlier": true}')
-    proc = run_script("eval_harness.py", "--model", tiny_model_dir, "--tasks", "hellaswag", "--limit", "2",
-                      "--hellaswag_file", SMOKE_FILE, "--output_dir", out)
-    assert proc.returncode == 2 and "already exists and is not empty" in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr and "loglikelihood" not in proc.stderr.lower()
-    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
-    assert (out / "results.json").read_text() == '{"earlier": true}'
-
-
-def test_write_results_fills_an_empty_folder_and_refuses_a_full_one(tmp_path):
-    from edugpt.evaluation import RESULTS_JSON, write_results
-
-    results = {"results": {}, "configs": {}, "n-samples": {}, "versions": {}, "higher_is_better": {}}
-    out = tmp_path / "eval"
-    out.mkdir()
-    write_results(results, out)
-    assert (out / RESULTS_JSON).is_file()
-    with pytest.raises(EduGPTError, match="already exists and is not empty"):
-        write_results(results, out)

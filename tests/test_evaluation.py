@@ -235,18 +235,32 @@ def test_preserved_training_state_restores_rng_and_modes(tiny_model_dir):
     assert [m.training for m in model.modules()] == before and torch.is_grad_enabled()
 
 
-def test_results_table_and_files(tmp_path):
-    from edugpt.evaluation import RESULTS_JSON, RESULTS_MARKDOWN, results_table, write_results
+def test_model_arguments_are_lm_evals_own():
+    """eval_harness.py's --model/--revision/--model_args become lm-eval's hf model_args, parsed by lm-eval."""
+    from edugpt.evaluation import model_arguments
 
-    results = {"results": {"hellaswag_local": {"alias": "hellaswag_local", "sample_len": 8, "acc,none": 0.25,
-                                               "acc_stderr,none": 0.1, "acc_norm,none": 0.5,
-                                               "acc_norm_stderr,none": "N/A"}},
-               "n-samples": {"hellaswag_local": {"original": 200, "effective": 8}},
-               "samples": {"hellaswag_local": [{"doc_id": 0, "acc": 1.0}]}}
-    assert results_table(results).splitlines() == [
-        "| Task | Metric | Value | Stderr | Items |", "|---|---|---:|---:|---:|",
-        "| hellaswag_local | acc | 0.2500 | 0.1000 | 8 |", "| hellaswag_local | acc_norm | 0.5000 | N/A | 8 |"]
-    out = write_results(results, tmp_path / "eval")
-    assert sorted(p.name for p in out.iterdir()) == [RESULTS_JSON, RESULTS_MARKDOWN, "samples_hellaswag_local.jsonl"]
-    assert "samples" not in json.loads((out / RESULTS_JSON).read_text())
-    assert [p.name for p in tmp_path.iterdir()] == ["eval"]  # no staging folder left behind
+    assert model_arguments("runs/x") == {"pretrained": "runs/x"}
+    assert model_arguments("you/m", "step-100", "dtype=bfloat16,max_length=512,trust_remote_code=False") == {
+        "pretrained": "you/m", "revision": "step-100", "dtype": "bfloat16", "max_length": 512,
+        "trust_remote_code": False}
+    with pytest.raises(EduGPTError, match="--model already sets"):
+        model_arguments("runs/x", model_args="pretrained=other")
+    with pytest.raises(EduGPTError, match="disagree"):
+        model_arguments("you/m", "step-100", "revision=main")
+
+
+# ---------------------------------------------------------------------------------------------------------- console
+@pytest.mark.slow
+def test_in_loop_evaluation_is_one_line_and_records_carry_one_throughput(baseline):
+    """The baseline run scores 12 HellaSwag-format items at steps 4 and 8: each evaluation prints its one record and
+    no lm-eval progress bar (three per evaluation before, which broke Trainer's bar); every training record holds our
+    tokens_per_second and not Trainer's cumulative train_tokens_per_second."""
+    from conftest import train_records
+
+    output_dir, proc = baseline
+    for bar in ("Running loglikelihood requests", "Tokenizing inputs", "| 12/12 ["):
+        assert bar not in proc.stderr, bar
+    assert sum("hellaswag/acc" in line for line in proc.stdout.splitlines()) == 2
+    records = train_records(output_dir)
+    assert sorted(records) == list(range(1, 9))
+    assert all(r["tokens_per_second"] > 0 and "train_tokens_per_second" not in r for r in records.values())

@@ -20,8 +20,9 @@ from edugpt.errors import EduGPTError
 from edugpt.finetune_data import load_finetune_dataset
 from edugpt.rundir import MARKER, read_metrics
 
-SFT_SMOKE = ROOT / "edugpt/assets/finetune/sft_smoke.jsonl"
-DPO_SMOKE = ROOT / "edugpt/assets/finetune/dpo_smoke.jsonl"
+# Local dataset folders (train.jsonl), as configs/*_smoke.yaml name them.
+SFT_SMOKE = ROOT / "edugpt/assets/finetune/sft_smoke"
+DPO_SMOKE = ROOT / "edugpt/assets/finetune/dpo_smoke"
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -65,7 +66,9 @@ def test_missing_columns_name_what_is_missing_and_the_formats(tmp_path):
 
 
 def test_preference_rows_equal_or_empty_are_skipped_and_counted(tmp_path, caplog):
-    good = {"prompt": [user("2+2?")], "chosen": [assistant("4")], "rejected": [assistant("5")]}
+    # One format per file (strings here): `datasets` reads a column that mixes strings and message lists as JSON,
+    # which turns a string such as "4" into the number 4.
+    good = {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
     rows = [
         good,
         {"prompt": "2+2?", "chosen": "4", "rejected": "4"},  # chosen == rejected
@@ -102,7 +105,7 @@ def test_unreadable_inputs(tmp_path):
         load_finetune_dataset(str(tmp_path / "missing.jsonl"), "sft")
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"messages": []}\n{not json\n')
-    with pytest.raises(EduGPTError, match="broken.jsonl:2 is not valid JSON"):
+    with pytest.raises(EduGPTError, match=r"could not load the dataset .*broken.jsonl.*JSON parse error.*in row 1"):
         load_finetune_dataset(str(broken), "sft")
     with pytest.raises(EduGPTError, match="no dataset given"):
         load_finetune_dataset(None, "dpo")
@@ -194,13 +197,13 @@ def test_sft_writes_a_chat_model_and_the_loss_falls(sft_run, tiny_model_dir):
     # The run files pretraining writes: every argument used, every log record with its step and tokens seen.
     run_config = json.loads((out / "run_config.json").read_text())
     assert run_config["script"] == "sft" and run_config["model"]["model_name_or_path"] == str(tiny_model_dir)
-    assert run_config["data"]["dataset_name"].endswith("sft_smoke.jsonl")
+    assert run_config["data"]["dataset_name"].endswith("edugpt/assets/finetune/sft_smoke")
     assert run_config["training"]["max_steps"] == 10 and run_config["training"]["output_dir"] == str(out)
     records = read_metrics(out / "metrics.jsonl")
     assert [r["loss"] for r in records if "loss" in r] == pytest.approx(losses)
     assert all(r["tokens"] > 0 for r in records) and records[-1]["tokens"] == records[-1]["num_input_tokens_seen"]
     card = assert_model_card(out, "sft", tiny_model_dir, [r for r in records if "loss" in r][-1])
-    assert "Supervised finetuning (SFT)" in card.text and "sft_smoke.jsonl" in card.text
+    assert "Supervised finetuning (SFT)" in card.text and "sft_smoke" in card.text
 
     from transformers import AutoTokenizer, pipeline
 
@@ -227,7 +230,7 @@ def completion_logps(model, tokenizer, prompt, reply) -> float:
 @pytest.mark.slow
 def test_dpo_raises_the_margin_above_the_reference(sft_run, tmp_path):
     _, sft_dir = sft_run
-    rows = [json.loads(line) for line in DPO_SMOKE.read_text().splitlines()]
+    rows = [json.loads(line) for line in (DPO_SMOKE / "train.jsonl").read_text().splitlines()]
     bad = [{"prompt": "2+2?", "chosen": "4", "rejected": "4"}, {"prompt": "2+2?", "chosen": "", "rejected": "5"}]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows + bad)
     out = tmp_path / "dpo"
@@ -395,3 +398,85 @@ def test_push_at_the_end_uploads_the_run_with_our_card(fail, tiny_model_dir, tmp
     assert final_push["repo_id"] == "someone/edugpt-chat" and final_push["message"] == "End of training"
     assert {"model.safetensors", "metrics.jsonl", "run_config.json", "README.md"} <= set(final_push["files"])
     assert final_push["card"] == local_card  # ours went up with the model, in one commit
+
+
+# --- rows longer than max_length: counted, and an error when nothing is left to learn ----------------------------------
+
+
+def length_args(stage: str, **overrides):
+    from types import SimpleNamespace
+
+    args = {"max_length": 64, "assistant_only_loss": stage == "sft", "packing": True, "dataset_num_proc": None}
+    return SimpleNamespace(**{**args, **overrides})
+
+
+@pytest.fixture()
+def chat_tokenizer(gpt2_tokenizer):
+    import copy
+
+    return add_chat_template(copy.deepcopy(gpt2_tokenizer))
+
+
+def test_sft_counts_conversations_cut_by_max_length(chat_tokenizer, caplog):
+    from datasets import Dataset
+
+    from edugpt.finetune_data import check_lengths
+
+    long_question = "Tell me about " + "tokens " * 80  # ~85 tokens: the reply starts after the 64-token window
+    rows = [[user("Hi"), assistant("Hello!")],  # fits
+            [user(long_question), assistant("They are pieces of text.")],  # cut, no reply token left
+            [user("Count."), assistant("one " * 80)]]  # cut, reply partly kept
+    with caplog.at_level(logging.WARNING, logger="edugpt.finetune_data"):
+        check_lengths("sft", Dataset.from_dict({"messages": rows}), chat_tokenizer, length_args("sft"))
+    assert ("SFT train data: 2 of 3 conversations are longer than max_length 64 tokens and are cut to it; 1 of them "
+            "keep no trained token and train on nothing") in caplog.text
+    with caplog.at_level(logging.WARNING, logger="edugpt.finetune_data"):
+        check_lengths("sft", Dataset.from_dict({"messages": rows}), chat_tokenizer, length_args("sft", packing=False))
+    assert "1 of them keep no trained token and are dropped by TRL" in caplog.text
+    with pytest.raises(EduGPTError, match=r"every one of the 1 conversations in the train data keeps no assistant "
+                                          r"token in its first max_length 64 tokens.*raise max_length"):
+        check_lengths("sft", Dataset.from_dict({"messages": rows[1:2]}), chat_tokenizer, length_args("sft"))
+
+
+def test_dpo_pairs_whose_prompt_fills_max_length_are_counted_and_all_of_them_is_an_error(chat_tokenizer, caplog):
+    from datasets import Dataset
+
+    from edugpt.finetune_data import check_lengths
+
+    long_prompt = [user("Explain " + "this " * 80)]
+    pairs = {"prompt": [[user("2+2?")], long_prompt], "chosen": [[assistant("4")], [assistant("Yes.")]],
+             "rejected": [[assistant("5")], [assistant("No.")]]}
+    with caplog.at_level(logging.WARNING, logger="edugpt.finetune_data"):
+        check_lengths("dpo", Dataset.from_dict(pairs), chat_tokenizer, length_args("dpo"))
+    assert "DPO train data: 1 of 2 pairs are longer than max_length 64 tokens and are cut to it; 1 of them keep no " \
+           "trained token and are dropped by TRL" in caplog.text
+    only_long = Dataset.from_dict({key: value[1:] for key, value in pairs.items()})
+    with pytest.raises(EduGPTError, match="every one of the 1 pairs in the eval data has a prompt of at least max_length"):
+        check_lengths("dpo", only_long, chat_tokenizer, length_args("dpo"), split="eval")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_data_longer_than_max_length_everywhere_fails_before_the_run_dir_is_written(stage, tiny_model_dir, tmp_path):
+    """Today's trap: SFT on conversations that all exceed max_length trained on nothing and exited 0; DPO dropped every
+    pair. Now one error and no output_dir at all (the check runs before the lifecycle writes anything). In-process:
+    the entry points turn the error into one line and exit 2 (tests above)."""
+    import importlib.util
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    add_chat_template(AutoTokenizer.from_pretrained(model)).save_pretrained(model)  # DPO needs a chat model
+    question = "Please explain " + "this " * 150  # > 128 tokens: the prompt alone fills max_length
+    rows = ([{"messages": [user(question), assistant("Sure.")]}] * 3 if stage == "sft"
+            else [{"prompt": [user(question)], "chosen": [assistant("Yes.")], "rejected": [assistant("No.")]}] * 3)
+    spec = importlib.util.spec_from_file_location(f"_{stage}_script", ROOT / "finetune" / f"{stage}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / stage
+    with pytest.raises(EduGPTError, match=r"every one of the 3 .* max_length 128 tokens.*raise max_length"):
+        script.main(["--config", f"configs/{stage}_smoke.yaml", "--model_name_or_path", str(model),
+                     "--dataset_name", str(write_jsonl(tmp_path / "long.jsonl", rows)), "--output_dir", str(out)])
+    assert not out.exists()

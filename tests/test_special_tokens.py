@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from edugpt.callbacks import SamplesCallback
 from edugpt.chat import add_chat_template, generate_reply
 from edugpt.rundir import MetricsLog
-from edugpt.tokenizer import GPT2_EOS_ID, encode_chat, encode_text, gpt2_tiktoken
+from edugpt.tokenizer import GPT2_EOS_ID, encode_text, gpt2_tiktoken
 
 LITERAL_IDS = [27, 91, 437, 1659, 5239, 91, 29]
 TEXT = "A web page that quotes <|endoftext|> in its middle.<|endoftext|>And its end"
@@ -73,15 +73,11 @@ def test_chat_messages_with_a_special_token_string_do_not_end_their_turn(tokeniz
                 {"role": "user", "content": "Again"}]
     recorder = _Recorder(model)
     generate_reply(recorder, chat_tokenizer, messages, max_new_tokens=2)
-    # The template's own end of the assistant turn is the one 50256; the strings inside the messages are text.
-    assert recorder.prompts == [ordinary("User: Say <|endoftext|> please\n\nAssistant: <|endoftext|>")
-                                + [GPT2_EOS_ID] + ordinary("User: Again\n\nAssistant:")]
-
-
-def test_encode_chat_is_apply_chat_template_for_ordinary_messages(tokenizer):
-    chat_tokenizer = add_chat_template(tokenizer.__class__.from_pretrained(tokenizer.name_or_path))
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
-                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": " spaced  out "}]
-    for generation_prompt in (False, True):
-        expected = chat_tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, return_dict=True)
-        assert encode_chat(chat_tokenizer, messages, generation_prompt) == expected["input_ids"]
+    # The template's own end of the assistant turn is the one 50256; the strings inside the messages are text (the
+    # template writes them with a zero-width space after "<", see edugpt/templates/chat_template.jinja).
+    (prompt,) = recorder.prompts
+    assert prompt.count(GPT2_EOS_ID) == 1
+    end = prompt.index(GPT2_EOS_ID)
+    assert chat_tokenizer.decode(prompt[end + 1:]) == "User: Again\n\nAssistant:"
+    assert chat_tokenizer.decode(prompt[:end]).replace("\u200b", "") == (
+        "User: Say <|endoftext|> please\n\nAssistant: <|endoftext|>")
