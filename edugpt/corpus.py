@@ -175,6 +175,8 @@ def parquet_batches(pf, columns: list[str], start: int = 0, stop: int | None = N
     groups that hold them."""
     meta = pf.metadata
     stop = meta.num_rows if stop is None else stop
+    if start >= stop:
+        return
     groups, row, first_row = [], None, 0
     for g in range(meta.num_row_groups):
         n = meta.row_group(g).num_rows

@@ -355,11 +355,15 @@ def id_schema():
     return pa.schema([("id", pa.string()), ("split", pa.string())])
 
 
+class EmptySplitError(EduGPTError):
+    """A split got no block: the input is too small for these settings (nothing of this run can be reused)."""
+
+
 def require_blocks(stats: dict[str, SplitStats], seq_len: int) -> None:
     """Refuse a dataset in which a split has no block at all (training and evaluation need both)."""
     for split, s in stats.items():
         if s.blocks == 0:
-            raise EduGPTError(
+            raise EmptySplitError(
                 f"the {split} split would have 0 blocks ({s.tokens} tokens from {s.documents} documents < "
                 f"--seq_len {seq_len}); " + ("raise" if split == "validation" else "lower") + " --val_fraction, "
                 "use more documents (--max_docs) or lower --seq_len.")
