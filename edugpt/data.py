@@ -3,10 +3,16 @@
     python prepare_data.py --dataset embedded --output_dir runs/data --seq_len 128      # seconds, offline
 
 The layout written (the data contract other modules load):
-    DIR/dataset_dict.json, DIR/train/, DIR/validation/   `DatasetDict.save_to_disk`; one column `input_ids`,
-                                                         fixed-length uint16 sequences of `seq_len` tokens
+    DIR/dataset_dict.json, DIR/train/, DIR/validation/   `DatasetDict.save_to_disk`'s layout (`datasets.load_from_disk`
+                                                         reads it); one column `input_ids`, fixed-length uint16
+                                                         sequences of `seq_len` tokens
     DIR/manifest.json                                    source, tokenizer, split rule, per-split counts
     DIR/doc_ids.parquet                                  `id`, `split`: one row per kept document
+
+Both ways of preparing share every piece here: `split_of`, `tokenize_batch`, `SplitWriter` (packing straight into the
+split's Arrow files), `write_layout` (the metadata around them, no copy), `build_manifest`, `move_into_place` and
+`verify`. This module runs them in one process over `datasets.map`; `edugpt.prepare_parallel` runs them in datatrove
+tasks.
 
 Why split by ID rather than by position: a document's split is a pure function of its ID (`split_of`), so it is the
 same on any machine, with any `num_proc`, on any re-run and any `--max_docs` slice, and a duplicated document can never
@@ -68,9 +74,9 @@ MAP_BATCH_SIZE = 1000
 # each read faults ~64 KiB of the file into the process's RSS (+124 MiB for 2M blocks of 128, measured). Rows are
 # fixed-size, so a large batch costs nothing when reading: rows are zero-copy slices of it.
 RECORD_BATCH_BYTES = 16 << 20
-# Ids per batch when `verify` streams doc_ids.parquet (Python strings: ~10 MB), and how many misplaced ids it keeps
+# Ids per batch when `verify` streams doc_ids.parquet (as Python strings: ~1 MB), and how many misplaced ids it keeps
 # to look for cross-split duplicates (a tampered or wrong file; a good one has none).
-ID_BATCH_ROWS = 1 << 16
+ID_BATCH_ROWS = 1 << 13
 MAX_WRONG_IDS = 100_000
 # Ids per row group of doc_ids.parquet (a parquet writer holds every row group's metadata until it is closed).
 ID_ROW_GROUP_ROWS = 1 << 17

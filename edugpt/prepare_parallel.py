@@ -243,7 +243,8 @@ def make_plan(args: PrepareDataArguments, ex: ExecutorArguments, source: Source)
                               f"{footers[0]['path']!r} does not; give every file the same columns.")
     if not sum(f["rows"] for f in footers):
         raise EduGPTError(f"{source.dataset!r} holds no rows; point --dataset at parquet files with documents.")
-    tasks = ex.tasks or max(len(files), ex.workers or 1)
+    workers = ex.workers or ((os.cpu_count() or 1) if ex.executor == "local" else 1)
+    tasks = ex.tasks or max(len(files), workers)
     return {
         "format": PLAN_FORMAT,
         "settings": plan_settings(args, source, tasks),
@@ -411,12 +412,20 @@ class MergeShards(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         work = WorkDir(_out_of(Path(self.work_root)))
         with work.locked(wait=MERGE_LOCK_WAIT):
-            manifest = finish(work, json.loads(work.plan.read_text()), started=None)
-            # The merge job's own logs (and the job scripts and outputs of the whole run) stay in WORK/logs.
-            for path in work.root.iterdir():
-                if path != work.logs:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            try:
+                manifest = finish(work, json.loads(work.plan.read_text()), started=None)
+            except EmptySplitError:
+                _clear_all_but_logs(work)  # too little input for these settings: nothing to resume
+                raise
+            _clear_all_but_logs(work)
         print(f"merged {manifest['preparation']['tasks']} tasks into {work.out}")
+
+
+def _clear_all_but_logs(work: WorkDir) -> None:
+    """The end of a Slurm run: the job scripts and job outputs (WORK/logs) stay for the user; the rest goes."""
+    for path in work.root.iterdir():
+        if path != work.logs:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def incomplete_ranks(work: WorkDir, tasks: int) -> list[int]:
@@ -530,12 +539,22 @@ def prepare_parallel(args: PrepareDataArguments, ex: ExecutorArguments) -> dict 
         if ex.executor == "slurm":
             _launch_slurm(work, plan, ex)
             return None
-        _run_tasks(work, plan, ex)
+        try:
+            _run_tasks(work, plan, ex)
+        except (EduGPTError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # a task failed (disk full, a damaged file, ...): datatrove logged its traceback
+            raise EduGPTError(f"a task failed ({type(err).__name__}: {err}); the finished tasks are kept in "
+                              f"{str(work.root)!r} and the task logs in {str(work.tokenize_logs / 'logs')!r}. Fix the "
+                              "cause and re-run the same command to resume.") from err
         try:
             manifest = finish(work, plan, started)
         except EmptySplitError:
             shutil.rmtree(work.root)  # too little input for these settings: no other settings can reuse this work
             raise
+        except OSError as err:  # disk full, permissions: the merge is redone from the start by a re-run
+            raise EduGPTError(f"the merge failed ({err}); fix the cause and re-run the same command to redo it "
+                              f"(the tasks' work is kept in {str(work.root)!r}).") from err
         shutil.rmtree(work.root)
     return manifest
 

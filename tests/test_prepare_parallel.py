@@ -304,6 +304,31 @@ def test_resuming_with_other_settings_is_refused_and_keeps_the_work(tmp_path, mo
     assert manifest["preparation"]["tasks"] == 2
 
 
+@pytest.mark.slow
+def test_a_failed_task_is_reported_in_one_line_and_the_rest_resumes(tmp_path):
+    """A damaged data page (its footer reads fine, so planning passes): the task reading it fails, the others' work is
+    kept, and once the file is repaired the same command finishes only what is left."""
+    folder = write_parquet_folder(tmp_path / "corpus", embedded_rows(), n_files=3, row_group_sizes=(50,))
+    damaged = folder / "part-01.parquet"
+    original, stat = damaged.read_bytes(), damaged.stat()
+    chunk = pq.ParquetFile(damaged).metadata.row_group(1).column(1)  # the `text` column of the 2nd row group
+    middle = chunk.data_page_offset + chunk.total_compressed_size // 2
+    damaged.write_bytes(original[:middle] + b"\xff" * 64 + original[middle + 64:])
+    os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(EduGPTError, match=r"a task failed \(OSError: Corrupt snappy.*re-run the same command"):
+        parallel(tmp_path, folder, "out", tasks=6, workers=1)
+    work = WorkDir(tmp_path / "out")
+    done = sorted((work.tokenize_logs / "completions").iterdir())
+    assert 0 < len(done) < 6 and not (tmp_path / "out").exists()
+
+    damaged.write_bytes(original)
+    os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    manifest, out = parallel(tmp_path, folder, "out", tasks=6, workers=1)
+    reference, _ = single(tmp_path, folder, "reference")
+    assert manifest["splits"] == reference["splits"] and not work.root.exists()
+    verify(out)
+
+
 # --------------------------------------------------------------------------------------------------------- Ray
 
 def _free_port() -> int:
