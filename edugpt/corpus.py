@@ -196,16 +196,15 @@ def parquet_batches(pf, columns: list[str], start: int = 0, stop: int | None = N
 
 
 def local_parquet_dataset(source: Source, cache_dir: str | None = None):
-    """Local parquet files as one memory-mapped `Dataset` of their `text` (and `id`) columns, cached like
-    `load_dataset` caches (keyed by the files' paths, sizes and modification times, so an edited file is read again),
-    but read through `parquet_batches`: memory stays at one batch whatever the files' row-group sizes, and the copy
-    in the cache holds only the two columns tokenizing uses."""
+    """Local parquet files as one memory-mapped `Dataset`, cached as `load_dataset` caches them (keyed by the files'
+    paths, sizes and modification times, so an edited file is read again) but read through `parquet_batches`: memory
+    stays at one batch whatever the files' row-group sizes (`load_dataset` holds a whole row group)."""
     import datasets
     import pyarrow as pa
     from datasets.arrow_writer import ArrowWriter
 
     stamps = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in source.files]
-    key = hashlib.sha256(json.dumps(["edugpt-parquet-v1", stamps]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(["edugpt-parquet-v2", stamps]).encode()).hexdigest()[:16]
     path = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "edugpt_parquet" / key / "documents.arrow"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,15 +213,14 @@ def local_parquet_dataset(source: Source, cache_dir: str | None = None):
         try:
             for file in source.files:
                 with open_parquet(file) as pf:
-                    columns = document_columns(pf, source.dataset if len(source.files) == 1 else file)
                     if schema is None:
-                        schema = pa.schema([pf.schema_arrow.field(name) for name in columns])
+                        schema = pf.schema_arrow.remove_metadata()
                         writer = ArrowWriter(features=datasets.Features.from_arrow_schema(schema), path=str(tmp))
-                    elif columns != schema.names:
-                        raise EduGPTError(f"{file!r} has columns {columns} where the other files have {schema.names}; "
-                                          "give every file the same 'text' and 'id' columns.")
-                    for batch in parquet_batches(pf, columns):
-                        writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+                    elif set(pf.schema_arrow.names) != set(schema.names):
+                        raise EduGPTError(f"{file!r} has columns {pf.schema_arrow.names} where {source.files[0]!r} "
+                                          f"has {schema.names}; give every file the same columns.")
+                    for batch in parquet_batches(pf, schema.names):
+                        writer.write_table(pa.Table.from_batches([batch]).select(schema.names).cast(schema))
             writer.finalize()
             os.replace(tmp, path)
         finally:
