@@ -225,4 +225,7 @@ def local_parquet_dataset(source: Source, cache_dir: str | None = None):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        # Hand the reader's freed buffers back to the OS: `map` workers forked next would otherwise show them as their
+        # own memory (for one 430 MB row group: ~70 MiB held after reading).
+        pa.default_memory_pool().release_unused()
     return datasets.Dataset.from_file(str(path))
