@@ -94,13 +94,15 @@ class PrepareDataArguments:
     val_fraction: float = field(default=0.01, metadata={"help": "Share of documents (by ID hash) for validation."})
     seq_len: int = field(default=1024, metadata={"help": "Tokens per packed block."})
     num_proc: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={
-        "help": "Processes for tokenizing (datasets.map); default: all cores."})
-    max_docs: int | None = field(default=None, metadata={"help": "Only the first N documents (quick slices)."})
+        "help": "Processes for tokenizing with the default executor (datasets.map); default: all cores."})
+    max_docs: int | None = field(default=None, metadata={
+        "help": "Only the first N documents (quick slices; default executor)."})
     tokenizer: str = field(default="gpt2", metadata={
         "help": "gpt2 (tiktoken with GPT-2's ids) or a GPT-2-compatible HF tokenizer id/path."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
     verify: str | None = field(default=None, metadata={"help": "Only re-check an already prepared dataset dir."})
-    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache dir (default: HF_DATASETS_CACHE)."})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "datasets cache dir of the default executor (default: HF_DATASETS_CACHE); tasks use no cache."})
 
     def __post_init__(self):
         if self.verify is not None:

@@ -116,7 +116,7 @@ class ExecutorArguments:
                 "Tasks are resumable: re-run the same command after a crash to do only what is left."})
     tasks: int | None = field(default=None, metadata={
         "help": "Tasks (equal shares of the input's rows, in order); default: one per input file, at least "
-                "--workers. Changing it restarts the work."})
+                "--workers. A re-run resumes only with the same number."})
     workers: int | None = field(default=None, metadata={
         "help": "Tasks running at once (local: default all cores; slurm/ray: default no limit)."})
     cpus_per_task: int = field(default=1, metadata={
