@@ -92,7 +92,10 @@ def resolve_source(dataset: str, subset: str | None = None) -> Source:
 
 def _local_source(path: Path) -> Source:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) in FILE_BUILDERS)
+        # Hidden files and folders are skipped: `.cache/`, and a preparation's own `.NAME.prepare/` work dir when the
+        # output sits inside the input folder.
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) in FILE_BUILDERS
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
             raise EduGPTError(f"directory {str(path)!r} holds no .parquet or .jsonl files; point --dataset at a folder "
                               "of FineWeb-Edu-style parquet/jsonl files.")

@@ -70,6 +70,7 @@ from edugpt.data import (
     SplitStats,
     SplitsWriter,
     SplitWriter,
+    _remove_abandoned_work,
     _write_json,
     build_manifest,
     check_output_dir,
@@ -530,6 +531,7 @@ def prepare_parallel(args: PrepareDataArguments, ex: ExecutorArguments) -> dict 
     _check_executor(ex)
     work = WorkDir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_work(out)  # `.NAME.old-PID` of a swap interrupted by a kill, as the default executor does
     with work.locked():
         plan = _resume_or_plan(work, args, ex, source)
         plan.update(executor=ex.executor, output_dir=str(out), overwrite=args.overwrite)
