@@ -166,7 +166,8 @@ def measure(cmd: list[str], env: dict, written_paths, temp_paths) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{cmd} failed:\n{stderr[-3000:]}")
     tokens = int(re.search(r"([\d,]+) tokens ->", stdout).group(1).replace(",", ""))
-    return {"wall": wall, "cpu": sum(cpu.values()), "tokens": tokens, "peaks": dict(peaks), "disk_peak": max(disk[0], _du(written_paths())),
+    return {"wall": wall, "cpu": sum(cpu.values()), "tokens": tokens, "peaks": dict(peaks),
+            "disk_peak": max(disk[0], _du(written_paths())),
             "left": _du(temp_paths())}
 
 
@@ -215,7 +216,8 @@ def main() -> None:
         print(f"{name:9s} {scale:2d}x {result['tokens']:>12,} tokens {result['wall']:6.1f} s "
               f"({result['tokens'] / result['wall']:>10,.0f} tokens/s, {result['cpu']:6.1f} CPU-s = "
               f"{result['cpu'] / result['wall']:.2f} cores) | peak anon MiB: driver "
-              f"{peaks['driver']['anon'] >> 20}, worker {peaks.get('worker', {}).get('anon', 0) >> 20} | peak file MiB: "
+              f"{peaks['driver']['anon'] >> 20}, worker {peaks.get('worker', {}).get('anon', 0) >> 20} | "
+              f"peak file MiB: "
               f"driver {peaks['driver']['file'] >> 20}, worker {peaks.get('worker', {}).get('file', 0) >> 20} | "
               f"output {result['output'] / result['tokens']:.2f} B/token, disk peak "
               f"{result['disk_peak'] / result['tokens']:.2f} B/token, left {result['left'] / result['tokens']:.2f}"
@@ -260,7 +262,8 @@ def main() -> None:
         for scale in (1, 10):
             r = best(name, scale)
             print(f"disk {name:8s} {scale:2d}x: dataset {r['output'] / r['tokens']:.2f} B/token; everything the run "
-                  f"had written at its peak {r['disk_peak'] / r['tokens']:.2f} B/token ({r['disk_peak'] / r['output']:.2f}x"
+                  f"had written at its peak {r['disk_peak'] / r['tokens']:.2f} B/token "
+                  f"({r['disk_peak'] / r['output']:.2f}x"
                   f" the dataset); left beside it after the run {r['left'] / r['tokens']:.2f} B/token")
 
 

@@ -397,7 +397,7 @@ def write_layout(root, files: dict[str, list[str]], seq_len: int) -> None:
 
 
 def _write_json(path: Path, content, sort_keys: bool = False) -> None:
-    """Write JSON through a temporary file and a rename, so a reader (or a re-run after a kill) never sees half of it."""
+    """Write JSON through a temporary file and a rename: a reader (or a re-run after a kill) never sees half of it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(content, indent=2, sort_keys=sort_keys) + "\n")
     os.replace(tmp, path)

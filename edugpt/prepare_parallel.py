@@ -384,7 +384,7 @@ def run_task(work_root: Path, rank: int, world_size: int, threads: int = 1) -> d
 
 
 def _ran_on(ran_on: dict) -> dict:
-    """Where and when a task ran, for the manifest (to spot slow hosts; a resumed run's tasks ran at different times)."""
+    """Where and when a task ran, for the manifest (to spot slow hosts; a resumed run's tasks ran at other times)."""
     started = datetime.fromtimestamp(ran_on["started"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {"executor": ran_on["executor"], "host": ran_on["host"], "started": started,
             "seconds": round(ran_on["finished"] - ran_on["started"], 3)}
