@@ -3,13 +3,19 @@
 Offline, seconds (the embedded corpus: ~630K tokens of Python's own documentation):
     python prepare_data.py --dataset embedded --output_dir runs/data --seq_len 128
 
-FineWeb-Edu from the Hub (sample-10BT is downloaded into the datasets cache, then tokenized on all cores; sample-100BT
-and full are streamed so the raw set is never held whole):
+FineWeb-Edu from the Hub on one machine (the default executor: sample-10BT is downloaded into the datasets cache, then
+tokenized with datasets.map on all cores; sample-100BT and full are streamed through one process):
     python prepare_data.py --dataset HuggingFaceFW/fineweb-edu --subset sample-10BT --output_dir data/prepared/edu10B
-    python prepare_data.py --subset sample-100BT --output_dir data/prepared/edu100B --num_proc 16
     python prepare_data.py --max_docs 20000 --output_dir data/prepared/edu-slice    # a quick streamed slice
 
-Local parquet/jsonl in FineWeb-Edu's schema (`text`, optional `id`), a file or a directory:
+At full scale, datatrove tasks (each streams its share of the parquet files straight from the Hub or a folder):
+resumable (re-run the same command after a crash: only unfinished tasks run again) and the same dataset on any
+executor. See edugpt/prepare_parallel.py for how it works and README.md for the Slurm and Ray routes.
+    python prepare_data.py --subset sample-100BT --output_dir data/prepared/edu100B --executor local --tasks 512 --workers 64
+    python prepare_data.py --subset full --output_dir /shared/edu-full --executor slurm --tasks 4096 --slurm_partition cpu
+    RAY_ADDRESS=head:6379 python prepare_data.py --subset sample-350BT --output_dir /shared/edu350B --executor ray --tasks 2048
+
+Local parquet/jsonl in FineWeb-Edu's schema (`text`, optional `id`), a file or a directory (datatrove tasks: parquet):
     python prepare_data.py --dataset path/to/shards/ --output_dir data/prepared/mine --val_fraction 0.005
 
 Re-check a prepared dataset (disjoint splits, split rule, counts) and exit non-zero if anything is off:
@@ -25,11 +31,12 @@ import logging
 
 from edugpt.cli import parse_config, run
 from edugpt.data import PrepareDataArguments, prepare, verify
+from edugpt.prepare_parallel import ExecutorArguments, prepare_parallel
 
 
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (args,) = parse_config([PrepareDataArguments], argv)
+    args, executor = parse_config([PrepareDataArguments, ExecutorArguments], argv)
     if args.verify is not None:
         manifest = verify(args.verify)
         splits = manifest["splits"]
@@ -37,7 +44,10 @@ def main(argv=None) -> None:
             f"{name}: {s['documents']:,} documents, {s['blocks']:,} blocks of {manifest['seq_len']}"
             for name, s in splits.items()))
         return
-    prepare(args)
+    if executor.executor == "datasets":
+        prepare(args)
+    else:
+        prepare_parallel(args, executor)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python bench/bench_prepare.py
+python bench/bench_prepare_parallel.py
 python bench/bench_train_cpu.py
 python bench/bench_train_memory.py
 python bench/bench_hellaswag.py

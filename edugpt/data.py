@@ -3,10 +3,16 @@
     python prepare_data.py --dataset embedded --output_dir runs/data --seq_len 128      # seconds, offline
 
 The layout written (the data contract other modules load):
-    DIR/dataset_dict.json, DIR/train/, DIR/validation/   `DatasetDict.save_to_disk`; one column `input_ids`,
-                                                         fixed-length uint16 sequences of `seq_len` tokens
+    DIR/dataset_dict.json, DIR/train/, DIR/validation/   `DatasetDict.save_to_disk`'s layout (`datasets.load_from_disk`
+                                                         reads it); one column `input_ids`, fixed-length uint16
+                                                         sequences of `seq_len` tokens
     DIR/manifest.json                                    source, tokenizer, split rule, per-split counts
     DIR/doc_ids.parquet                                  `id`, `split`: one row per kept document
+
+Both ways of preparing share every piece here: `split_of`, `tokenize_batch`, `SplitWriter` (packing straight into the
+split's Arrow files), `write_layout` (the metadata around them, no copy), `build_manifest`, `move_into_place` and
+`verify`. This module runs them in one process over `datasets.map`; `edugpt.prepare_parallel` runs them in datatrove
+tasks.
 
 Why split by ID rather than by position: a document's split is a pure function of its ID (`split_of`), so it is the
 same on any machine, with any `num_proc`, on any re-run and any `--max_docs` slice, and a duplicated document can never
@@ -68,6 +74,12 @@ MAP_BATCH_SIZE = 1000
 # each read faults ~64 KiB of the file into the process's RSS (+124 MiB for 2M blocks of 128, measured). Rows are
 # fixed-size, so a large batch costs nothing when reading: rows are zero-copy slices of it.
 RECORD_BATCH_BYTES = 16 << 20
+# Ids per batch when `verify` streams doc_ids.parquet (as Python strings: ~1 MB), and how many misplaced ids it keeps
+# to look for cross-split duplicates (a tampered or wrong file; a good one has none).
+ID_BATCH_ROWS = 1 << 13
+MAX_WRONG_IDS = 100_000
+# Ids per row group of doc_ids.parquet (a parquet writer holds every row group's metadata until it is closed).
+ID_ROW_GROUP_ROWS = 1 << 17
 
 
 @dataclass
@@ -82,13 +94,15 @@ class PrepareDataArguments:
     val_fraction: float = field(default=0.01, metadata={"help": "Share of documents (by ID hash) for validation."})
     seq_len: int = field(default=1024, metadata={"help": "Tokens per packed block."})
     num_proc: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={
-        "help": "Processes for tokenizing (datasets.map); default: all cores."})
-    max_docs: int | None = field(default=None, metadata={"help": "Only the first N documents (quick slices)."})
+        "help": "Processes for tokenizing with the default executor (datasets.map); default: all cores."})
+    max_docs: int | None = field(default=None, metadata={
+        "help": "Only the first N documents (quick slices; default executor)."})
     tokenizer: str = field(default="gpt2", metadata={
         "help": "gpt2 (tiktoken with GPT-2's ids) or a GPT-2-compatible HF tokenizer id/path."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
     verify: str | None = field(default=None, metadata={"help": "Only re-check an already prepared dataset dir."})
-    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache dir (default: HF_DATASETS_CACHE)."})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "datasets cache dir of the default executor (default: HF_DATASETS_CACHE); tasks use no cache."})
 
     def __post_init__(self):
         if self.verify is not None:
@@ -209,23 +223,6 @@ def record_batch_rows(seq_len: int) -> int:
     return max(datasets.config.DEFAULT_MAX_BATCH_SIZE, RECORD_BATCH_BYTES // (2 * seq_len))
 
 
-def save_blocks(splits, path, seq_len: int) -> None:
-    """`DatasetDict.save_to_disk(path)` with record batches of `record_batch_rows(seq_len)` rows.
-
-    `save_to_disk` takes no batch size: it reads `datasets.config.DEFAULT_MAX_BATCH_SIZE` when called (both for its
-    own slices and as the ArrowWriter's default), so that value is raised for the duration of this call only.
-    Saving runs in this process (no `num_proc`), where the raised value is seen.
-    """
-    import datasets
-
-    default = datasets.config.DEFAULT_MAX_BATCH_SIZE
-    datasets.config.DEFAULT_MAX_BATCH_SIZE = record_batch_rows(seq_len)
-    try:
-        splits.save_to_disk(str(path))
-    finally:
-        datasets.config.DEFAULT_MAX_BATCH_SIZE = default
-
-
 @dataclass
 class SplitStats:
     documents: int = 0
@@ -236,36 +233,188 @@ class SplitStats:
 
 
 class SplitWriter:
-    """Streams one split's documents into packed blocks in an Arrow file (constant memory, one tail per split)."""
+    """Packs one split's token stream into `seq_len` blocks and writes them as Arrow files `PREFIX-00000.arrow`, ...
+    in `directory`: record batches of `record_batch_rows(seq_len)` rows (~16 MiB), a new file every `shard_bytes`
+    (`datasets`' own 500 MB shard size by default). Memory holds at most one record batch and the tail.
 
-    def __init__(self, path: Path, seq_len: int):
-        from datasets.arrow_writer import ArrowWriter
+    `close()` leaves the tail (fewer than `seq_len` tokens) in `tail`: the single-machine path drops it, a parallel
+    task hands it to the merge.
+    """
 
-        self.path = path
+    def __init__(self, directory, seq_len: int, prefix: str = "data", shard_bytes: int | None = None):
+        import datasets
+        from datasets.utils.py_utils import convert_file_size_to_int
+
+        self.directory = Path(directory)
+        self.seq_len, self.prefix = seq_len, prefix
+        self.batch_rows = record_batch_rows(seq_len)
+        shard_bytes = shard_bytes or convert_file_size_to_int(datasets.config.MAX_SHARD_SIZE)
+        self.batches_per_file = max(1, shard_bytes // (self.batch_rows * 2 * seq_len))
         self.packer = BlockPacker(seq_len)
-        self.writer = ArrowWriter(features=block_features(seq_len), path=str(path))
+        self.buffer, self.filled = None, 0  # the record batch being filled, in place
+        self.writer = None
+        self.batches_in_file = 0
+        self.files: list[str] = []
         self.stats = SplitStats()
 
     def add(self, table) -> None:
         """Add a tokenized batch (Arrow table with `input_ids` and `skipped`) of this split's documents."""
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         skipped = int(pc.sum(table["skipped"]).as_py() or 0)
         self.stats.skipped_empty_documents += skipped
         self.stats.documents += table.num_rows - skipped
         tokens = table["input_ids"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        self.add_tokens(tokens)
+
+    def add_tokens(self, tokens: np.ndarray) -> None:
         self.stats.tokens += len(tokens)
-        blocks = self.packer.push(tokens)
-        if len(blocks):
-            values = pa.array(blocks.reshape(-1), type=pa.uint16())
-            self.writer.write_table(pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(values, blocks.shape[1])}))
-            self.stats.blocks += len(blocks)
+        self.add_blocks(self.packer.push(tokens))
+
+    def add_blocks(self, blocks: np.ndarray) -> None:
+        done = 0
+        while done < len(blocks):
+            if self.buffer is None:
+                self.buffer = np.empty((self.batch_rows, self.seq_len), dtype=np.uint16)
+            n = min(len(blocks) - done, self.batch_rows - self.filled)
+            self.buffer[self.filled:self.filled + n] = blocks[done:done + n]
+            self.filled, done = self.filled + n, done + n
+            if self.filled == self.batch_rows:
+                self._write(self.buffer)
+
+    def _write(self, blocks: np.ndarray) -> None:
+        import pyarrow as pa
+
+        if self.writer is None:
+            from datasets.arrow_writer import ArrowWriter
+
+            name = f"{self.prefix}-{len(self.files):05d}.arrow"
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.writer = ArrowWriter(features=block_features(self.seq_len), path=str(self.directory / name),
+                                      writer_batch_size=self.batch_rows)
+            self.files.append(name)
+        values = pa.array(blocks.reshape(-1), type=pa.uint16())
+        self.writer.write_table(pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(values, self.seq_len)}))
+        self.stats.blocks += len(blocks)
+        self.filled = 0
+        self.batches_in_file += 1
+        if self.batches_in_file == self.batches_per_file:
+            self.writer.finalize()
+            self.writer, self.batches_in_file = None, 0
+
+    @property
+    def tail(self) -> np.ndarray:
+        return self.packer.carry
 
     def close(self) -> SplitStats:
-        self.writer.finalize()
+        if self.filled:
+            self._write(self.buffer[:self.filled])
+        self.buffer = None
+        if self.writer is not None:
+            self.writer.finalize()
+            self.writer = None
         self.stats.dropped_tail_tokens = self.packer.tail
         return self.stats
+
+
+class SplitsWriter:
+    """The writing half of a preparation: routes tokenized batches (`tokenize_batch`'s columns) to one `SplitWriter`
+    per split under `root/<split>/` and lists each kept document's `id` and `split` in the parquet file `ids_path`.
+    The single-machine path runs one over the whole corpus; a parallel task runs one over its share of the rows."""
+
+    def __init__(self, root, seq_len: int, ids_path, prefix: str = "data"):
+        import pyarrow.parquet as pq
+
+        self.splits = {split: SplitWriter(Path(root) / split, seq_len, prefix) for split in SPLITS}
+        self.ids = pq.ParquetWriter(str(ids_path), id_schema(), compression="zstd")
+        self.pending_ids, self.pending_id_rows = [], 0
+
+    def add(self, table) -> None:
+        import pyarrow.compute as pc
+
+        for split, writer in self.splits.items():
+            part = table.filter(pc.equal(table["split"], split))
+            writer.add(part)
+            ids = part.filter(pc.invert(part["skipped"])).select(["id", "split"]).cast(id_schema())
+            self.pending_ids.append(ids)
+            self.pending_id_rows += ids.num_rows
+        if self.pending_id_rows >= ID_ROW_GROUP_ROWS:
+            self._flush_ids()
+
+    def _flush_ids(self) -> None:
+        """One parquet row group per ~128K ids: the writer keeps every row group's metadata until it closes."""
+        import pyarrow as pa
+
+        if self.pending_ids:
+            table = pa.concat_tables(self.pending_ids)
+            self.ids.write_table(table, row_group_size=max(table.num_rows, 1))
+        self.pending_ids, self.pending_id_rows = [], 0
+
+    def close(self) -> dict[str, SplitStats]:
+        self._flush_ids()
+        self.ids.close()
+        return {split: writer.close() for split, writer in self.splits.items()}
+
+
+def id_schema():
+    """Schema of doc_ids.parquet: one row per kept document."""
+    import pyarrow as pa
+
+    return pa.schema([("id", pa.string()), ("split", pa.string())])
+
+
+class EmptySplitError(EduGPTError):
+    """A split got no block: the input is too small for these settings (nothing of this run can be reused)."""
+
+
+def require_blocks(stats: dict[str, SplitStats], seq_len: int) -> None:
+    """Refuse a dataset in which a split has no block at all (training and evaluation need both)."""
+    for split, s in stats.items():
+        if s.blocks == 0:
+            raise EmptySplitError(
+                f"the {split} split would have 0 blocks ({s.tokens} tokens from {s.documents} documents < "
+                f"--seq_len {seq_len}); " + ("raise" if split == "validation" else "lower") + " --val_fraction, "
+                "use more documents (--max_docs) or lower --seq_len.")
+
+
+def write_layout(root, files: dict[str, list[str]], seq_len: int) -> None:
+    """Write the metadata of `DatasetDict.save_to_disk` around Arrow files already in `root/<split>/`, without copying
+    them: `dataset_dict.json`, and per split `dataset_info.json` and `state.json` listing its files in order (which
+    is all `datasets.load_from_disk` reads to memory-map them as one table)."""
+    from datasets import DatasetInfo
+    from datasets.utils.py_utils import asdict
+
+    root = Path(root)
+    info = asdict(DatasetInfo(features=block_features(seq_len)))
+    for split, names in files.items():
+        fingerprint = hashlib.sha256(json.dumps([split, seq_len, names]).encode()).hexdigest()[:16]
+        state = {"_data_files": [{"filename": name} for name in names], "_fingerprint": fingerprint,
+                 "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+                 "_split": None}
+        _write_json(root / split / "state.json", state, sort_keys=True)
+        _write_json(root / split / "dataset_info.json", {key: info[key] for key in sorted(info)})
+    _write_json(root / "dataset_dict.json", {"splits": list(files)})
+
+
+def _write_json(path: Path, content, sort_keys: bool = False) -> None:
+    """Write JSON through a temporary file and a rename: a reader (or a re-run after a kill) never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(content, indent=2, sort_keys=sort_keys) + "\n")
+    os.replace(tmp, path)
+
+
+def save_blocks(splits, path, seq_len: int) -> None:
+    """Save a `DatasetDict` of packed blocks exactly as prepare_data.py lays them out: `SplitWriter`'s Arrow files
+    (few large record batches) plus `write_layout`'s metadata."""
+    root, files = Path(path), {}
+    for name, split in splits.items():
+        writer = SplitWriter(root / name, seq_len)
+        for table in split.with_format("arrow").iter(batch_size=writer.batch_rows):
+            column = table["input_ids"].combine_chunks()
+            writer.add_blocks(column.flatten().to_numpy(zero_copy_only=False).reshape(-1, seq_len))
+        writer.close()
+        files[name] = writer.files
+    write_layout(root, files, seq_len)
 
 
 # --------------------------------------------------------------------------------------------------------- prepare
@@ -277,21 +426,21 @@ def tokenized_batches(raw, *, has_id: bool, args: PrepareDataArguments, salt: st
     import pyarrow as pa
     from tqdm.auto import tqdm
 
-    string, uint16 = datasets.Value("string"), datasets.Value("uint16")
-    features = datasets.Features({"id": string, "split": string, "input_ids": datasets.List(uint16),
-                                  "skipped": datasets.Value("bool")})
     # One tiktoken thread per map process; a single process (or a stream) spreads its batches over all cores.
     threads = max(1, (os.cpu_count() or 1) // args.num_proc) if isinstance(raw, datasets.Dataset) else os.cpu_count()
     kwargs = {"tokenizer": args.tokenizer, "val_fraction": args.val_fraction, "salt": salt, "num_threads": threads}
     columns = [TEXT_COLUMN, ID_COLUMN] if has_id else [TEXT_COLUMN]
+    features = tokenized_features()
     if isinstance(raw, datasets.Dataset):
         tokenized = raw.with_format("arrow").map(
             _tokenize_columns, batched=True, batch_size=MAP_BATCH_SIZE, input_columns=columns, fn_kwargs=kwargs,
             remove_columns=raw.column_names, features=features, num_proc=args.num_proc if args.num_proc > 1 else None,
             desc="tokenize",
         )
-        yield from tqdm(tokenized.with_format("arrow").iter(batch_size=10 * MAP_BATCH_SIZE), desc="pack",
-                        total=-(-len(tokenized) // (10 * MAP_BATCH_SIZE)), unit="batch")
+        # Packing reads the tokenized cache back one map batch at a time: larger batches only raise the allocator's
+        # high-water mark (peak RSS grew with the number of 10,000-row batches read; with 1,000 rows it stays flat).
+        yield from tqdm(tokenized.with_format("arrow").iter(batch_size=MAP_BATCH_SIZE), desc="pack",
+                        total=-(-len(tokenized) // MAP_BATCH_SIZE), unit="batch")
         return
     for batch in tqdm(raw.select_columns(columns).iter(batch_size=MAP_BATCH_SIZE), desc="stream+tokenize",
                       unit="batch"):
@@ -299,15 +448,24 @@ def tokenized_batches(raw, *, has_id: bool, args: PrepareDataArguments, salt: st
         yield pa.table(out, schema=features.arrow_schema)
 
 
+def tokenized_features():
+    """Columns of a tokenized batch: `id`, `split`, `input_ids` (uint16 tokens + eos), `skipped` (unusable text)."""
+    import datasets
+
+    string = datasets.Value("string")
+    return datasets.Features({"id": string, "split": string, "input_ids": datasets.List(datasets.Value("uint16")),
+                              "skipped": datasets.Value("bool")})
+
+
 def _tokenize_columns(texts, ids=None, **kwargs):
     """`datasets.map` adapter in Arrow format: Arrow columns in, an Arrow table out (no per-token Python objects)."""
     import pyarrow as pa
 
-    out = tokenize_batch(_to_python(texts), None if ids is None else _to_python(ids), **kwargs)
+    out = tokenize_batch(column_values(texts), None if ids is None else column_values(ids), **kwargs)
     return pa.table(out)
 
 
-def _to_python(column) -> list:
+def column_values(column) -> list:
     """Arrow column -> Python values; a mixed-type jsonl column arrives as JSON text (datasets' `Json` type)."""
     values = column.to_pylist()
     if "json" in str(column.type):
@@ -315,7 +473,7 @@ def _to_python(column) -> list:
     return values
 
 
-def _check_output_dir(path: Path, overwrite: bool) -> None:
+def check_output_dir(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise EduGPTError(f"--output_dir {str(path)!r} is a file; pass a directory path.")
     if path.exists() and any(path.iterdir()) and not overwrite:
@@ -327,7 +485,7 @@ def prepare(args: PrepareDataArguments) -> dict:
     """Run the whole preparation; returns the manifest. Output appears at `output_dir` only when complete."""
     started = time.perf_counter()
     out = Path(args.output_dir)
-    _check_output_dir(out, args.overwrite)
+    check_output_dir(out, args.overwrite)
     source = resolve_source(args.dataset, args.subset)
     backend = check_tokenizer(args.tokenizer)
     raw = load_source(source, max_docs=args.max_docs, num_proc=args.num_proc, cache_dir=args.cache_dir)
@@ -340,62 +498,48 @@ def prepare(args: PrepareDataArguments) -> dict:
     _remove_abandoned_work(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:
-        stats = _write_splits(tokenized_batches(raw, has_id=has_id, args=args), tmp, args.seq_len)
-        manifest = _manifest(args, source, has_id, backend, stats)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _move_into_place(tmp, out)
+        tmp.mkdir()
+        stats = write_dataset(tokenized_batches(raw, has_id=has_id, args=args), tmp, args.seq_len)
+        manifest = build_manifest(args, source, has_id, backend, stats)
+        _write_json(tmp / MANIFEST, manifest)
+        move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-    elapsed = time.perf_counter() - started
-    total = {key: sum(getattr(s, key) for s in stats.values()) for key in asdict(SplitStats())}
-    print(f"prepared {total['documents']:,} documents ({stats['train'].documents:,} train / "
-          f"{stats['validation'].documents:,} validation, {total['skipped_empty_documents']:,} empty skipped), "
-          f"{total['tokens']:,} tokens -> {stats['train'].blocks:,} + {stats['validation'].blocks:,} blocks of "
-          f"{args.seq_len} in {elapsed:.1f} s ({total['tokens'] / elapsed:,.0f} tokens/s)")
-    print(f"manifest: {out / MANIFEST}")
+    print_summary(manifest, out, time.perf_counter() - started)
     return manifest
 
 
-def _write_splits(batches, tmp: Path, seq_len: int) -> dict[str, SplitStats]:
-    """Pack each split's tokens into blocks, list kept ids, then `save_to_disk` both splits into `tmp`."""
-    import datasets
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    scratch = tmp / "scratch"
-    scratch.mkdir(parents=True)
-    writers = {split: SplitWriter(scratch / f"{split}.arrow", seq_len) for split in SPLITS}
-    id_schema = pa.schema([("id", pa.string()), ("split", pa.string())])
-    with pq.ParquetWriter(tmp / DOC_IDS, id_schema, compression="zstd") as ids_writer:
-        for table in batches:
-            for split, writer in writers.items():
-                part = table.filter(pc.equal(table["split"], split))
-                writer.add(part)
-                ids_writer.write_table(part.filter(pc.invert(part["skipped"])).select(["id", "split"]).cast(id_schema))
-    stats = {split: writer.close() for split, writer in writers.items()}
-    for split, s in stats.items():
-        if s.blocks == 0:
-            raise EduGPTError(
-                f"the {split} split would have 0 blocks ({s.tokens} tokens from {s.documents} documents < "
-                f"--seq_len {seq_len}); " + ("raise" if split == "validation" else "lower") + " --val_fraction, "
-                "use more documents (--max_docs) or lower --seq_len.")
-    # save_to_disk copies the scratch files into the standard layout (shards, dataset_info.json, state.json).
-    splits = datasets.DatasetDict({s: datasets.Dataset.from_file(str(scratch / f"{s}.arrow")) for s in SPLITS})
-    save_blocks(splits, tmp, seq_len)
-    del splits
-    shutil.rmtree(scratch)
+def write_dataset(batches, root: Path, seq_len: int) -> dict[str, SplitStats]:
+    """Pack each split's tokens into blocks written straight into `root/<split>/`, list the kept ids, and add the
+    `DatasetDict` metadata: the finished layout, with no intermediate copy of the blocks."""
+    writer = SplitsWriter(root, seq_len, root / DOC_IDS)
+    for table in batches:
+        writer.add(table)
+    stats = writer.close()
+    require_blocks(stats, seq_len)
+    write_layout(root, {split: w.files for split, w in writer.splits.items()}, seq_len)
     return stats
 
 
-def _manifest(args, source: Source, has_id: bool, backend: str, stats: dict) -> dict:
+def print_summary(manifest: dict, out: Path, elapsed: float) -> None:
+    splits, seq_len = manifest["splits"], manifest["seq_len"]
+    total = {key: sum(s[key] for s in splits.values()) for key in asdict(SplitStats())}
+    print(f"prepared {total['documents']:,} documents ({splits['train']['documents']:,} train / "
+          f"{splits['validation']['documents']:,} validation, {total['skipped_empty_documents']:,} empty skipped), "
+          f"{total['tokens']:,} tokens -> {splits['train']['blocks']:,} + {splits['validation']['blocks']:,} blocks of "
+          f"{seq_len} in {elapsed:.1f} s ({total['tokens'] / elapsed:,.0f} tokens/s)")
+    print(f"manifest: {out / MANIFEST}")
+
+
+def build_manifest(args, source: Source, has_id: bool, backend: str, stats: dict, files=None) -> dict:
+    """manifest.json: what was prepared from what, and the counts `verify` re-checks (`files`: the source files)."""
+    files = source.files if files is None else files
     return {
         "format": FORMAT,
         "created_by": "prepare_data.py",
         "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "source": {"dataset": source.dataset, "subset": source.subset, "max_docs": args.max_docs,
-                   "kind": source.kind, "files": [Path(f).name for f in source.files],
+                   "kind": source.kind, "files": [Path(f).name for f in files],
                    "id_column": ID_COLUMN if has_id else None,
                    "ids": "from the source" if has_id else "derived: 'sha256:' + sha256(text)"},
         "tokenizer": {"name": args.tokenizer, "vocab_size": GPT2_VOCAB_SIZE, "eos_token_id": GPT2_EOS_ID,
@@ -427,8 +571,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Swap the finished dataset in: the old one (if any, with --overwrite) is removed only after the rename."""
+def move_into_place(tmp: Path, out: Path) -> None:
+    """Swap the finished dataset in: the old one (if any, with --overwrite) is removed only after the rename.
+    The one place where a prepared dataset appears at `--output_dir`, whichever executor made it."""
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -463,8 +608,8 @@ def load_manifest(dataset_dir) -> dict:
 def verify(dataset_dir) -> dict:
     """Re-check a prepared dataset from its files: disjoint splits, the split rule, counts, block shape, token range.
 
-    Streams `doc_ids.parquet` and the blocks (memory-mapped), so it also works on FineWeb-sized datasets; only the
-    validation ids are held in memory.
+    Streams `doc_ids.parquet` (one batch of ids at a time) and the blocks (memory-mapped), so memory stays flat on
+    FineWeb-sized datasets. Disjointness needs no set of ids: a document in both splits sits in the wrong one once.
     """
     import datasets
     import pyarrow as pa
@@ -482,23 +627,26 @@ def verify(dataset_dir) -> dict:
         raise EduGPTError(f"cannot read the prepared dataset in {str(root)!r} ({err}); prepare it again.") from None
 
     counts = dict.fromkeys(SPLITS, 0)
-    wrong, val_ids = [], []
-    for batch in id_file.iter_batches(batch_size=1 << 20, columns=["id", "split"]):
+    n_wrong, wrong = 0, []
+    for batch in id_file.iter_batches(batch_size=ID_BATCH_ROWS, columns=["id", "split"]):
         for doc_id, split in zip(batch.column("id").to_pylist(), batch.column("split").to_pylist()):
             counts[split] = counts.get(split, 0) + 1
             if split_of(doc_id, rule["val_fraction"], rule["salt"]) != split:
-                wrong.append((doc_id, split))
-        val_ids.append(batch.column("id").filter(pc.equal(batch.column("split"), "validation")))
-    if wrong:
-        problems.append(f"{len(wrong)} ids sit in a split their hash does not give (e.g. {wrong[0][0]!r} in "
+                n_wrong += 1
+                if len(wrong) < MAX_WRONG_IDS:
+                    wrong.append((doc_id, split))
+    if n_wrong:
+        problems.append(f"{n_wrong} ids sit in a split their hash does not give (e.g. {wrong[0][0]!r} in "
                         f"{wrong[0][1]})")
-    val_set = pa.concat_arrays(val_ids) if val_ids else pa.array([], pa.string())
-    shared = 0
-    for batch in id_file.iter_batches(batch_size=1 << 20, columns=["id", "split"]):
-        train = batch.column("id").filter(pc.equal(batch.column("split"), "train"))
-        shared += pc.sum(pc.is_in(train, value_set=val_set)).as_py() or 0
-    if shared:
-        problems.append(f"{shared} document ids appear in both train and validation")
+        # An id listed in both splits is listed in the wrong one at least once, so only those ids need a second look
+        # (no set of all ids in memory): their rows in the split the hash gives are the duplicates.
+        suspects, shared = pa.array([doc_id for doc_id, _ in wrong], pa.string()), 0
+        for batch in id_file.iter_batches(batch_size=ID_BATCH_ROWS, columns=["id", "split"]):
+            hits = batch.filter(pc.is_in(batch.column("id"), value_set=suspects))
+            shared += sum(split_of(doc_id, rule["val_fraction"], rule["salt"]) == split
+                          for doc_id, split in zip(hits.column("id").to_pylist(), hits.column("split").to_pylist()))
+        if shared:
+            problems.append(f"{shared} document ids appear in both train and validation")
 
     for split in SPLITS:
         expected = manifest["splits"][split]
