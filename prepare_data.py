@@ -13,7 +13,8 @@ resumable (re-run the same command after a crash: only unfinished tasks run agai
 executor. See edugpt/prepare_parallel.py for how it works and README.md for the Slurm and Ray routes.
     python prepare_data.py --subset sample-100BT --output_dir data/prepared/edu100B --executor local --tasks 512 --workers 64
     python prepare_data.py --subset full --output_dir /shared/edu-full --executor slurm --tasks 4096 --slurm_partition cpu
-    RAY_ADDRESS=head:6379 python prepare_data.py --subset sample-350BT --output_dir /shared/edu350B --executor ray --tasks 2048
+    RAY_ADDRESS=head:6379 python prepare_data.py --subset sample-350BT --output_dir /shared/edu350B \\
+        --executor ray --tasks 2048
 
 Local parquet/jsonl in FineWeb-Edu's schema (`text`, optional `id`), a file or a directory (datatrove tasks: parquet):
     python prepare_data.py --dataset path/to/shards/ --output_dir data/prepared/mine --val_fraction 0.005

@@ -3,7 +3,8 @@
     python prepare_data.py --dataset embedded --output_dir runs/data --seq_len 128 --executor local --tasks 8 --workers 2
     python prepare_data.py --subset sample-100BT --output_dir data/prepared/edu100B --executor local --tasks 512 --workers 64
     python prepare_data.py --subset full --output_dir /shared/edu-full --executor slurm --tasks 4096 --slurm_partition cpu
-    RAY_ADDRESS=head-node:6379 python prepare_data.py --subset sample-350BT --output_dir /shared/edu350B --executor ray --tasks 2048
+    RAY_ADDRESS=head-node:6379 python prepare_data.py --subset sample-350BT --output_dir /shared/edu350B \\
+        --executor ray --tasks 2048
 
 The same split rule, tokenizer and packer as the single-machine path (`edugpt.data`), cut into tasks:
 
