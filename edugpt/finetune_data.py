@@ -119,8 +119,9 @@ def load_raw(name: str, config: str | None = None, split: str = "train"):
     except Exception as err:
         where = "in the offline cache (HF_HUB_OFFLINE=1)" if not hub_available() else "on the Hub"
         raise EduGPTError(
-            f"could not load dataset {name!r} (config {config!r}, split {split!r}) {where}: "
-            f"{type(err).__name__}: {_first_line(err)}; check the name, or use a local dataset folder."
+            f"dataset {name!r} is no local file or folder (relative to {Path.cwd()}) and could not be loaded "
+            f"(config {config!r}, split {split!r}) {where}: {type(err).__name__}: {_first_line(err)}; check the name, "
+            "or use a local dataset folder."
         ) from None
 
 

@@ -207,7 +207,7 @@ def test_local_tasks_give_the_single_machine_dataset(tmp_path, corpus):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no work dir left
     from transformers import GPT2Config
 
-    from edugpt.training import load_prepared
+    from edugpt.pretrain import load_prepared
 
     data = load_prepared(out_eight, GPT2Config(n_positions=128), seq_len=128)
     assert len(data.train) == eight["splits"]["train"]["blocks"]
