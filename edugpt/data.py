@@ -536,6 +536,7 @@ def prepare(args: PrepareDataArguments) -> dict:
     source = resolve_source(args.dataset, args.subset)
     check_not_input(out, source)
     check_output_dir(out, args.overwrite)
+    ensure_dir(out.parent, "the folder of --output_dir")
     backend = check_tokenizer(args.tokenizer)
     raw = load_source(source, max_docs=args.max_docs, num_proc=args.num_proc, cache_dir=args.cache_dir)
     has_id = require_text_column(raw, source)
@@ -543,7 +544,6 @@ def prepare(args: PrepareDataArguments) -> dict:
         logger.warning("%s has no 'id' column: deriving each document's id from the SHA-256 of its text.",
                        source.dataset)
 
-    ensure_dir(out.parent, "the parent folder of --output_dir")
     with output_lock(out):
         recover_swap(out)
         remove_leftovers(out)
@@ -606,6 +606,12 @@ def write_prepared(path, splits: dict[str, np.ndarray], *, dataset: str = "array
         stats[split].documents, stats[split].tokens = 1, stats[split].blocks * seq_len
         files[split], digests[split] = writer.files, writer.digests
     write_layout(root, files, seq_len)
+    # One document id per split, chosen so that the split rule puts it there: `verify` passes on the result.
+    ids = {split: next(f"doc-{i}" for i in itertools.count() if split_of(f"doc-{i}", 0.5) == split) for split in splits}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": list(ids.values()), "split": list(ids)}, schema=id_schema()), root / DOC_IDS)
     args = PrepareDataArguments(dataset=dataset, output_dir=str(root), seq_len=seq_len, val_fraction=0.5, num_proc=1)
     source = Source("local", dataset)
     manifest = build_manifest(args, source, True, "tiktoken", stats, content=content_section(files, digests))

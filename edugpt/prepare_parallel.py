@@ -540,10 +540,11 @@ def prepare_parallel(args: PrepareDataArguments, ex: ExecutorArguments) -> dict 
     check_tokenizer(args.tokenizer)
     _check_executor(ex)
     work = WorkDir(out)
-    ensure_dir(out.parent, "the parent folder of --output_dir")
+    ensure_dir(out.parent, "the folder of --output_dir")
     # The launcher holds the output's lock while it plans, runs the tasks (local, Ray) and merges; Slurm tasks only
     # write inside the work dir, and the merge job takes the lock again before it touches the output.
     with work.locked():
+        check_output_dir(out, args.overwrite)  # again, under the lock: an interrupted swap may have completed
         plan = _resume_or_plan(work, args, ex, source)
         plan.update(executor=ex.executor, output_dir=str(out), overwrite=args.overwrite)
         _write_json(work.plan, plan)
