@@ -21,6 +21,7 @@ sit on both sides (the original project's fix for build-nanogpt's "validation = 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -346,6 +347,15 @@ class SplitsWriter:
         self.ids.close()
         return {split: writer.close() for split, writer in self.splits.items()}
 
+    def abort(self) -> None:
+        """Close every open file after a failure (a full disk): an open descriptor would keep a deleted file's space."""
+        for writer in self.splits.values():
+            if writer.writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.writer.stream.close()
+        with contextlib.suppress(Exception):
+            self.ids.close()
+
 
 def id_schema():
     """Schema of doc_ids.parquet: one row per kept document."""
@@ -573,9 +583,13 @@ def write_dataset(batches, root: Path, seq_len: int) -> tuple[dict[str, SplitSta
     `DatasetDict` metadata: the finished layout, with no intermediate copy of the blocks. Returns the per-split
     counts and the manifest's `content` digests."""
     writer = SplitsWriter(root, seq_len, root / DOC_IDS)
-    for table in batches:
-        writer.add(table)
-    stats = writer.close()
+    try:
+        for table in batches:
+            writer.add(table)
+        stats = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     require_blocks(stats, seq_len)
     files = {split: w.files for split, w in writer.splits.items()}
     write_layout(root, files, seq_len)

@@ -353,24 +353,15 @@ def run_task(work_root: Path, rank: int, world_size: int, threads: int = 1) -> d
 
 
 def _run_task(work: WorkDir, plan: dict, rank: int, tmp: Path, started: float, threads: int) -> dict:
-    import pyarrow as pa
 
     settings = plan["settings"]
     writer = SplitsWriter(tmp, settings["seq_len"], tmp / DOC_IDS, prefix=f"task-{rank:05d}")
-    schema = tokenized_features().arrow_schema
-    rows = {f["path"]: f["rows"] for f in plan["files"]}
-    for path, start, stop in task_pieces(plan, rank):
-        with open_parquet(path) as pf:
-            if pf.metadata.num_rows != rows[path]:
-                raise EduGPTError(f"{path!r} now has {pf.metadata.num_rows} rows, {rows[path]} when this run was "
-                                  f"planned; delete {str(work.root)!r} to prepare the changed input from scratch.")
-            columns = document_columns(pf, path)
-            for batch in parquet_batches(pf, columns, start, stop):
-                ids = column_values(batch.column(ID_COLUMN)) if plan["has_id"] else None
-                out = tokenize_batch(column_values(batch.column(TEXT_COLUMN)), ids, tokenizer=settings["tokenizer"],
-                                     val_fraction=settings["val_fraction"], salt=settings["salt"], num_threads=threads)
-                writer.add(pa.table(out, schema=schema))
-    stats = writer.close()
+    try:
+        _tokenize_rows(work, plan, rank, writer, threads)
+        stats = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     # Finished files go into the dataset being assembled; the record, written last, is what the merge trusts.
     for split, split_writer in writer.splits.items():
         for name in split_writer.files:
@@ -387,6 +378,25 @@ def _run_task(work: WorkDir, plan: dict, rank: int, tmp: Path, started: float, t
     }
     _write_json(work.record(rank), record)
     return record
+
+
+def _tokenize_rows(work: WorkDir, plan: dict, rank: int, writer: SplitsWriter, threads: int) -> None:
+    import pyarrow as pa
+
+    settings = plan["settings"]
+    schema = tokenized_features().arrow_schema
+    rows = {f["path"]: f["rows"] for f in plan["files"]}
+    for path, start, stop in task_pieces(plan, rank):
+        with open_parquet(path) as pf:
+            if pf.metadata.num_rows != rows[path]:
+                raise EduGPTError(f"{path!r} now has {pf.metadata.num_rows} rows, {rows[path]} when this run was "
+                                  f"planned; delete {str(work.root)!r} to prepare the changed input from scratch.")
+            columns = document_columns(pf, path)
+            for batch in parquet_batches(pf, columns, start, stop):
+                ids = column_values(batch.column(ID_COLUMN)) if plan["has_id"] else None
+                out = tokenize_batch(column_values(batch.column(TEXT_COLUMN)), ids, tokenizer=settings["tokenizer"],
+                                     val_fraction=settings["val_fraction"], salt=settings["salt"], num_threads=threads)
+                writer.add(pa.table(out, schema=schema))
 
 
 def _ran_on(ran_on: dict) -> dict:
