@@ -260,6 +260,23 @@ def test_verify_of_tasks_output_and_of_old_or_broken_manifests(tmp_path, corpus)
                                                     "prepare_data.py.")
 
 
+# ------------------------------------------------------------------------------------------------ skipped rows
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rows_without_usable_text_are_counted_by_reason(tmp_path, path, capsys):
+    rows = [{"id": f"d{i}", "text": f"Document number {i} says something. " * 4} for i in range(40)]
+    rows += [{"id": "null1", "text": None}, {"id": "null2", "text": None}, {"id": "e", "text": ""},
+             {"id": "blank", "text": " \n "}]
+    (tmp_path / "corpus").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "corpus" / "c.parquet")
+    manifest = run(path, tmp_path / "corpus", tmp_path / "out", val_fraction=0.3, seq_len=16)
+    total = {key: sum(s[key] for s in manifest["splits"].values())
+             for key in ("documents", "skipped_missing_text", "skipped_empty_documents", "skipped_non_string_text")}
+    assert total == {"documents": 40, "skipped_missing_text": 2, "skipped_empty_documents": 2,
+                     "skipped_non_string_text": 0}
+    assert "skipped 2 rows with no text (null or missing), 2 rows with empty or blank text" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------------- tokens
 
 @pytest.mark.parametrize("path", PATHS)

@@ -207,8 +207,7 @@ def test_local_tasks_give_the_single_machine_dataset(tmp_path, corpus):
     # No work dir left; only the outputs' lock files stay (never deleted, see safefs.DirLock).
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
         ".single.lock", ".tasks1.lock", ".tasks8.lock"]
-    # The same blocks, the same content digests: --tasks 1 files its blocks differently, so only the split's blocks
-    # as read compare; each dataset's own digests verify.
+    # Each dataset's digests verify (--tasks 1 stores the default path's blocks in other files, so its digests differ).
     assert all(verify(out) for out in (out_base, out_one, out_eight))
     from transformers import GPT2Config
 
