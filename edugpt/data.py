@@ -6,13 +6,18 @@ The layout written (the data contract other modules load):
     DIR/dataset_dict.json, DIR/train/, DIR/validation/   `DatasetDict.save_to_disk`'s layout (`datasets.load_from_disk`
                                                          reads it); one column `input_ids`, fixed-length uint16
                                                          sequences of `seq_len` tokens
-    DIR/manifest.json                                    source, tokenizer, split rule, per-split counts
+    DIR/manifest.json                                    source, tokenizer, split rule, per-split counts (skipped
+                                                         rows per reason), `content`: SHA-256 digests of the blocks
     DIR/doc_ids.parquet                                  `id`, `split`: one row per kept document
 
 Both ways of preparing share every piece here: `split_of`, `tokenize_batch`, `SplitWriter` (packing straight into the
 split's Arrow files), `write_layout` (the metadata around them, no copy), `build_manifest`, `move_into_place` and
 `verify`. This module runs them in one process over `datasets.map`; `edugpt.prepare_parallel` runs them in datatrove
 tasks.
+
+Beside DIR, and only while a job writes it: `.DIR.lock` (the `DirLock` every job writing DIR holds; the file stays),
+`.DIR.tmp/` (the dataset being written), `.DIR.swap.json` + `.DIR.old/` (the journalled swap; see `move_into_place`).
+`--overwrite` replaces only a prepared dataset (`is_prepared_dataset`), never the input (`check_not_input`).
 
 Why split by ID rather than by position: a document's split is a pure function of its ID (`split_of`), so it is the
 same on any machine, with any `num_proc`, on any re-run and any `--max_docs` slice, and a duplicated document can never

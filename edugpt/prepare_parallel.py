@@ -23,8 +23,14 @@ The same split rule, tokenizer and packer as the single-machine path (`edugpt.da
    concatenated in task order and packed into a few more blocks per split (only the final remainder, < seq_len
    tokens per split, is dropped: the same count as the single-machine path); `write_layout` lists the task files
    in task order, then the tail blocks, in each split's state.json (no data is copied); the id parts are joined
-   into doc_ids.parquet; manifest.json gets per-task counts; `verify` checks it all; and `move_into_place` swaps
-   WORK/dataset in as `--output_dir`.
+   into doc_ids.parquet; manifest.json gets per-task counts and the content digests (each task hashed its files as
+   it wrote them: no second pass); `verify` checks it all; and `move_into_place` swaps WORK/dataset in as
+   `--output_dir`.
+
+The output's lock (`edugpt.data.output_lock`, `.NAME.lock` beside it) is held by the launcher while it plans, runs
+local or Ray tasks and merges. Tasks (local workers, Ray tasks on other nodes, Slurm array tasks) never take it: they
+write only their own files inside WORK, and a task's half-written part is removed when it fails or is retried. A Slurm
+merge job takes the lock itself (waiting for the launcher) before it touches the output.
 
 The result is the single-machine path's layout: `datasets.load_from_disk` and training read it unchanged. Block order
 is task order, not finishing order, so a resumed run writes the same blocks as an uninterrupted one; with
