@@ -730,15 +730,21 @@ def recover_swap(out: Path) -> None:
     journal = swap_journal(out)
     if not journal.exists():
         return
+    out = out.absolute()
+    # Only the two places a swap ever starts from, and only our `.old`: a journal naming anything else (damaged, or
+    # not written by us) must not make this delete or move a folder.
+    allowed_new = {out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.prepare" / "dataset"}
     try:
         paths = json.loads(journal.read_text())
         new, old = Path(paths["new"]), Path(paths["old"])
+        if new.resolve() not in {p.resolve() for p in allowed_new} or \
+                old.resolve() != (out.parent / f".{out.name}.old").resolve():
+            raise ValueError("unexpected paths")
     except (ValueError, KeyError, TypeError):
-        # Written atomically, so a damaged journal is not ours to interpret: leave everything as it is.
         raise EduGPTError(f"{str(journal)!r} is damaged; check {str(out)!r} and the folders beside it by hand, then "
                           "delete the journal.") from None
     logger.warning("completing the replacement of %s that an interrupted run left half done", out)
-    _complete_swap(new, out.absolute(), old, journal)
+    _complete_swap(new, out, old, journal)
 
 
 def remove_leftovers(out: Path) -> None:

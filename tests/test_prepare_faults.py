@@ -161,6 +161,17 @@ def test_a_swap_stopped_at_any_step_is_completed_by_the_next_run(tmp_path, monke
     assert beside(out) == []
 
 
+def test_a_journal_naming_other_folders_moves_or_deletes_nothing(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    out = tmp_path / "out"
+    (tmp_path / ".out.swap.json").write_text(json.dumps({"new": str(precious), "old": str(precious)}))
+    with pytest.raises(EduGPTError, match="swap.json' is damaged"):
+        recover_swap(out)
+    assert (precious / "keep.txt").read_text() == "mine" and not out.exists()
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_a_real_kill_between_the_renames_loses_nothing(tmp_path, corpus, path):
     """SIGKILL with the old dataset moved aside and the new one not yet in place: the next run finishes the swap
