@@ -172,6 +172,7 @@ def test_a_journal_naming_other_folders_moves_or_deletes_nothing(tmp_path):
     assert (precious / "keep.txt").read_text() == "mine" and not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PATHS)
 def test_a_real_kill_between_the_renames_loses_nothing(tmp_path, corpus, path):
     """SIGKILL with the old dataset moved aside and the new one not yet in place: the next run finishes the swap
@@ -243,6 +244,7 @@ def test_verify_catches_tampered_blocks(tmp_path, prepared, tamper):
         verify(out)
 
 
+@pytest.mark.slow
 def test_verify_of_tasks_output_and_of_old_or_broken_manifests(tmp_path, corpus):
     manifest = run("tasks", corpus, tmp_path / "tasks")
     assert manifest["content"]["train"]["sha256"] and "unchecked" not in verify(tmp_path / "tasks")
