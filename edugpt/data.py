@@ -699,6 +699,7 @@ def move_into_place(new: Path, out: Path) -> None:
     old = out.parent / f".{out.name}.old"
     if old.exists():
         raise EduGPTError(f"{str(old)!r} is in the way of replacing {str(out)!r}; move it elsewhere and re-run.")
+    _fsync_tree(new)  # the new dataset is on disk before the journal makes it the one to keep (a power cut)
     journal = swap_journal(out)
     atomic_write_text(journal, json.dumps({"new": str(new.absolute()), "out": str(out.absolute()),
                                            "old": str(old.absolute())}) + "\n")
@@ -757,6 +758,18 @@ def remove_leftovers(out: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` (the kernel flushes what is still dirty; the rest costs nothing)."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
 
 
 def _fsync_dir(path: Path) -> None:
