@@ -19,7 +19,8 @@ executor. See edugpt/prepare_parallel.py for how it works and README.md for the 
 Local parquet/jsonl in FineWeb-Edu's schema (`text`, optional `id`), a file or a directory (datatrove tasks: parquet):
     python prepare_data.py --dataset path/to/shards/ --output_dir data/prepared/mine --val_fraction 0.005
 
-Re-check a prepared dataset (disjoint splits, split rule, counts) and exit non-zero if anything is off:
+Re-check a prepared dataset (disjoint splits, split rule, counts, the blocks' content digests) and exit non-zero if
+anything is off:
     python prepare_data.py --verify runs/data
 
 Arguments may also come from a YAML recipe: `--config recipe.yaml` (CLI flags override it).
@@ -28,15 +29,14 @@ Output layout and manifest keys: see `edugpt/data.py` and the data contract.
 
 from __future__ import annotations
 
-import logging
-
-from edugpt.cli import parse_config, run
-from edugpt.data import PrepareDataArguments, prepare, verify
+from edugpt.args import PrepareDataArguments
+from edugpt.cli import parse_config, run, setup_logging
+from edugpt.data import prepare, verify
 from edugpt.prepare_parallel import ExecutorArguments, prepare_parallel
 
 
 def main(argv=None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args, executor = parse_config([PrepareDataArguments, ExecutorArguments], argv)
     if args.verify is not None:
         manifest = verify(args.verify)
@@ -44,6 +44,8 @@ def main(argv=None) -> None:
         print(f"ok: {args.verify} verified — " + ", ".join(
             f"{name}: {s['documents']:,} documents, {s['blocks']:,} blocks of {manifest['seq_len']}"
             for name, s in splits.items()))
+        if "unchecked" in manifest:
+            print(f"not checked: {manifest['unchecked']}")
         return
     if executor.executor == "datasets":
         prepare(args)

@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 
 
-def make_corpus(path: Path, min_mb: float) -> tuple[int, int]:
-    """Repeat the embedded corpus until it holds `min_mb` MB of text; each copy shuffles paragraphs, new ids."""
+def corpus_rows(min_mb: float) -> tuple[list[dict], int]:
+    """The embedded corpus repeated until it holds `min_mb` MB of text; each copy shuffles paragraphs, new ids.
+    The one corpus maker of the prepare benches (bench_prepare_parallel.py writes the same rows as several files)."""
     import random
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from edugpt.corpus import EMBEDDED_CORPUS
@@ -51,6 +51,15 @@ def make_corpus(path: Path, min_mb: float) -> tuple[int, int]:
             rows.append({**row, "text": text, "id": f"<urn:bench:{copy}:{row['id']}>"})
             size += len(text.encode())
         copy += 1
+    return rows, size
+
+
+def make_corpus(path: Path, min_mb: float) -> tuple[int, int]:
+    """`corpus_rows` as one parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows, size = corpus_rows(min_mb)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
     return len(rows), size

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import re
 import shutil
 import subprocess
@@ -36,23 +35,13 @@ OUT = ROOT / "bench" / "out" / "parallel"
 
 
 def make_corpus(folder: Path, min_mb: float, files: int = 8) -> tuple[int, int]:
-    """The embedded corpus repeated until it holds `min_mb` MB of text, as `files` parquet files."""
+    """bench_prepare.py's corpus (the embedded corpus repeated until it holds `min_mb` MB of text), as `files`
+    parquet files."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from bench_prepare import corpus_rows
 
-    from edugpt.corpus import EMBEDDED_CORPUS
-
-    base = pq.read_table(EMBEDDED_CORPUS).to_pylist()
-    rows, size, copy = [], 0, 0
-    while size < min_mb * 1e6:
-        rng = random.Random(copy)
-        for row in base:
-            paragraphs = row["text"].split("\n\n")
-            rng.shuffle(paragraphs)
-            text = "\n\n".join(paragraphs)
-            rows.append({**row, "text": text, "id": f"<urn:bench:{copy}:{row['id']}>"})
-            size += len(text.encode())
-        copy += 1
+    rows, size = corpus_rows(min_mb)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

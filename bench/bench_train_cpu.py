@@ -32,32 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def make_dataset(path: Path, seq_len: int, blocks: int) -> Path:
-    """A prepared directory in the data contract's format (GPT-2 ids of real text; content does not affect speed)."""
-    import json
-
-    import datasets
+    """A prepared directory written by prepare_data.py's own writer (GPT-2 ids of real text; content does not affect
+    speed)."""
     import numpy as np
 
+    from edugpt.data import write_prepared
     from edugpt.tokenizer import BUNDLED_GPT2_DIR, gpt2_tiktoken
 
     ids = gpt2_tiktoken().encode_ordinary((BUNDLED_GPT2_DIR / "merges.txt").read_text()[:2_000_000])
     tokens = np.resize(np.asarray(ids + [50256], dtype=np.uint16), (blocks + 8) * seq_len).reshape(-1, seq_len)
-    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("uint16"), length=seq_len)})
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"input_ids": tokens[:blocks]}, features=features),
-        "validation": datasets.Dataset.from_dict({"input_ids": tokens[blocks:]}, features=features),
-    }).save_to_disk(str(path))
-    def split(n):
-        return {"documents": 1, "tokens": n * seq_len, "blocks": n, "dropped_tail_tokens": 0,
-                "skipped_empty_documents": 0}
-    (path / "manifest.json").write_text(json.dumps({
-        "format": "edugpt-prepared-v1", "created_by": "prepare_data.py",
-        "source": {"dataset": "bench", "subset": None, "max_docs": None},
-        "tokenizer": {"name": "gpt2", "vocab_size": 50257, "eos_token_id": 50256}, "seq_len": seq_len,
-        "split_rule": {"hash": "none", "salt": "", "val_fraction": 0.0, "description": "bench data"},
-        "splits": {"train": split(blocks), "validation": split(8)},
-    }))
-    return path
+    return write_prepared(path, {"train": tokens[:blocks], "validation": tokens[blocks:]}, dataset="bench")
 
 
 def parse(argv, data_dir: Path, output_dir: Path, steps: int):

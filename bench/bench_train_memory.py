@@ -50,6 +50,7 @@ def grow(small: Path, large: Path, factor: int, plain: bool = False) -> None:
         save_blocks(grown, large, manifest["seq_len"])
     for key in ("tokens", "blocks"):
         manifest["splits"]["train"][key] *= factor
+    manifest.pop("content", None)  # the small set's digests: not those of the grown blocks (training does not read them)
     (large / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -6,14 +6,17 @@ entry point parses its dataclasses with `edugpt.cli.parse_config` (YAML recipe +
 
 - train_hf.py: ModelArguments, DataArguments, ScriptArguments, RunArguments + TrainingArguments
 - finetune/sft.py, finetune/dpo.py: RunArguments + TRL's ScriptArguments, SFTConfig/DPOConfig, ModelConfig
+- prepare_data.py: PrepareDataArguments + edugpt.prepare_parallel's ExecutorArguments
 - eval_harness.py: EvalArguments; publish.py: PublishArguments; python -m edugpt.card: CardArguments
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
+from edugpt.corpus import EMBEDDED, FINEWEB_EDU
 from edugpt.errors import EduGPTError
 from edugpt.tokenizer import GPT2_VOCAB_SIZE
 
@@ -295,3 +298,43 @@ def _check_report_to(report_to) -> None:
 
 _DETECTABLE_INTEGRATIONS = ("comet_ml", "dagshub", "dvclive", "mlflow", "neptune", "tensorboard", "wandb", "codecarbon",
                             "clearml", "swanlab", "trackio")
+
+
+@dataclass
+class PrepareDataArguments:
+    """Arguments of `prepare_data.py` (also usable from Python: `prepare(PrepareDataArguments(...))`)."""
+
+    dataset: str = field(default=FINEWEB_EDU, metadata={
+        "help": f"Hub dataset id, a local parquet/jsonl file or directory, or '{EMBEDDED}' (offline Python docs)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where the prepared dataset is written."})
+    subset: str | None = field(default=None, metadata={
+        "help": "Hub config: sample-10BT (default for fineweb-edu), sample-100BT, sample-350BT or full."})
+    val_fraction: float = field(default=0.01, metadata={"help": "Share of documents (by ID hash) for validation."})
+    seq_len: int = field(default=1024, metadata={"help": "Tokens per packed block."})
+    num_proc: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={
+        "help": "Processes for tokenizing with the default executor (datasets.map); default: all cores."})
+    max_docs: int | None = field(default=None, metadata={
+        "help": "Only the first N documents (quick slices; default executor)."})
+    tokenizer: str = field(default="gpt2", metadata={
+        "help": "gpt2 (tiktoken with GPT-2's ids) or a GPT-2-compatible HF tokenizer id/path."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace an output_dir that holds a dataset prepared by prepare_data.py (nothing else is replaced)."})
+    verify: str | None = field(default=None, metadata={"help": "Only re-check an already prepared dataset dir."})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "datasets cache dir of the default executor (default: HF_DATASETS_CACHE); tasks use no cache."})
+
+    def __post_init__(self):
+        if self.verify is not None:
+            return
+        if not self.output_dir:
+            raise EduGPTError("--output_dir is required; pass where the prepared dataset should go, e.g. "
+                              "--output_dir runs/data.")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise EduGPTError(f"--val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}; "
+                              "try 0.01.")
+        if self.seq_len < 2:
+            raise EduGPTError(f"--seq_len must be at least 2, got {self.seq_len}; GPT-2 uses 1024.")
+        if self.num_proc < 1:
+            raise EduGPTError(f"--num_proc must be at least 1, got {self.num_proc}.")
+        if self.max_docs is not None and self.max_docs < 1:
+            raise EduGPTError(f"--max_docs must be a positive number of documents, got {self.max_docs}.")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edugpt.errors import EduGPTError
 from edugpt.net import hub_available
+from edugpt.safefs import NO_SPACE, no_space_error
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +128,46 @@ def load_source(source: Source, *, max_docs: int | None = None, num_proc: int = 
     elif source.builder == "parquet":
         ds = local_parquet_dataset(source, cache_dir=cache_dir)
     else:
-        ds = datasets.load_dataset(source.builder, data_files=source.files, split="train", cache_dir=cache_dir)
+        try:
+            ds = datasets.load_dataset(source.builder, data_files=source.files, split="train", cache_dir=cache_dir)
+        except Exception as err:  # `datasets` wraps the parser's error without naming the line: find it
+            raise json_error(source.files, err) from None
+    if len(ds) == 0:
+        raise EduGPTError(f"{source.dataset!r} holds no documents; point --dataset at files with rows.")
     if max_docs is not None and max_docs < len(ds):
         ds = ds.select(range(max_docs))
     return ds
+
+
+def json_error(files, err: Exception) -> EduGPTError:
+    """The one-line error for jsonl input `datasets` could not load: the first file and line that is not a JSON
+    object, an input with no rows, or else what `datasets` said."""
+    import gzip
+
+    for file in files:
+        if file.endswith(".zst"):
+            continue
+        opener = gzip.open if file.endswith(".gz") else open
+        try:
+            with opener(file, "rb") as f:
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line.decode("utf-8"))
+                    except (ValueError, UnicodeDecodeError) as bad:
+                        return EduGPTError(f"{file}:{number} is not a line of JSON ({str(bad)[:80]}); fix or remove "
+                                           "that line (.jsonl holds one JSON object per line).")
+                    if not isinstance(row, dict):
+                        return EduGPTError(f"{file}:{number} is a JSON {type(row).__name__}, not an object; each line "
+                                           "of a .jsonl file must be one object with a 'text' key.")
+        except (OSError, EOFError) as bad:
+            return EduGPTError(f"cannot read {file!r} ({bad}); fix or remove it.")
+    if all(os.path.getsize(f) == 0 for f in files):
+        return EduGPTError(f"{', '.join(files)} is empty; point --dataset at files with documents.")
+    cause = err.__cause__ or err
+    return EduGPTError(f"cannot load {', '.join(files)[:200]} ({type(cause).__name__}: {str(cause)[:200]}); check "
+                       "that each line is a JSON object with a 'text' key.")
 
 
 def column_names(ds) -> list[str]:
@@ -215,15 +252,23 @@ def local_parquet_dataset(source: Source, cache_dir: str | None = None):
         schema, writer = None, None
         try:
             for file in source.files:
-                with open_parquet(file) as pf:
-                    if schema is None:
-                        schema = pf.schema_arrow.remove_metadata()
-                        writer = ArrowWriter(features=datasets.Features.from_arrow_schema(schema), path=str(tmp))
-                    elif set(pf.schema_arrow.names) != set(schema.names):
-                        raise EduGPTError(f"{file!r} has columns {pf.schema_arrow.names} where {source.files[0]!r} "
-                                          f"has {schema.names}; give every file the same columns.")
-                    for batch in parquet_batches(pf, schema.names):
-                        writer.write_table(pa.Table.from_batches([batch]).select(schema.names).cast(schema))
+                try:
+                    with open_parquet(file) as pf:
+                        if schema is None:
+                            schema = pf.schema_arrow.remove_metadata()
+                            writer = ArrowWriter(features=datasets.Features.from_arrow_schema(schema), path=str(tmp))
+                        elif set(pf.schema_arrow.names) != set(schema.names):
+                            raise EduGPTError(f"{file!r} has columns {pf.schema_arrow.names} where "
+                                              f"{source.files[0]!r} has {schema.names}; give every file the same "
+                                              "columns.")
+                        for batch in parquet_batches(pf, schema.names):
+                            writer.write_table(pa.Table.from_batches([batch]).select(schema.names).cast(schema))
+                except (pa.ArrowException, OSError) as err:
+                    if getattr(err, "errno", None) in NO_SPACE or "No space left" in str(err):
+                        raise no_space_error(path.parent, err) from None
+                    # garbage, a truncated file, another format renamed .parquet, a damaged page: name the file
+                    raise EduGPTError(f"cannot read parquet file {file!r} ({type(err).__name__}: {err}); fix or "
+                                      "remove it.") from None
             writer.finalize()
             os.replace(tmp, path)
         finally:

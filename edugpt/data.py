@@ -6,13 +6,18 @@ The layout written (the data contract other modules load):
     DIR/dataset_dict.json, DIR/train/, DIR/validation/   `DatasetDict.save_to_disk`'s layout (`datasets.load_from_disk`
                                                          reads it); one column `input_ids`, fixed-length uint16
                                                          sequences of `seq_len` tokens
-    DIR/manifest.json                                    source, tokenizer, split rule, per-split counts
+    DIR/manifest.json                                    source, tokenizer, split rule, per-split counts (skipped
+                                                         rows per reason), `content`: SHA-256 digests of the blocks
     DIR/doc_ids.parquet                                  `id`, `split`: one row per kept document
 
 Both ways of preparing share every piece here: `split_of`, `tokenize_batch`, `SplitWriter` (packing straight into the
 split's Arrow files), `write_layout` (the metadata around them, no copy), `build_manifest`, `move_into_place` and
 `verify`. This module runs them in one process over `datasets.map`; `edugpt.prepare_parallel` runs them in datatrove
 tasks.
+
+Beside DIR, and only while a job writes it: `.DIR.lock` (the `DirLock` every job writing DIR holds; the file stays),
+`.DIR.tmp/` (the dataset being written), `.DIR.swap.json` + `.DIR.old/` (the journalled swap; see `move_into_place`).
+`--overwrite` replaces only a prepared dataset (`is_prepared_dataset`), never the input (`check_not_input`).
 
 Why split by ID rather than by position: a document's split is a pure function of its ID (`split_of`), so it is the
 same on any machine, with any `num_proc`, on any re-run and any `--max_docs` slice, and a duplicated document can never
@@ -21,23 +26,24 @@ sit on both sides (the original project's fix for build-nanogpt's "validation = 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from edugpt.args import PrepareDataArguments
 from edugpt.corpus import (
-    EMBEDDED,
-    FINEWEB_EDU,
     ID_COLUMN,
     TEXT_COLUMN,
     Source,
@@ -46,10 +52,12 @@ from edugpt.corpus import (
     resolve_source,
 )
 from edugpt.errors import EduGPTError
+from edugpt.safefs import NO_SPACE, DirLock, atomic_write_text, ensure_dir, no_space_error
 from edugpt.tokenizer import (
     GPT2_EOS_ID,
     GPT2_NAMES,
     GPT2_VOCAB_SIZE,
+    encode_text,
     gpt2_tiktoken,
     load_tokenizer,
     require_gpt2_compatible,
@@ -67,6 +75,14 @@ SPLIT_DESCRIPTION = (
 )
 MANIFEST = "manifest.json"
 DOC_IDS = "doc_ids.parquet"
+# Why a row gave no document (tokenize_batch's `skipped` code -> the manifest's per-split count of such rows).
+SKIP_REASONS = {1: "skipped_missing_text", 2: "skipped_non_string_text", 3: "skipped_empty_documents"}
+SKIP_WORDS = {"skipped_missing_text": "with no text (null or missing)", "skipped_non_string_text":
+              "whose text is not a string", "skipped_empty_documents": "with empty or blank text"}
+# What the manifest's `content` digests are of: every split's blocks exactly as stored, file by file in the order of
+# the split's state.json (the order `datasets.load_from_disk` and training read them).
+CONTENT_DIGEST = ("per file: sha256 of the uint16 tokens of its blocks in stored order (little-endian); per split: "
+                  "sha256 of its files' hex digests, one per line, in state.json order")
 # Documents per tokenizing batch: large enough for tiktoken's threaded batch encode to pay off.
 MAP_BATCH_SIZE = 1000
 # Bytes per Arrow record batch of the saved blocks (8,192 blocks of 1024 tokens, 65,536 of 128). `save_to_disk`
@@ -80,45 +96,6 @@ ID_BATCH_ROWS = 1 << 13
 MAX_WRONG_IDS = 100_000
 # Ids per row group of doc_ids.parquet (a parquet writer holds every row group's metadata until it is closed).
 ID_ROW_GROUP_ROWS = 1 << 17
-
-
-@dataclass
-class PrepareDataArguments:
-    """Arguments of `prepare_data.py` (also usable from Python: `prepare(PrepareDataArguments(...))`)."""
-
-    dataset: str = field(default=FINEWEB_EDU, metadata={
-        "help": f"Hub dataset id, a local parquet/jsonl file or directory, or '{EMBEDDED}' (offline Python docs)."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where the prepared dataset is written."})
-    subset: str | None = field(default=None, metadata={
-        "help": "Hub config: sample-10BT (default for fineweb-edu), sample-100BT, sample-350BT or full."})
-    val_fraction: float = field(default=0.01, metadata={"help": "Share of documents (by ID hash) for validation."})
-    seq_len: int = field(default=1024, metadata={"help": "Tokens per packed block."})
-    num_proc: int = field(default_factory=lambda: os.cpu_count() or 1, metadata={
-        "help": "Processes for tokenizing with the default executor (datasets.map); default: all cores."})
-    max_docs: int | None = field(default=None, metadata={
-        "help": "Only the first N documents (quick slices; default executor)."})
-    tokenizer: str = field(default="gpt2", metadata={
-        "help": "gpt2 (tiktoken with GPT-2's ids) or a GPT-2-compatible HF tokenizer id/path."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
-    verify: str | None = field(default=None, metadata={"help": "Only re-check an already prepared dataset dir."})
-    cache_dir: str | None = field(default=None, metadata={
-        "help": "datasets cache dir of the default executor (default: HF_DATASETS_CACHE); tasks use no cache."})
-
-    def __post_init__(self):
-        if self.verify is not None:
-            return
-        if not self.output_dir:
-            raise EduGPTError("--output_dir is required; pass where the prepared dataset should go, e.g. "
-                              "--output_dir runs/data.")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise EduGPTError(f"--val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}; "
-                              "try 0.01.")
-        if self.seq_len < 2:
-            raise EduGPTError(f"--seq_len must be at least 2, got {self.seq_len}; GPT-2 uses 1024.")
-        if self.num_proc < 1:
-            raise EduGPTError(f"--num_proc must be at least 1, got {self.num_proc}.")
-        if self.max_docs is not None and self.max_docs < 1:
-            raise EduGPTError(f"--max_docs must be a positive number of documents, got {self.max_docs}.")
 
 
 # ----------------------------------------------------------------------------------------------------------- split
@@ -147,7 +124,8 @@ def _encoder(name: str, num_threads: int = 1):
         # encode_ordinary_batch(num_threads=1) still hands every text to a thread pool: ~30% slower than this loop.
         return lambda texts: [enc.encode_ordinary(text) for text in texts]
     tokenizer = load_tokenizer(name)
-    return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # Ordinary text, as tiktoken's encode_ordinary: a web page quoting "<|endoftext|>" is not a document boundary.
+    return lambda texts: encode_text(tokenizer, texts)["input_ids"]
 
 
 def check_tokenizer(name: str, vocab_size: int = GPT2_VOCAB_SIZE) -> str:
@@ -158,28 +136,38 @@ def check_tokenizer(name: str, vocab_size: int = GPT2_VOCAB_SIZE) -> str:
     return "transformers"
 
 
+def skip_reason(text) -> int:
+    """0 for a usable text, else why the row is skipped: a key of `SKIP_REASONS`."""
+    if text is None:
+        return 1
+    if not isinstance(text, str):
+        return 2
+    return 3 if text == "" or text.isspace() else 0
+
+
 def tokenize_batch(texts, ids, *, tokenizer: str, val_fraction: float, salt: str = SPLIT_SALT,
                    num_threads: int = 1) -> dict:
     """One `datasets.map` batch: split each document by ID, tokenize the usable ones and append `<|endoftext|>`.
 
-    Null, non-string and blank texts are kept as rows with no tokens and `skipped=True` so they can be counted.
-    Returns Arrow arrays (a uint16 list column) so no Python int lists are converted back by `datasets`.
+    Null, non-string and blank texts are kept as rows with no tokens and `skipped` = their `SKIP_REASONS` code (0 for
+    a tokenized row) so each reason can be counted. Returns Arrow arrays (a uint16 list column) so no Python int lists
+    are converted back by `datasets`.
     """
     import pyarrow as pa
 
     doc_ids = [derive_id(t) if i is None or i == "" else str(i) for t, i in zip(texts, ids or itertools.repeat(None))]
-    usable = [isinstance(t, str) and not t.isspace() and t != "" for t in texts]
-    encoded = _encoder(tokenizer, num_threads)([t for t, ok in zip(texts, usable) if ok])
+    reasons = [skip_reason(t) for t in texts]
+    encoded = _encoder(tokenizer, num_threads)([t for t, r in zip(texts, reasons) if not r])
     lengths = iter(len(tokens) + 1 for tokens in encoded)
     offsets = np.zeros(len(texts) + 1, dtype=np.int32)
-    offsets[1:] = np.cumsum([next(lengths) if ok else 0 for ok in usable])
+    offsets[1:] = np.cumsum([0 if r else next(lengths) for r in reasons])
     flat = np.fromiter(itertools.chain.from_iterable(tokens + [GPT2_EOS_ID] for tokens in encoded),
                        dtype=np.uint16, count=int(offsets[-1]))
     return {
         "id": doc_ids,
         "split": [split_of(i, val_fraction, salt) for i in doc_ids],
         "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-        "skipped": [not ok for ok in usable],
+        "skipped": pa.array(reasons, pa.int8()),
     }
 
 
@@ -229,7 +217,9 @@ class SplitStats:
     tokens: int = 0
     blocks: int = 0
     dropped_tail_tokens: int = 0
-    skipped_empty_documents: int = 0
+    skipped_empty_documents: int = 0  # empty or blank text
+    skipped_missing_text: int = 0  # null, or no `text` key in a jsonl line
+    skipped_non_string_text: int = 0  # a number, list, object ... where the text should be
 
 
 class SplitWriter:
@@ -255,15 +245,16 @@ class SplitWriter:
         self.writer = None
         self.batches_in_file = 0
         self.files: list[str] = []
+        self.digests: list[str] = []  # sha256 of each file's blocks (see CONTENT_DIGEST), computed as they are written
+        self._hash = None
         self.stats = SplitStats()
 
     def add(self, table) -> None:
         """Add a tokenized batch (Arrow table with `input_ids` and `skipped`) of this split's documents."""
-        import pyarrow.compute as pc
-
-        skipped = int(pc.sum(table["skipped"]).as_py() or 0)
-        self.stats.skipped_empty_documents += skipped
-        self.stats.documents += table.num_rows - skipped
+        reasons = np.bincount(table["skipped"].to_numpy(), minlength=len(SKIP_REASONS) + 1)
+        for code, name in SKIP_REASONS.items():
+            setattr(self.stats, name, getattr(self.stats, name) + int(reasons[code]))
+        self.stats.documents += int(reasons[0])
         tokens = table["input_ids"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
         self.add_tokens(tokens)
 
@@ -293,14 +284,21 @@ class SplitWriter:
             self.writer = ArrowWriter(features=block_features(self.seq_len), path=str(self.directory / name),
                                       writer_batch_size=self.batch_rows)
             self.files.append(name)
+            self._hash = hashlib.sha256()
+        blocks = np.ascontiguousarray(blocks, dtype="<u2")
+        self._hash.update(blocks)
         values = pa.array(blocks.reshape(-1), type=pa.uint16())
         self.writer.write_table(pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(values, self.seq_len)}))
         self.stats.blocks += len(blocks)
         self.filled = 0
         self.batches_in_file += 1
         if self.batches_in_file == self.batches_per_file:
-            self.writer.finalize()
-            self.writer, self.batches_in_file = None, 0
+            self._finish_file()
+
+    def _finish_file(self) -> None:
+        self.writer.finalize()
+        self.digests.append(self._hash.hexdigest())
+        self.writer, self.batches_in_file = None, 0
 
     @property
     def tail(self) -> np.ndarray:
@@ -311,8 +309,7 @@ class SplitWriter:
             self._write(self.buffer[:self.filled])
         self.buffer = None
         if self.writer is not None:
-            self.writer.finalize()
-            self.writer = None
+            self._finish_file()
         self.stats.dropped_tail_tokens = self.packer.tail
         return self.stats
 
@@ -335,7 +332,7 @@ class SplitsWriter:
         for split, writer in self.splits.items():
             part = table.filter(pc.equal(table["split"], split))
             writer.add(part)
-            ids = part.filter(pc.invert(part["skipped"])).select(["id", "split"]).cast(id_schema())
+            ids = part.filter(pc.equal(part["skipped"], 0)).select(["id", "split"]).cast(id_schema())
             self.pending_ids.append(ids)
             self.pending_id_rows += ids.num_rows
         if self.pending_id_rows >= ID_ROW_GROUP_ROWS:
@@ -354,6 +351,15 @@ class SplitsWriter:
         self._flush_ids()
         self.ids.close()
         return {split: writer.close() for split, writer in self.splits.items()}
+
+    def abort(self) -> None:
+        """Close every open file after a failure (a full disk): an open descriptor would keep a deleted file's space."""
+        for writer in self.splits.values():
+            if writer.writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.writer.stream.close()
+        with contextlib.suppress(Exception):
+            self.ids.close()
 
 
 def id_schema():
@@ -397,10 +403,9 @@ def write_layout(root, files: dict[str, list[str]], seq_len: int) -> None:
 
 
 def _write_json(path: Path, content, sort_keys: bool = False) -> None:
-    """Write JSON through a temporary file and a rename: a reader (or a re-run after a kill) never sees half of it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(content, indent=2, sort_keys=sort_keys) + "\n")
-    os.replace(tmp, path)
+    """JSON written whole or not at all (`safefs.atomic_write_text`: a reader or a re-run after a kill never sees half
+    of it; a full disk is one clear error)."""
+    atomic_write_text(path, json.dumps(content, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def save_blocks(splits, path, seq_len: int) -> None:
@@ -449,12 +454,13 @@ def tokenized_batches(raw, *, has_id: bool, args: PrepareDataArguments, salt: st
 
 
 def tokenized_features():
-    """Columns of a tokenized batch: `id`, `split`, `input_ids` (uint16 tokens + eos), `skipped` (unusable text)."""
+    """Columns of a tokenized batch: `id`, `split`, `input_ids` (uint16 tokens + eos), `skipped` (0, or why the text
+    is unusable: `SKIP_REASONS`)."""
     import datasets
 
     string = datasets.Value("string")
     return datasets.Features({"id": string, "split": string, "input_ids": datasets.List(datasets.Value("uint16")),
-                              "skipped": datasets.Value("bool")})
+                              "skipped": datasets.Value("int8")})
 
 
 def _tokenize_columns(texts, ids=None, **kwargs):
@@ -473,20 +479,79 @@ def column_values(column) -> list:
     return values
 
 
+def is_prepared_dataset(path: Path) -> bool:
+    """Whether `path` is a dataset prepared by this project, the only kind of folder `--overwrite` replaces: a real
+    folder holding our manifest.json (format edugpt-prepared-v1) and nothing but the layout's files (dataset_dict.json,
+    doc_ids.parquet, and train/ and validation/ holding only Arrow and JSON files, e.g. `datasets`' cache files)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return False
+    for entry in path.iterdir():
+        if entry.name in SPLITS:
+            if entry.is_symlink() or not entry.is_dir():
+                return False
+            if any(f.is_symlink() or not f.is_file() or f.suffix not in (".arrow", ".json") for f in entry.iterdir()):
+                return False
+        elif entry.name not in (MANIFEST, DOC_IDS, "dataset_dict.json") or entry.is_symlink() or not entry.is_file():
+            return False
+    return True
+
+
 def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse an output_dir that is not new or empty, unless it is a prepared dataset and `overwrite` is set."""
+    if path.is_symlink():
+        raise EduGPTError(f"--output_dir {str(path)!r} is a symbolic link; pass the real path of the folder.")
     if path.exists() and not path.is_dir():
         raise EduGPTError(f"--output_dir {str(path)!r} is a file; pass a directory path.")
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise EduGPTError(f"--output_dir {str(path)!r} exists and is not empty; pass --overwrite to replace it or "
-                          "choose a new directory.")
+    if not path.exists() or not any(path.iterdir()):
+        return
+    if not is_prepared_dataset(path):
+        raise EduGPTError(f"--output_dir {str(path)!r} exists and is not empty, and is not a dataset prepared by "
+                          "prepare_data.py, so it is never replaced (not even with --overwrite); choose a new "
+                          "directory.")
+    if not overwrite:
+        raise EduGPTError(f"--output_dir {str(path)!r} exists and is not empty (a prepared dataset); pass --overwrite "
+                          "to replace it or choose a new directory.")
+
+
+def check_not_input(out: Path, source: Source) -> None:
+    """Refuse an output_dir that is the input, lies inside it, or holds it (symlinks resolved): preparing must never
+    replace, mix into or delete the corpus it reads."""
+    if source.kind != "local":
+        return
+    target = out.resolve()
+    for path in [Path(source.dataset), *map(Path, source.files)]:
+        given = path.resolve()
+        if target == given or given in target.parents or target in given.parents:
+            relation = "is" if target == given else "lies inside" if given in target.parents else "holds"
+            raise EduGPTError(f"--output_dir {str(out)!r} {relation} the input {str(path)!r}; write the prepared "
+                              "dataset to a folder outside the input.")
+
+
+def lock_path(out: Path) -> Path:
+    """`.NAME.lock` beside the output (which may not exist yet, and is swapped by renames, so cannot hold its own
+    lock). Never deleted: see `safefs.DirLock`."""
+    return out.parent / f".{out.name}.lock"
+
+
+def output_lock(out: Path) -> DirLock:
+    """The lock every job writing `out` holds (the default path; the datatrove launcher and its merge)."""
+    return DirLock(lock_path(out), f"--output_dir {out}")
 
 
 def prepare(args: PrepareDataArguments) -> dict:
     """Run the whole preparation; returns the manifest. Output appears at `output_dir` only when complete."""
     started = time.perf_counter()
     out = Path(args.output_dir)
-    check_output_dir(out, args.overwrite)
     source = resolve_source(args.dataset, args.subset)
+    check_not_input(out, source)
+    check_output_dir(out, args.overwrite)
+    ensure_dir(out.parent, "the folder of --output_dir")
     backend = check_tokenizer(args.tokenizer)
     raw = load_source(source, max_docs=args.max_docs, num_proc=args.num_proc, cache_dir=args.cache_dir)
     has_id = require_text_column(raw, source)
@@ -494,47 +559,107 @@ def prepare(args: PrepareDataArguments) -> dict:
         logger.warning("%s has no 'id' column: deriving each document's id from the SHA-256 of its text.",
                        source.dataset)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_work(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        tmp.mkdir()
-        stats = write_dataset(tokenized_batches(raw, has_id=has_id, args=args), tmp, args.seq_len)
-        manifest = build_manifest(args, source, has_id, backend, stats)
-        _write_json(tmp / MANIFEST, manifest)
-        move_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with output_lock(out):
+        recover_swap(out)
+        remove_leftovers(out)
+        check_output_dir(out, args.overwrite)  # again, under the lock: an interrupted swap may have completed
+        tmp = out.parent / f".{out.name}.tmp"
+        try:
+            tmp.mkdir()
+            stats, content = write_dataset(tokenized_batches(raw, has_id=has_id, args=args), tmp, args.seq_len)
+            manifest = build_manifest(args, source, has_id, backend, stats, content=content)
+            _write_json(tmp / MANIFEST, manifest)
+            move_into_place(tmp, out)
+        except OSError as err:
+            if err.errno in NO_SPACE or "No space left" in str(err):
+                raise no_space_error(out, err) from None
+            if isinstance(err, PermissionError):
+                raise EduGPTError(f"cannot write beside --output_dir {str(out)!r} ({err}); pass a folder you can "
+                                  "write to.") from None
+            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     print_summary(manifest, out, time.perf_counter() - started)
     return manifest
 
 
-def write_dataset(batches, root: Path, seq_len: int) -> dict[str, SplitStats]:
+def write_dataset(batches, root: Path, seq_len: int) -> tuple[dict[str, SplitStats], dict]:
     """Pack each split's tokens into blocks written straight into `root/<split>/`, list the kept ids, and add the
-    `DatasetDict` metadata: the finished layout, with no intermediate copy of the blocks."""
+    `DatasetDict` metadata: the finished layout, with no intermediate copy of the blocks. Returns the per-split
+    counts and the manifest's `content` digests."""
     writer = SplitsWriter(root, seq_len, root / DOC_IDS)
-    for table in batches:
-        writer.add(table)
-    stats = writer.close()
+    try:
+        for table in batches:
+            writer.add(table)
+        stats = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     require_blocks(stats, seq_len)
-    write_layout(root, {split: w.files for split, w in writer.splits.items()}, seq_len)
-    return stats
+    files = {split: w.files for split, w in writer.splits.items()}
+    write_layout(root, files, seq_len)
+    return stats, content_section(files, {split: w.digests for split, w in writer.splits.items()})
+
+
+def split_digest(file_digests) -> str:
+    return hashlib.sha256("".join(f"{d}\n" for d in file_digests).encode()).hexdigest()
+
+
+def content_section(files: dict[str, list[str]], digests: dict[str, list[str]]) -> dict:
+    """The manifest's `content`: per split, the digest of its blocks and of each of its files (see CONTENT_DIGEST)."""
+    return {"digest": CONTENT_DIGEST, **{split: {"sha256": split_digest(digests[split]),
+                                                 "files": dict(zip(files[split], digests[split]))} for split in files}}
+
+
+def write_prepared(path, splits: dict[str, np.ndarray], *, dataset: str = "arrays", **manifest_overrides) -> Path:
+    """A prepared dataset written from arrays of blocks (`{"train": (n, seq_len) uint16, "validation": ...}`) with
+    prepare_data.py's own writer, layout and manifest: for tests and benchmarks. Counts say one document per split;
+    `manifest_overrides` replace top-level manifest keys (e.g. to write a deliberately wrong one)."""
+    root = Path(path)
+    seq_len = next(iter(splits.values())).shape[1]
+    stats, files, digests = {}, {}, {}
+    for split, blocks in splits.items():
+        writer = SplitWriter(root / split, seq_len)
+        writer.add_blocks(np.asarray(blocks, dtype=np.uint16))
+        stats[split] = writer.close()
+        stats[split].documents, stats[split].tokens = 1, stats[split].blocks * seq_len
+        files[split], digests[split] = writer.files, writer.digests
+    write_layout(root, files, seq_len)
+    # One document id per split, chosen so that the split rule puts it there: `verify` passes on the result.
+    ids = {split: next(f"doc-{i}" for i in itertools.count() if split_of(f"doc-{i}", 0.5) == split) for split in splits}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": list(ids.values()), "split": list(ids)}, schema=id_schema()), root / DOC_IDS)
+    args = PrepareDataArguments(dataset=dataset, output_dir=str(root), seq_len=seq_len, val_fraction=0.5, num_proc=1)
+    source = Source("local", dataset)
+    manifest = build_manifest(args, source, True, "tiktoken", stats, content=content_section(files, digests))
+    _write_json(root / MANIFEST, {**manifest, **manifest_overrides})
+    return root
 
 
 def print_summary(manifest: dict, out: Path, elapsed: float) -> None:
     splits, seq_len = manifest["splits"], manifest["seq_len"]
     total = {key: sum(s[key] for s in splits.values()) for key in asdict(SplitStats())}
+    skipped = [f"{total[key]:,} rows {words}" for key, words in SKIP_WORDS.items() if total[key]]
     print(f"prepared {total['documents']:,} documents ({splits['train']['documents']:,} train / "
-          f"{splits['validation']['documents']:,} validation, {total['skipped_empty_documents']:,} empty skipped), "
-          f"{total['tokens']:,} tokens -> {splits['train']['blocks']:,} + {splits['validation']['blocks']:,} blocks of "
-          f"{seq_len} in {elapsed:.1f} s ({total['tokens'] / elapsed:,.0f} tokens/s)")
+          f"{splits['validation']['documents']:,} validation), {total['tokens']:,} tokens -> "
+          f"{splits['train']['blocks']:,} + {splits['validation']['blocks']:,} blocks of {seq_len} in {elapsed:.1f} s "
+          f"({total['tokens'] / elapsed:,.0f} tokens/s)")
+    if skipped:
+        print(f"skipped {', '.join(skipped)}: no tokens from them (per split in the manifest)")
+    if total["skipped_missing_text"] or total["skipped_non_string_text"]:
+        logger.warning("%s rows had no text or a text that is not a string: check the input's 'text' column",
+                       f"{total['skipped_missing_text'] + total['skipped_non_string_text']:,}")
     print(f"manifest: {out / MANIFEST}")
 
 
-def build_manifest(args, source: Source, has_id: bool, backend: str, stats: dict, files=None) -> dict:
-    """manifest.json: what was prepared from what, and the counts `verify` re-checks (`files`: the source files)."""
+def build_manifest(args, source: Source, has_id: bool, backend: str, stats: dict, files=None,
+                   content: dict | None = None) -> dict:
+    """manifest.json: what was prepared from what, and the counts and digests `verify` re-checks (`files`: the source
+    files)."""
     files = source.files if files is None else files
-    return {
+    manifest = {
         "format": FORMAT,
         "created_by": "prepare_data.py",
         "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -550,37 +675,112 @@ def build_manifest(args, source: Source, has_id: bool, backend: str, stats: dict
                        "description": SPLIT_DESCRIPTION},
         "splits": {split: asdict(s) for split, s in stats.items()},
     }
+    if content is not None:
+        manifest["content"] = content
+    return manifest
 
 
-def _remove_abandoned_work(out: Path) -> None:
-    """Delete `.NAME.tmp-PID` / `.NAME.old-PID` folders left by a run that was killed (its PID no longer exists)."""
-    for path in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            logger.info("removing %s, left by an interrupted run", path)
-            shutil.rmtree(path, ignore_errors=True)
+# ------------------------------------------------------------------------------------------------------------ swap
+# The one place where a prepared dataset appears at --output_dir, whichever executor made it. Every step runs under
+# the output's lock. The journal `.NAME.swap.json` is written (fsync'd) before the first rename: from then on the swap
+# is decided, and `recover_swap` (the next run, under the lock) completes it from whatever point a kill stopped it at.
+# The old dataset is deleted only once the new one is in place; there is never a moment with both gone.
+
+def swap_journal(out: Path) -> Path:
+    return out.parent / f".{out.name}.swap.json"
 
 
-def _pid_alive(pid: int) -> bool:
+def _swap_step(step: str) -> None:
+    """Called between the swap's steps; tests replace it to stop the swap there, as a kill would."""
+
+
+def move_into_place(new: Path, out: Path) -> None:
+    """Swap the finished dataset `new` in at `out`; the old one (if any, with --overwrite) is removed last."""
+    old = out.parent / f".{out.name}.old"
+    if old.exists():
+        raise EduGPTError(f"{str(old)!r} is in the way of replacing {str(out)!r}; move it elsewhere and re-run.")
+    _fsync_tree(new)  # the new dataset is on disk before the journal makes it the one to keep (a power cut)
+    journal = swap_journal(out)
+    atomic_write_text(journal, json.dumps({"new": str(new.absolute()), "out": str(out.absolute()),
+                                           "old": str(old.absolute())}) + "\n")
+    _swap_step("journal written")
+    _complete_swap(Path(new).absolute(), out.absolute(), old.absolute(), journal)
+
+
+def _complete_swap(new: Path, out: Path, old: Path, journal: Path) -> None:
+    """Each step is done only if it is not done yet, so running this again after a kill finishes the swap."""
+    if new.is_dir():
+        if out.exists() or out.is_symlink():
+            os.replace(out, old)
+            _fsync_dir(out.parent)
+            _swap_step("old moved aside")
+        os.replace(new, out)
+        _fsync_dir(out.parent)
+        _swap_step("new in place")
+    elif not out.exists() and old.is_dir():  # cannot happen by our steps; never leave no dataset
+        os.replace(old, out)
+    if old.exists():
+        shutil.rmtree(old)
+        _swap_step("old removed")
+    journal.unlink()
+    _fsync_dir(out.parent)
+
+
+def recover_swap(out: Path) -> None:
+    """Finish a swap a kill interrupted (see above); a no-op when there is none. Call with the output's lock held."""
+    journal = swap_journal(out)
+    if not journal.exists():
+        return
+    out = out.absolute()
+    # Only the two places a swap ever starts from, and only our `.old`: a journal naming anything else (damaged, or
+    # not written by us) must not make this delete or move a folder.
+    allowed_new = {out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.prepare" / "dataset"}
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        paths = json.loads(journal.read_text())
+        new, old = Path(paths["new"]), Path(paths["old"])
+        if new.resolve() not in {p.resolve() for p in allowed_new} or \
+                old.resolve() != (out.parent / f".{out.name}.old").resolve():
+            raise ValueError("unexpected paths")
+    except (ValueError, KeyError, TypeError):
+        raise EduGPTError(f"{str(journal)!r} is damaged; check {str(out)!r} and the folders beside it by hand, then "
+                          "delete the journal.") from None
+    logger.warning("completing the replacement of %s that an interrupted run left half done", out)
+    _complete_swap(new, out, old, journal)
 
 
-def move_into_place(tmp: Path, out: Path) -> None:
-    """Swap the finished dataset in: the old one (if any, with --overwrite) is removed only after the rename.
-    The one place where a prepared dataset appears at `--output_dir`, whichever executor made it."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def remove_leftovers(out: Path) -> None:
+    """Delete `.NAME.tmp*` / `.NAME.old*` folders beside the output: only a job holding the output's lock writes
+    them, so when this job holds it they are leftovers of a killed run (after `recover_swap`)."""
+    mine = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)(-\d+)?")
+    for path in [p for p in out.parent.iterdir() if mine.fullmatch(p.name)]:
+        logger.info("removing %s, left by an interrupted run", path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` (the kernel flushes what is still dirty; the rest costs nothing)."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames in `path` durable (a power cut after the swap must not bring the old state back)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename itself is still atomic
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------------- verify
@@ -605,8 +805,45 @@ def load_manifest(dataset_dir) -> dict:
     return manifest
 
 
+# Keys `verify` reads, by section: a manifest without one is refused in one line, not with a KeyError.
+VERIFY_KEYS = {None: ("seq_len", "split_rule", "splits", "tokenizer"), "split_rule": ("val_fraction", "salt"),
+               "tokenizer": ("vocab_size",)}
+VERIFY_SPLIT_KEYS = ("documents", "tokens", "blocks", "dropped_tail_tokens")
+
+
+def require_manifest_keys(manifest: dict, path: Path) -> None:
+    missing = []
+    for section, keys in VERIFY_KEYS.items():
+        where = manifest if section is None else manifest.get(section)
+        missing += [k if section is None else f"{section}.{k}" for k in keys
+                    if not isinstance(where, dict) or k not in where]
+    splits = manifest.get("splits")
+    for split in SPLITS:
+        if isinstance(splits, dict):
+            counts = splits.get(split)
+            missing += [f"splits.{split}.{k}" for k in VERIFY_SPLIT_KEYS if not isinstance(counts, dict) or k not in counts]
+    if missing:
+        raise EduGPTError(f"{str(path)!r} lacks {', '.join(missing)}, so it cannot be verified; prepare the dataset "
+                          "again with prepare_data.py.")
+
+
+def file_digest_and_max(path: Path) -> tuple[str, int]:
+    """sha256 of an Arrow file's block tokens in stored order (see CONTENT_DIGEST) and its largest token id, read one
+    memory-mapped record batch at a time (memory stays flat)."""
+    import pyarrow as pa
+
+    digest, top = hashlib.sha256(), 0
+    with pa.memory_map(str(path)) as source:
+        for batch in pa.ipc.open_stream(source):
+            tokens = batch.column(0).flatten().to_numpy(zero_copy_only=False)
+            digest.update(np.ascontiguousarray(tokens, dtype="<u2"))
+            top = max(top, int(tokens.max(initial=0)))
+    return digest.hexdigest(), top
+
+
 def verify(dataset_dir) -> dict:
-    """Re-check a prepared dataset from its files: disjoint splits, the split rule, counts, block shape, token range.
+    """Re-check a prepared dataset from its files: disjoint splits, the split rule, counts, block shape, token range,
+    and the blocks' content digests (manifest `content`; a manifest from before them has `unchecked` set on return).
 
     Streams `doc_ids.parquet` (one batch of ids at a time) and the blocks (memory-mapped), so memory stays flat on
     FineWeb-sized datasets. Disjointness needs no set of ids: a document in both splits sits in the wrong one once.
@@ -618,7 +855,9 @@ def verify(dataset_dir) -> dict:
 
     root = Path(dataset_dir)
     manifest = load_manifest(root)
+    require_manifest_keys(manifest, root / MANIFEST)
     seq_len, rule = manifest["seq_len"], manifest["split_rule"]
+    content = manifest.get("content")
     problems = []
     try:
         id_file = pq.ParquetFile(root / DOC_IDS)
@@ -663,10 +902,32 @@ def verify(dataset_dir) -> dict:
             continue
         if ds.num_rows != expected["blocks"]:
             problems.append(f"{split} has {ds.num_rows} blocks, manifest says {expected['blocks']}")
-        top = max((pc.max(chunk.flatten()).as_py() or 0 for chunk in ds.data.column("input_ids").chunks), default=0)
-        if top >= manifest["tokenizer"]["vocab_size"]:
-            problems.append(f"{split} holds token id {top} >= vocab_size {manifest['tokenizer']['vocab_size']}")
+        problems += _check_content(root, split, content, manifest["tokenizer"]["vocab_size"])
+    if not isinstance(content, dict):
+        manifest["unchecked"] = ("the blocks' content: the manifest has no digests (prepared before prepare_data.py "
+                                 "recorded them)")
     if problems:
         raise EduGPTError(f"{str(root)!r} failed verification: " + "; ".join(problems)
                           + ". Prepare the dataset again with prepare_data.py.")
     return manifest
+
+
+def _check_content(root: Path, split: str, content, vocab_size: int) -> list[str]:
+    """One pass over a split's files, in the order training reads them: token range, and digests when recorded."""
+    state = json.loads((root / split / "state.json").read_text())
+    names = [f["filename"] for f in state["_data_files"]]
+    digests, top, problems = [], 0, []
+    for name in names:
+        digest, file_top = file_digest_and_max(root / split / name)
+        digests.append(digest)
+        top = max(top, file_top)
+    if top >= vocab_size:
+        problems.append(f"{split} holds token id {top} >= vocab_size {vocab_size}")
+    if isinstance(content, dict):
+        recorded = content.get(split) or {}
+        if split_digest(digests) != recorded.get("sha256"):
+            files = recorded.get("files") or {}
+            changed = [n for n, d in zip(names, digests) if files.get(n) != d] or names
+            problems.append(f"the {split} blocks are not the ones prepared (content digest differs; "
+                            f"changed or moved: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''})")
+    return problems

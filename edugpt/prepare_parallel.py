@@ -23,8 +23,14 @@ The same split rule, tokenizer and packer as the single-machine path (`edugpt.da
    concatenated in task order and packed into a few more blocks per split (only the final remainder, < seq_len
    tokens per split, is dropped: the same count as the single-machine path); `write_layout` lists the task files
    in task order, then the tail blocks, in each split's state.json (no data is copied); the id parts are joined
-   into doc_ids.parquet; manifest.json gets per-task counts; `verify` checks it all; and `move_into_place` swaps
-   WORK/dataset in as `--output_dir`.
+   into doc_ids.parquet; manifest.json gets per-task counts and the content digests (each task hashed its files as
+   it wrote them: no second pass); `verify` checks it all; and `move_into_place` swaps WORK/dataset in as
+   `--output_dir`.
+
+The output's lock (`edugpt.data.output_lock`, `.NAME.lock` beside it) is held by the launcher while it plans, runs
+local or Ray tasks and merges. Tasks (local workers, Ray tasks on other nodes, Slurm array tasks) never take it: they
+write only their own files inside WORK, and a task's half-written part is removed when it fails or is retried. A Slurm
+merge job takes the lock itself (waiting for the launcher) before it touches the output.
 
 The result is the single-machine path's layout: `datasets.load_from_disk` and training read it unchanged. Block order
 is task order, not finishing order, so a resumed run writes the same blocks as an uninterrupted one; with
@@ -33,8 +39,6 @@ is task order, not finishing order, so a resumed run writes the same blocks as a
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -64,6 +68,7 @@ from edugpt.data import (
     DOC_IDS,
     ID_ROW_GROUP_ROWS,
     MANIFEST,
+    SKIP_REASONS,
     SPLIT_SALT,
     SPLITS,
     EmptySplitError,
@@ -71,15 +76,19 @@ from edugpt.data import (
     SplitStats,
     SplitsWriter,
     SplitWriter,
-    _remove_abandoned_work,
     _write_json,
     build_manifest,
+    check_not_input,
     check_output_dir,
     check_tokenizer,
     column_values,
+    content_section,
     id_schema,
     move_into_place,
+    output_lock,
     print_summary,
+    recover_swap,
+    remove_leftovers,
     require_blocks,
     tokenize_batch,
     tokenized_features,
@@ -88,6 +97,7 @@ from edugpt.data import (
 )
 from edugpt.errors import EduGPTError
 from edugpt.net import hub_available
+from edugpt.safefs import NO_SPACE, ensure_dir, no_space_error
 
 logger = logging.getLogger(__name__)
 
@@ -197,34 +207,28 @@ class WorkDir:
 
     @contextmanager
     def locked(self, wait: float = 0):
-        """Hold an exclusive lock on the work dir (this machine's processes; locks across machines are not attempted
-        here). A second run on the same output is refused, after waiting up to `wait` seconds for the first."""
+        """Hold the output's lock (`edugpt.data.output_lock`: an flock that holds across hosts and PID namespaces on
+        a shared filesystem). A second run on the same output is refused, after waiting up to `wait` seconds for the
+        first. Under it, a swap a kill interrupted is completed and a killed run's leftovers are removed."""
         if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
             raise EduGPTError(f"{str(self.root)!r} (where prepare_data.py keeps its tasks' work) exists and is not a "
                               "directory it made; move it away and re-run.")
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            deadline = time.monotonic() + wait
+        deadline = time.monotonic() + wait
+        while True:
             try:
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            raise
-                        time.sleep(1)
-            except BlockingIOError:
-                raise EduGPTError(f"another prepare_data.py is working on {str(self.out)!r} (it holds "
-                                  f"{str(self.root)!r}); wait for it to finish, or stop it first.") from None
-            except OSError as err:  # a filesystem without flock: carry on unlocked
-                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                lock = output_lock(self.out).acquire()
+                break
+            except EduGPTError:
+                if time.monotonic() >= deadline:
                     raise
-                logger.warning("cannot lock %s (%s); make sure no other run uses it", self.root, err)
+                time.sleep(1)
+        try:
+            recover_swap(self.out)
+            remove_leftovers(self.out)
+            self.root.mkdir(exist_ok=True)
             yield self
         finally:
-            os.close(fd)
+            lock.release()
 
 
 # ---------------------------------------------------------------------------------------------------------- plan
@@ -339,19 +343,53 @@ class TokenizeShard(PipelineStep):
 
 def run_task(work_root: Path, rank: int, world_size: int, threads: int = 1) -> dict:
     """Task `rank`: stream its rows, tokenize with `tokenize_batch`, write its blocks, ids and record (see above)."""
-    import pyarrow as pa
-
     started = time.time()
     work = WorkDir(_out_of(work_root))
     plan = json.loads(work.plan.read_text())
     if world_size != plan["tasks"]:
         raise RuntimeError(f"the executor runs {world_size} tasks but {work.plan} plans {plan['tasks']}")
-    settings = plan["settings"]
     for stale in work.tmp.glob(f"task-{rank:05d}.*"):  # an earlier attempt at this task, killed
         shutil.rmtree(stale, ignore_errors=True)
     tmp = work.tmp / f"task-{rank:05d}.{socket.gethostname()}-{os.getpid()}"
     tmp.mkdir()
+    try:
+        return _run_task(work, plan, rank, tmp, started, threads)
+    finally:  # whether it finished (its files were moved out) or failed (a half-written part: nothing to keep)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_task(work: WorkDir, plan: dict, rank: int, tmp: Path, started: float, threads: int) -> dict:
+
+    settings = plan["settings"]
     writer = SplitsWriter(tmp, settings["seq_len"], tmp / DOC_IDS, prefix=f"task-{rank:05d}")
+    try:
+        _tokenize_rows(work, plan, rank, writer, threads)
+        stats = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    # Finished files go into the dataset being assembled; the record, written last, is what the merge trusts.
+    for split, split_writer in writer.splits.items():
+        for name in split_writer.files:
+            os.replace(tmp / split / name, work.staging / split / name)
+    os.replace(tmp / DOC_IDS, work.id_part(rank))
+    record = {
+        "rank": rank,
+        "rows": sum(b - a for _, a, b in task_pieces(plan, rank)),
+        "splits": {split: {**_task_counts(s), "files": writer.splits[split].files,
+                           "digests": writer.splits[split].digests} for split, s in stats.items()},
+        "tails": {split: writer.splits[split].tail.tolist() for split in SPLITS},
+        "ran_on": {"executor": os.environ.get("DATATROVE_EXECUTOR", "").lower() or None,
+                   "host": socket.gethostname(), "pid": os.getpid(), "started": started, "finished": time.time()},
+    }
+    _write_json(work.record(rank), record)
+    return record
+
+
+def _tokenize_rows(work: WorkDir, plan: dict, rank: int, writer: SplitsWriter, threads: int) -> None:
+    import pyarrow as pa
+
+    settings = plan["settings"]
     schema = tokenized_features().arrow_schema
     rows = {f["path"]: f["rows"] for f in plan["files"]}
     for path, start, stop in task_pieces(plan, rank):
@@ -365,23 +403,6 @@ def run_task(work_root: Path, rank: int, world_size: int, threads: int = 1) -> d
                 out = tokenize_batch(column_values(batch.column(TEXT_COLUMN)), ids, tokenizer=settings["tokenizer"],
                                      val_fraction=settings["val_fraction"], salt=settings["salt"], num_threads=threads)
                 writer.add(pa.table(out, schema=schema))
-    stats = writer.close()
-    # Finished files go into the dataset being assembled; the record, written last, is what the merge trusts.
-    for split, split_writer in writer.splits.items():
-        for name in split_writer.files:
-            os.replace(tmp / split / name, work.staging / split / name)
-    os.replace(tmp / DOC_IDS, work.id_part(rank))
-    record = {
-        "rank": rank,
-        "rows": sum(b - a for _, a, b in task_pieces(plan, rank)),
-        "splits": {split: {**_task_counts(s), "files": writer.splits[split].files} for split, s in stats.items()},
-        "tails": {split: writer.splits[split].tail.tolist() for split in SPLITS},
-        "ran_on": {"executor": os.environ.get("DATATROVE_EXECUTOR", "").lower() or None,
-                   "host": socket.gethostname(), "pid": os.getpid(), "started": started, "finished": time.time()},
-    }
-    _write_json(work.record(rank), record)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return record
 
 
 def _ran_on(ran_on: dict) -> dict:
@@ -393,7 +414,7 @@ def _ran_on(ran_on: dict) -> dict:
 
 def _task_counts(s: SplitStats) -> dict:
     return {"documents": s.documents, "tokens": s.tokens, "blocks": s.blocks, "tail_tokens": s.dropped_tail_tokens,
-            "skipped_empty_documents": s.skipped_empty_documents}
+            **{key: getattr(s, key) for key in SKIP_REASONS.values()}}
 
 
 def _out_of(work_root: Path) -> Path:
@@ -445,7 +466,7 @@ def finish(work: WorkDir, plan: dict, started: float | None) -> dict:
                           f"in {str(work.tokenize_logs / 'logs')!r}. Re-run the same command to run only those.")
     manifest = merge(work, plan)
     args = plan_args(plan)
-    check_output_dir(work.out, args.overwrite)  # again: something may have appeared there while the tasks ran
+    check_output_dir(work.out, args.overwrite)  # again (a Slurm merge runs long after the launcher checked)
     move_into_place(work.staging, work.out)
     if started is not None:
         print_summary(manifest, work.out, time.perf_counter() - started)
@@ -471,7 +492,7 @@ def merge(work: WorkDir, plan: dict) -> dict:
         except (FileNotFoundError, ValueError):
             raise EduGPTError(f"task {rank} is marked complete but its record {str(work.record(rank))!r} is missing "
                               f"or damaged; delete {str(work.completion(rank))!r} and re-run to redo it.") from None
-    stats, files = {}, {}
+    stats, files, digests = {}, {}, {}
     for split in SPLITS:
         tails = SplitWriter(work.staging / split, seq_len, prefix="tails")
         for record in records:
@@ -482,8 +503,10 @@ def merge(work: WorkDir, plan: dict) -> dict:
             documents=sum(c["documents"] for c in counts), tokens=sum(c["tokens"] for c in counts),
             blocks=sum(c["blocks"] for c in counts) + tails.stats.blocks,
             dropped_tail_tokens=tails.stats.dropped_tail_tokens,
-            skipped_empty_documents=sum(c["skipped_empty_documents"] for c in counts))
+            **{key: sum(c.get(key, 0) for c in counts) for key in SKIP_REASONS.values()})
         files[split] = [name for c in counts for name in c["files"]] + tails.files
+        # Each task hashed its files as it wrote them: the split's digest needs no second pass over the blocks.
+        digests[split] = [digest for c in counts for digest in c["digests"]] + tails.digests
         for name in files[split]:
             if not (work.staging / split / name).is_file():
                 raise EduGPTError(f"{str(work.staging / split / name)!r} is missing; delete the completion markers in "
@@ -500,12 +523,13 @@ def merge(work: WorkDir, plan: dict) -> dict:
 
     source = Source(plan["source"]["kind"], plan["source"]["dataset"], subset=plan["source"]["subset"])
     manifest = build_manifest(args, source, plan["has_id"], check_tokenizer(args.tokenizer), stats,
-                              files=[f["path"] for f in plan["files"]])
+                              files=[f["path"] for f in plan["files"]], content=content_section(files, digests))
     manifest["source"]["revision"] = plan["source"]["revision"]
     manifest["preparation"] = {
         "executor": plan["executor"], "tasks": plan["tasks"], "block_order": BLOCK_ORDER, "tail": TAIL_RULE,
         "per_task": [{"rank": r["rank"], "rows": r["rows"], "splits": {
-            split: {k: v for k, v in counts.items() if k != "files"} for split, counts in r["splits"].items()},
+            split: {k: v for k, v in counts.items() if k not in ("files", "digests")}
+            for split, counts in r["splits"].items()},
             **_ran_on(r["ran_on"])} for r in records],
     }
     _write_json(work.staging / MANIFEST, manifest)
@@ -523,17 +547,20 @@ def prepare_parallel(args: PrepareDataArguments, ex: ExecutorArguments) -> dict 
         raise EduGPTError("--max_docs takes the first N documents in order, which only the default executor does; "
                           "for a quick parallel slice point --dataset at fewer parquet files.")
     out = Path(args.output_dir).absolute()
-    check_output_dir(out, args.overwrite)
     source = resolve_source(args.dataset, args.subset)
+    check_not_input(out, source)
+    check_output_dir(out, args.overwrite)
     if source.kind == "hub" and not hub_available():
         raise EduGPTError(f"the Hugging Face Hub is unreachable (offline), so {source.dataset!r} cannot be read; "
                           "pass a local folder of parquet files, or --dataset embedded.")
     check_tokenizer(args.tokenizer)
     _check_executor(ex)
     work = WorkDir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_work(out)  # `.NAME.old-PID` of a swap interrupted by a kill, as the default executor does
+    ensure_dir(out.parent, "the folder of --output_dir")
+    # The launcher holds the output's lock while it plans, runs the tasks (local, Ray) and merges; Slurm tasks only
+    # write inside the work dir, and the merge job takes the lock again before it touches the output.
     with work.locked():
+        check_output_dir(out, args.overwrite)  # again, under the lock: an interrupted swap may have completed
         plan = _resume_or_plan(work, args, ex, source)
         plan.update(executor=ex.executor, output_dir=str(out), overwrite=args.overwrite)
         _write_json(work.plan, plan)
@@ -549,6 +576,10 @@ def prepare_parallel(args: PrepareDataArguments, ex: ExecutorArguments) -> dict 
         except (EduGPTError, KeyboardInterrupt):
             raise
         except Exception as err:  # a task failed (disk full, a damaged file, ...): datatrove logged its traceback
+            if _no_space(err):
+                raise EduGPTError(f"no space left on the device while the tasks wrote to {str(work.root)!r} ({err}); "
+                                  "free space there and re-run the same command: the finished tasks are kept, so "
+                                  "only the others run again.") from None
             raise EduGPTError(f"a task failed ({type(err).__name__}: {err}); the finished tasks are kept in "
                               f"{str(work.root)!r} and the task logs in {str(work.tokenize_logs / 'logs')!r}. Fix the "
                               "cause and re-run the same command to resume.") from err
@@ -558,10 +589,17 @@ def prepare_parallel(args: PrepareDataArguments, ex: ExecutorArguments) -> dict 
             shutil.rmtree(work.root)  # too little input for these settings: no other settings can reuse this work
             raise
         except OSError as err:  # disk full, permissions: the merge is redone from the start by a re-run
+            if _no_space(err):
+                raise no_space_error(out, err) from None
             raise EduGPTError(f"the merge failed ({err}); fix the cause and re-run the same command to redo it "
                               f"(the tasks' work is kept in {str(work.root)!r}).") from err
         shutil.rmtree(work.root)
     return manifest
+
+
+def _no_space(err: BaseException) -> bool:
+    """A full disk or quota, also as pyarrow or a task's re-raised error words it."""
+    return getattr(err, "errno", None) in NO_SPACE or "No space left" in str(err) or "quota exceeded" in str(err)
 
 
 def _resume_or_plan(work: WorkDir, args, ex: ExecutorArguments, source: Source) -> dict:

@@ -41,7 +41,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: the ")
     assert "split would have 0 blocks" in proc.stderr and "Traceback" not in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "tiny.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "cache", "tiny.jsonl"]  # the lock file stays
 
     proc = run_script("prepare_data.py", "--dataset", "embedded", "--output_dir", tmp_path / "out",
                       "--val_fraction", "1.5", timeout=120)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from edugpt import data
 from edugpt.args import ModelArguments
 from edugpt.errors import EduGPTError
 from edugpt.modeling import gpt2_config
@@ -17,31 +18,12 @@ CONFIG = gpt2_config(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=3
 
 
 def write_prepared(path, train_blocks=6, val_blocks=2, seq_len=SEQ, **manifest_overrides):
-    """A directory in the data contract's format, written directly (what prepare_data.py produces)."""
-    import datasets
-
+    """A directory in the data contract's format, written by prepare_data.py's own writer (`edugpt.data.write_prepared`)."""
     tokens = np.arange((train_blocks + val_blocks) * seq_len, dtype=np.int64) % 50257
     tokens[seq_len - 1] = 50256  # an <|endoftext|> inside the first block
     blocks = tokens.astype(np.uint16).reshape(-1, seq_len)
-    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("uint16"), length=seq_len)})
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"input_ids": blocks[:train_blocks]}, features=features),
-        "validation": datasets.Dataset.from_dict({"input_ids": blocks[train_blocks:]}, features=features),
-    }).save_to_disk(str(path))
-    def counts(n):
-        return {"documents": 1, "tokens": n * seq_len, "blocks": n, "dropped_tail_tokens": 0,
-                "skipped_empty_documents": 0}
-    manifest = {
-        "format": "edugpt-prepared-v1", "created_by": "prepare_data.py",
-        "source": {"dataset": "test", "subset": None, "max_docs": None},
-        "tokenizer": {"name": "gpt2", "vocab_size": 50257, "eos_token_id": 50256},
-        "seq_len": seq_len,
-        "split_rule": {"hash": "sha256", "salt": "t", "val_fraction": 0.25, "description": "test"},
-        "splits": {"train": counts(train_blocks), "validation": counts(val_blocks)},
-        **manifest_overrides,
-    }
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    return path
+    return data.write_prepared(path, {"train": blocks[:train_blocks], "validation": blocks[train_blocks:]},
+                               **manifest_overrides)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,385 @@
+"""prepare_data on both paths (the default executor and datatrove tasks) against a careless user and bad luck: what is
+not a prepared dataset is never replaced, two jobs never write one output, a swap killed at any step is completed,
+tampered blocks fail --verify, and every bad input or full disk is one line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, run_script
+from edugpt.args import PrepareDataArguments
+from edugpt.corpus import EMBEDDED_CORPUS
+from edugpt.data import MANIFEST, SplitWriter, move_into_place, output_lock, prepare, recover_swap, verify, write_prepared
+from edugpt.errors import EduGPTError
+from edugpt.prepare_parallel import ExecutorArguments, WorkDir, prepare_parallel
+
+PATHS = ["default", "tasks"]
+SEQ = 64
+CACHE: list[Path] = []  # the default path's datasets cache, one per module
+
+
+@pytest.fixture(autouse=True, scope="module")
+def cache(tmp_path_factory):
+    CACHE[:] = [tmp_path_factory.mktemp("cache")]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A small parquet folder (200 documents of the embedded corpus) and a literal special-token string in text."""
+    rows = pq.read_table(EMBEDDED_CORPUS, columns=["id", "text"]).slice(0, 200).to_pylist()
+    rows[3]["text"] = "A web page that quotes <|endoftext|> in its text. " * 3
+    folder = tmp_path_factory.mktemp("corpus")
+    pq.write_table(pa.Table.from_pylist(rows[:120]), folder / "a.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[120:]), folder / "b.parquet")
+    return folder
+
+
+def run(path: str, dataset, out: Path, **kwargs) -> dict:
+    kwargs = {"val_fraction": 0.1, "seq_len": SEQ, "num_proc": 1, **kwargs}
+    if path == "default":
+        args = PrepareDataArguments(dataset=str(dataset), output_dir=str(out), cache_dir=str(CACHE[0]), **kwargs)
+        return prepare(args)
+    args = PrepareDataArguments(dataset=str(dataset), output_dir=str(out), **kwargs)
+    return prepare_parallel(args, ExecutorArguments(executor="local", tasks=2, workers=1))
+
+
+def load_blocks(out: Path) -> dict[str, np.ndarray]:
+    import datasets
+
+    dd = datasets.load_from_disk(str(out))
+    return {split: np.asarray(dd[split].with_format("numpy")["input_ids"]) for split in ("train", "validation")}
+
+
+def beside(out: Path) -> list[str]:
+    """What a run left beside its output (the lock file is meant to stay)."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")
+                  and p.name != f".{out.name}.lock")
+
+
+# ------------------------------------------------------------------------------------------------- --overwrite
+
+@pytest.mark.parametrize("path", PATHS)
+def test_overwrite_replaces_only_a_prepared_dataset_and_never_the_input(tmp_path, corpus, path):
+    mine = tmp_path / "mine"
+    (mine / "train").mkdir(parents=True)
+    (mine / "notes.txt").write_text("precious")
+    (mine / MANIFEST).write_text(json.dumps({"format": "edugpt-prepared-v1"}))  # a manifest, and a stranger beside
+    with pytest.raises(EduGPTError, match="is not a dataset prepared by prepare_data.py, so it is never replaced"):
+        run(path, corpus, mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "precious"
+    before = sorted(corpus.rglob("*"))
+    for out, relation in ((corpus, "is"), (corpus / "sub" / "out", "lies inside"), (corpus.parent, "holds")):
+        with pytest.raises(EduGPTError, match=f"{relation} the input"):
+            run(path, corpus, out, overwrite=True)
+    assert sorted(corpus.rglob("*")) == before
+
+
+# ------------------------------------------------------------------------------------------------------- lock
+
+@contextlib.contextmanager
+def lock_held_elsewhere(out: Path):
+    """The output's lock held by a process in another PID namespace (as on another host), or here if unshare is not
+    permitted: either way the filesystem, not a pid, says it is held."""
+    code = ("import sys, time; from pathlib import Path; from edugpt.data import output_lock; "
+            "output_lock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable, "-c",
+                               code, str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if holder.stdout.readline().strip() == "held":
+            yield
+        else:
+            with output_lock(out):
+                yield
+    finally:
+        holder.kill()  # --kill-child: the holder dies with unshare
+        holder.wait()
+        deadline = time.time() + 30
+        while True:  # released as soon as the kernel has reaped the holder
+            try:
+                output_lock(out).acquire().release()
+                break
+            except EduGPTError:
+                assert time.time() < deadline, "the lock outlived its holder"
+                time.sleep(0.1)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_job_holding_the_lock_is_never_raced_or_cleaned_up(tmp_path, corpus, path):
+    out = tmp_path / "out"
+    # Another job's work in progress, named as an older version would have (with a pid that means nothing here).
+    (tmp_path / ".out.tmp-4194999" / "train").mkdir(parents=True)
+    (tmp_path / ".out.tmp-4194999" / "train" / "data-00000.arrow").write_bytes(b"being written")
+    with lock_held_elsewhere(out):
+        with pytest.raises(EduGPTError, match=r"--output_dir .*out is in use by another job"):
+            run(path, corpus, out)
+    assert (tmp_path / ".out.tmp-4194999" / "train" / "data-00000.arrow").read_bytes() == b"being written"
+    assert not out.exists()
+    run(path, corpus, out)  # once it is free, the next job cleans the leftovers up
+    assert beside(out) == [] and verify(out)
+
+
+# ------------------------------------------------------------------------------------------------------- swap
+
+STEPS = ["journal written", "old moved aside", "new in place", "old removed"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_swap_stopped_at_any_step_is_completed_by_the_next_run(tmp_path, monkeypatch, step):
+    import edugpt.data
+
+    rng = np.random.default_rng(0)
+    out, new = tmp_path / "out", tmp_path / ".out.tmp"
+    write_prepared(out, {s: rng.integers(0, 50257, (n, 8)).astype(np.uint16) for s, n in (("train", 4), ("validation", 2))})
+    write_prepared(new, {s: rng.integers(0, 50257, (n, 8)).astype(np.uint16) for s, n in (("train", 5), ("validation", 3))})
+    wanted = json.loads((new / MANIFEST).read_text())["content"]
+
+    def killed(at):
+        if at == step:
+            raise KeyboardInterrupt(at)
+
+    monkeypatch.setattr(edugpt.data, "_swap_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        move_into_place(new, out)
+    monkeypatch.undo()
+    assert out.exists() or (tmp_path / ".out.old").exists()  # never both gone
+    with output_lock(out):
+        recover_swap(out)
+    assert json.loads((out / MANIFEST).read_text())["content"] == wanted and verify(out)
+    assert beside(out) == []
+
+
+def test_a_journal_naming_other_folders_moves_or_deletes_nothing(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    out = tmp_path / "out"
+    (tmp_path / ".out.swap.json").write_text(json.dumps({"new": str(precious), "old": str(precious)}))
+    with pytest.raises(EduGPTError, match="swap.json' is damaged"):
+        recover_swap(out)
+    assert (precious / "keep.txt").read_text() == "mine" and not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PATHS)
+def test_a_real_kill_between_the_renames_loses_nothing(tmp_path, corpus, path):
+    """SIGKILL with the old dataset moved aside and the new one not yet in place: the next run finishes the swap
+    (today's main deleted both); with --overwrite it then replaces it as asked."""
+    out = tmp_path / "out"
+    run(path, corpus, out, val_fraction=0.2)
+    executor = "['--executor', 'local', '--tasks', '2', '--workers', '1']" if path == "tasks" else "[]"
+    code = f"""
+import os, signal, sys
+import edugpt.data
+edugpt.data._swap_step = lambda at: at == "old moved aside" and os.kill(os.getpid(), signal.SIGKILL)
+sys.argv = ["prepare_data.py", "--dataset", {str(corpus)!r}, "--output_dir", {str(out)!r}, "--seq_len", "{SEQ}",
+            "--val_fraction", "0.1", "--num_proc", "1", "--overwrite", "--cache_dir", {str(CACHE[0])!r},
+            *{executor}]
+sys.path.insert(0, {str(ROOT)!r})
+import runpy
+runpy.run_path({str(ROOT / 'prepare_data.py')!r}, run_name="__main__")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not out.exists() and (tmp_path / ".out.old").is_dir()
+    again = run_script("prepare_data.py", "--dataset", corpus, "--output_dir", out, "--seq_len", SEQ,
+                       "--cache_dir", CACHE[0], timeout=300)
+    assert again.returncode == 2 and "exists and is not empty (a prepared dataset)" in again.stderr, again.stderr
+    assert "completing the replacement" in again.stderr
+    assert json.loads((out / MANIFEST).read_text())["split_rule"]["val_fraction"] == 0.1 and verify(out)
+    assert beside(out) == ([".out.prepare"] if path == "tasks" else [])  # the finished work dir, emptied next time
+
+
+# ---------------------------------------------------------------------------------------------------- verify
+
+def rewrite_split(out: Path, split: str, blocks: np.ndarray) -> None:
+    """Replace a split's blocks in place, keeping its file name and row count (what a careless copy would do)."""
+    (name,) = [f["filename"] for f in json.loads((out / split / "state.json").read_text())["_data_files"]]
+    scratch = out.parent / "scratch"
+    writer = SplitWriter(scratch, blocks.shape[1])
+    writer.add_blocks(blocks)
+    writer.close()
+    shutil.copyfile(scratch / writer.files[0], out / split / name)
+    shutil.rmtree(scratch)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, corpus):
+    """One dataset from each path, whole (one Arrow file per split) for the tampering below."""
+    root = tmp_path_factory.mktemp("prepared")
+    return {path: (run(path, corpus, root / path, **({} if path == "default" else {})), root / path) for path in
+            ("default",)}
+
+
+@pytest.mark.parametrize("tamper", ["zeroed", "swapped_between_splits", "validation_copied_into_train"])
+def test_verify_catches_tampered_blocks(tmp_path, prepared, tamper):
+    _, original = prepared["default"]
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    blocks = load_blocks(out)
+    train, val = blocks["train"].copy(), blocks["validation"].copy()
+    if tamper == "zeroed":
+        train[3, 10:20] = 0
+        rewrite_split(out, "train", train)
+    elif tamper == "swapped_between_splits":
+        train[0], val[0] = blocks["validation"][0], blocks["train"][0]
+        rewrite_split(out, "train", train)
+        rewrite_split(out, "validation", val)
+    else:
+        train[:len(val)] = val
+        rewrite_split(out, "train", train)
+    with pytest.raises(EduGPTError, match=r"blocks are not the ones prepared \(content digest differs"):
+        verify(out)
+
+
+@pytest.mark.slow
+def test_verify_of_tasks_output_and_of_old_or_broken_manifests(tmp_path, corpus):
+    manifest = run("tasks", corpus, tmp_path / "tasks")
+    assert manifest["content"]["train"]["sha256"] and "unchecked" not in verify(tmp_path / "tasks")
+    train = load_blocks(tmp_path / "tasks")["train"]
+    first = json.loads((tmp_path / "tasks" / "train" / "state.json").read_text())["_data_files"][0]["filename"]
+    data = (tmp_path / "tasks" / "train" / first).read_bytes()
+    row = train[1].astype("<u2").tobytes()
+    at = data.index(row)
+    (tmp_path / "tasks" / "train" / first).write_bytes(data[:at] + b"\0" * len(row) + data[at + len(row):])
+    with pytest.raises(EduGPTError, match=f"content digest differs; changed or moved: {first}"):
+        verify(tmp_path / "tasks")
+
+    old = tmp_path / "old"
+    write_prepared(old, {"train": np.ones((3, 8), np.uint16), "validation": np.ones((2, 8), np.uint16)})
+    manifest = json.loads((old / MANIFEST).read_text())
+    del manifest["content"]  # as written before digests
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    proc = run_script("prepare_data.py", "--verify", old, timeout=120)
+    assert proc.returncode == 0 and "not checked: the blocks' content" in proc.stdout, proc.stderr
+    del manifest["splits"]["train"]["tokens"], manifest["seq_len"]
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    proc = run_script("prepare_data.py", "--verify", old, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: {str(old / MANIFEST)!r} lacks seq_len, splits.train.tokens, "
+                                                    "so it cannot be verified; prepare the dataset again with "
+                                                    "prepare_data.py.")
+
+
+# ------------------------------------------------------------------------------------------------ skipped rows
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rows_without_usable_text_are_counted_by_reason(tmp_path, path, capsys):
+    rows = [{"id": f"d{i}", "text": f"Document number {i} says something. " * 4} for i in range(40)]
+    rows += [{"id": "null1", "text": None}, {"id": "null2", "text": None}, {"id": "e", "text": ""},
+             {"id": "blank", "text": " \n "}]
+    (tmp_path / "corpus").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "corpus" / "c.parquet")
+    manifest = run(path, tmp_path / "corpus", tmp_path / "out", val_fraction=0.3, seq_len=16)
+    total = {key: sum(s[key] for s in manifest["splits"].values())
+             for key in ("documents", "skipped_missing_text", "skipped_empty_documents", "skipped_non_string_text")}
+    assert total == {"documents": 40, "skipped_missing_text": 2, "skipped_empty_documents": 2,
+                     "skipped_non_string_text": 0}
+    assert "skipped 2 rows with no text (null or missing), 2 rows with empty or blank text" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------- tokens
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_literal_special_token_in_text_is_ordinary_text_with_an_hf_tokenizer(tmp_path, corpus, gpt2_tokenizer, path):
+    gpt2_tokenizer.save_pretrained(tmp_path / "tok")
+    hf = run(path, corpus, tmp_path / "hf", tokenizer=str(tmp_path / "tok"))
+    assert hf["tokenizer"]["backend"] == "transformers"
+    reference = prepared_reference(tmp_path, corpus, path)
+    ours, theirs = load_blocks(tmp_path / "hf"), load_blocks(reference)
+    assert all(np.array_equal(ours[s], theirs[s]) for s in ours)
+    # One <|endoftext|> per document (the one appended after it), none from the quoted string.
+    eos = sum(int((b == 50256).sum()) for b in ours.values())
+    assert eos <= sum(s["documents"] for s in hf["splits"].values())
+
+
+def prepared_reference(tmp_path, corpus, path) -> Path:
+    run(path, corpus, tmp_path / "tiktoken")
+    return tmp_path / "tiktoken"
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+def error_of(path, dataset, out, **kwargs) -> str:
+    with pytest.raises(EduGPTError) as error:
+        run(path, dataset, out, **kwargs)
+    assert not out.exists() and beside(out) == [], beside(out)
+    return str(error.value)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bad_files_are_one_line_naming_the_file(tmp_path, path):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "text": "fine"}\n\n{"id": "b", "text": broken}\n')
+    (tmp_path / "garbage.parquet").write_bytes(os.urandom(3000))
+    out = tmp_path / "out"
+    if path == "default":
+        assert "empty.jsonl is empty" in error_of(path, tmp_path / "empty.jsonl", out)
+        assert "bad.jsonl:3 is not a line of JSON" in error_of(path, tmp_path / "bad.jsonl", out)
+    else:
+        assert "reads parquet files, and" in error_of(path, tmp_path / "bad.jsonl", out)
+    assert f"cannot read parquet file {str(tmp_path / 'garbage.parquet')!r}" in error_of(
+        path, tmp_path / "garbage.parquet", out)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_an_output_dir_that_cannot_be_written_is_one_line(tmp_path, corpus, path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EduGPTError, match=r"the folder of --output_dir .*file. is a file \(or lies under one\)"):
+        run(path, corpus, tmp_path / "file" / "out")
+    with small_disk(tmp_path / "ro", 1 << 20, "ro") as mounted:
+        if not mounted:
+            if os.geteuid() == 0:
+                pytest.skip("cannot mount a read-only filesystem here, and root writes through chmod")
+            (tmp_path / "ro").chmod(0o555)
+        with pytest.raises(EduGPTError, match="is not writable"):
+            run(path, corpus, tmp_path / "ro" / "out")
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: int, options: str = ""):
+    """A tmpfs of `size` bytes mounted at `path` (yields True), or a plain folder where mounting is not allowed."""
+    path.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(filter(None, [f"size={size}", options])),
+                                  "tmpfs", str(path)], capture_output=True).returncode == 0
+    except OSError:
+        mounted = False
+    try:
+        yield mounted
+    finally:
+        if mounted and subprocess.run(["umount", str(path)], capture_output=True).returncode:
+            subprocess.run(["umount", "--lazy", str(path)], check=False)  # still busy: detach it anyway
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_disk_full_is_one_line_and_leaves_nothing_partial(tmp_path, path):
+    with small_disk(tmp_path / "disk", 600_000) as mounted:
+        if not mounted:
+            pytest.skip("mounting a small tmpfs is not permitted here")
+        out = tmp_path / "disk" / "out"
+        message = error_of(path, EMBEDDED_CORPUS, out, seq_len=128, val_fraction=0.05) if path == "default" else None
+        if path == "tasks":
+            with pytest.raises(EduGPTError) as error:
+                run(path, EMBEDDED_CORPUS, out, seq_len=128, val_fraction=0.05)
+            message = str(error.value)
+            assert not out.exists() and beside(out) == [".out.prepare"]  # finished tasks kept for the re-run
+            assert not list(WorkDir(out).tmp.iterdir())  # the failed task's half-written part is gone
+        assert "no space left on the device" in message, message
+        assert "\n" not in message
+        # No descriptor of this process still holds a deleted file's space there.
+        held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{fd}")]
+        assert not [p for p in held if p.startswith(str(tmp_path / "disk"))], held
