@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -9,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,30 @@ def load_train_main():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
+
+
+@contextlib.contextmanager
+def lock_held_in_another_pid_namespace(acquire: str, path, lock):
+    """A lock held by a process in another PID namespace, as a job on another host or in another container would hold
+    it: `acquire` is Python that takes it on `Path(sys.argv[1])` (= `path`). Yields whether `unshare` was permitted
+    (False: nothing holds it). Afterwards waits until `lock()` (a fresh DirLock) can be taken again: the kernel
+    releases an flock when it reaps the holder."""
+    code = f"import sys, time; from pathlib import Path; {acquire}; print('held', flush=True); time.sleep(120)"
+    holder = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable, "-c",
+                               code, str(path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield holder.stdout.readline().strip() == "held"
+    finally:
+        holder.kill()  # --kill-child: the holder dies with unshare
+        holder.wait()
+    deadline = time.time() + 30
+    while True:
+        try:
+            lock().acquire().release()
+            break
+        except Exception:
+            assert time.time() < deadline, "the lock outlived its holder"
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_same_losses, load_train_main, run_script, tiny_args, train_records
+from conftest import (
+    ROOT,
+    assert_same_losses,
+    load_train_main,
+    lock_held_in_another_pid_namespace,
+    run_script,
+    tiny_args,
+    train_records,
+)
 from edugpt.errors import EduGPTError
 from edugpt.rundir import LOCK, MARKER, list_checkpoints
 from edugpt.safefs import DirLock
@@ -91,28 +99,12 @@ def test_a_second_job_on_the_same_output_dir_is_refused(data_dir, tmp_path):
 def test_the_lock_holds_across_pid_namespaces(tmp_path):
     """A holder whose pid means nothing here (another PID namespace, as another host or container would be) still
     holds the lock: the filesystem grants it, no pid is consulted."""
-    holder = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable, "-c",
-         "import sys, time; from edugpt.safefs import DirLock; DirLock(sys.argv[1], 'x').acquire(); "
-         "print('held', flush=True); time.sleep(120)", str(tmp_path / LOCK)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = holder.stdout.readline()
-        if line.strip() != "held":
-            pytest.skip(f"unshare is not permitted here: {holder.stderr.read()[:200]}")
+    with lock_held_in_another_pid_namespace("from edugpt.safefs import DirLock; DirLock(sys.argv[1], 'x').acquire()",
+                                            tmp_path / LOCK, lambda: DirLock(tmp_path / LOCK, "output_dir x")) as held:
+        if not held:
+            pytest.skip("unshare is not permitted here")
         with pytest.raises(EduGPTError, match=r"is in use by another job \(pid 1 on host"):
             DirLock(tmp_path / LOCK, "output_dir x").acquire()
-    finally:
-        holder.kill()  # --kill-child: the holder dies with unshare
-        holder.wait()
-    deadline = time.time() + 30
-    while True:  # released as soon as the kernel has reaped the holder
-        try:
-            DirLock(tmp_path / LOCK, "output_dir x").acquire().release()
-            break
-        except EduGPTError:
-            assert time.time() < deadline, "the lock outlived its holder"
-            time.sleep(0.1)
 
 
 def test_resume_from_a_given_checkpoint_into_a_new_output_dir(baseline, data_dir, tmp_path):

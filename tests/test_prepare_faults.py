@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, lock_held_in_another_pid_namespace, run_script
 from edugpt.args import PrepareDataArguments
 from edugpt.corpus import EMBEDDED_CORPUS
 from edugpt.data import MANIFEST, SplitWriter, move_into_place, output_lock, prepare, recover_swap, verify, write_prepared
@@ -93,27 +92,13 @@ def test_overwrite_replaces_only_a_prepared_dataset_and_never_the_input(tmp_path
 def lock_held_elsewhere(out: Path):
     """The output's lock held by a process in another PID namespace (as on another host), or here if unshare is not
     permitted: either way the filesystem, not a pid, says it is held."""
-    code = ("import sys, time; from pathlib import Path; from edugpt.data import output_lock; "
-            "output_lock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(120)")
-    holder = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable, "-c",
-                               code, str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        if holder.stdout.readline().strip() == "held":
+    with lock_held_in_another_pid_namespace("from edugpt.data import output_lock; output_lock(Path(sys.argv[1])).acquire()",
+                                            out, lambda: output_lock(out)) as held:
+        if held:
             yield
         else:
             with output_lock(out):
                 yield
-    finally:
-        holder.kill()  # --kill-child: the holder dies with unshare
-        holder.wait()
-        deadline = time.time() + 30
-        while True:  # released as soon as the kernel has reaped the holder
-            try:
-                output_lock(out).acquire().release()
-                break
-            except EduGPTError:
-                assert time.time() < deadline, "the lock outlived its holder"
-                time.sleep(0.1)
 
 
 @pytest.mark.parametrize("path", PATHS)
