@@ -578,7 +578,8 @@ def prepare(args: PrepareDataArguments) -> dict:
                                   "write to.") from None
             raise
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not swap_journal(out).exists():  # once journalled, the new dataset is the one the next run installs
+                shutil.rmtree(tmp, ignore_errors=True)
     print_summary(manifest, out, time.perf_counter() - started)
     return manifest
 

@@ -146,6 +146,29 @@ def test_a_swap_stopped_at_any_step_is_completed_by_the_next_run(tmp_path, monke
     assert beside(out) == []
 
 
+def test_an_interrupted_swap_keeps_the_new_dataset_for_the_next_run(tmp_path, corpus, monkeypatch):
+    """Ctrl-C (or any exception) inside prepare()'s swap: the journalled new dataset is kept, not cleaned up with the
+    rest, and the next run installs it."""
+    import edugpt.data
+
+    out = tmp_path / "out"
+    run("default", corpus, out)
+
+    def interrupted(at):
+        if at == "old moved aside":
+            raise KeyboardInterrupt(at)
+
+    monkeypatch.setattr(edugpt.data, "_swap_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run("default", corpus, out, overwrite=True, seq_len=SEQ // 2)
+    monkeypatch.undo()
+    assert not out.exists() and (tmp_path / ".out.old").is_dir() and (tmp_path / ".out.tmp").is_dir()
+    with output_lock(out):
+        recover_swap(out)
+    assert json.loads((out / MANIFEST).read_text())["seq_len"] == SEQ // 2 and verify(out)  # the new one
+    assert beside(out) == []
+
+
 def test_a_journal_naming_other_folders_moves_or_deletes_nothing(tmp_path):
     precious = tmp_path / "precious"
     precious.mkdir()
