@@ -113,11 +113,13 @@ def _use_recipe_template(training_args, tokenizer) -> None:
 
 
 def load_model(job: FinetuneJob, model_args):
-    """The base model with the dtype, attention and revision of TRL's ModelConfig, ready to chat-finetune: pad = eos
-    and the generation settings of a chat model (edugpt.chat.add_chat_template)."""
+    """The base model with the dtype, attention and revision of TRL's ModelConfig, ready to chat-finetune: pad = eos,
+    the generation settings of a chat model (edugpt.chat.add_chat_template) and its loss named so that Trainer counts
+    the predicted tokens right (edugpt.modeling.name_causal_lm_loss)."""
     from transformers import AutoModelForCausalLM
 
     from edugpt.chat import add_chat_template
+    from edugpt.modeling import name_causal_lm_loss
 
     model = AutoModelForCausalLM.from_pretrained(
         job.model_path,
@@ -126,7 +128,7 @@ def load_model(job: FinetuneJob, model_args):
         attn_implementation=model_args.attn_implementation,
     )
     add_chat_template(job.tokenizer, model)
-    return model
+    return name_causal_lm_loss(model)
 
 
 def finetune(stage: str, trainer_class, script_args, training_args, model_args, run_args, dataset_args=None) -> None:

@@ -51,18 +51,24 @@ def gpt2_config(model_args):
 
 
 def new_gpt2(config):
-    """A from-scratch `GPT2LMHeadModel(config)` whose loss Trainer counts right.
+    """A from-scratch `GPT2LMHeadModel(config)` whose loss Trainer counts right (see `name_causal_lm_loss`)."""
+    from transformers import GPT2LMHeadModel
+
+    return name_causal_lm_loss(GPT2LMHeadModel(config))
+
+
+def name_causal_lm_loss(model):
+    """Name the loss a causal LM already uses, so that Trainer counts its targets right; returns `model`.
 
     transformers derives `model.loss_type` from the class name, and "GPT2LMHeadModel" matches none of its loss
     names, so it is None (the model still uses the causal-LM loss by default). Trainer then does not know that the
-    loss shifts labels and counts all T labels of a block as targets where there are T-1: every logged training and
-    validation loss read (T-1)/T low (0.8% at seq 128, 0.1% at 1024). Naming the loss fixes the count; the loss
-    function itself is the same one.
+    loss shifts labels and counts all T labels of a row as targets where there are T-1: every logged training and
+    validation loss read (T-1)/T low (0.8% at seq 128, 0.1% at 1024). The same holds for a GPT-2 loaded with
+    `from_pretrained` for SFT whenever a row's first label is trained (assistant_only_loss off). Naming the loss
+    fixes the count; the loss function itself is the same one.
     """
-    from transformers import GPT2LMHeadModel
-
-    model = GPT2LMHeadModel(config)
-    model.loss_type = CAUSAL_LM_LOSS
+    if getattr(model, "loss_type", None) is None:
+        model.loss_type = CAUSAL_LM_LOSS
     return model
 
 

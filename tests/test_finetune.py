@@ -184,6 +184,42 @@ def sft_run(tiny_model_dir, tmp_path_factory):
     return proc, out
 
 
+def test_sft_logged_loss_is_the_mean_over_predicted_tokens(tiny_model_dir, tmp_path):
+    """SFT's logged loss recomputed without Trainer: with assistant_only_loss off, a row's first label is trained
+    too, and Trainer would count it as a target (GPT-2's loss_type is None) though the loss shifts it away."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import ModelConfig, SFTConfig, SFTTrainer
+
+    from edugpt.finetune import FinetuneJob, load_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    add_chat_template(tokenizer)
+    job = FinetuneJob(run=None, model_path=str(tiny_model_dir), tokenizer=tokenizer, train_dataset=None,
+                      eval_dataset=None)
+    model = load_model(job, ModelConfig(model_name_or_path=str(tiny_model_dir)))
+    for module in model.modules():  # the stand-in checkpoint has GPT-2's dropout; the recomputation has none
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    rows = [{"messages": [user(f"What is {word}?"), assistant(f"{word.capitalize()} is a word of length {len(word)}.")]}
+            for word in ("a list", "recursion", "an interpreter")]
+    args = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=1, per_device_train_batch_size=len(rows),
+                     logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, learning_rate=1e-3,
+                     assistant_only_loss=False, activation_checkpointing=False, bf16=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))  # every row: the mean does not depend on their order
+    assert (batch["labels"][:, 0] != -100).all()  # the first label of each row is one Trainer could miscount
+    initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    trainer.train()
+    logged = next(r["loss"] for r in trainer.state.log_history if "loss" in r)
+    model.load_state_dict(initial)
+    with torch.no_grad():
+        logits = model.eval()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    targets = batch["labels"][:, 1:]
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
+    assert abs(logged - expected.item()) < 1e-5
+
+
 @pytest.mark.slow
 def test_sft_writes_a_chat_model_and_the_loss_falls(sft_run, tiny_model_dir):
     proc, out = sft_run
