@@ -131,6 +131,9 @@ def load_source(source: Source, *, max_docs: int | None = None, num_proc: int = 
         try:
             ds = datasets.load_dataset(source.builder, data_files=source.files, split="train", cache_dir=cache_dir)
         except Exception as err:  # `datasets` wraps the parser's error without naming the line: find it
+            cause = err.__cause__ or err
+            if isinstance(cause, OSError) and cause.errno in NO_SPACE:  # its cache filled the disk, not bad input
+                raise no_space_error(cache_dir or datasets.config.HF_DATASETS_CACHE, cause) from None
             raise json_error(source.files, err) from None
     if len(ds) == 0:
         raise EduGPTError(f"{source.dataset!r} holds no documents; point --dataset at files with rows.")

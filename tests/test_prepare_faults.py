@@ -391,3 +391,18 @@ def test_disk_full_is_one_line_and_leaves_nothing_partial(tmp_path, path):
         held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
                 if os.path.exists(f"/proc/self/fd/{fd}")]
         assert not [p for p in held if p.startswith(str(tmp_path / "disk"))], held
+
+
+def test_a_full_cache_disk_is_named_as_such_not_as_bad_input(tmp_path):
+    """jsonl input whose datasets cache fills the disk: the one line says the disk is full, not that a line is bad."""
+    rows = pq.read_table(EMBEDDED_CORPUS, columns=["id", "text"]).slice(0, 300).to_pylist()
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with small_disk(tmp_path / "cache", 200_000) as mounted:
+        if not mounted:
+            pytest.skip("mounting a small tmpfs is not permitted here")
+        args = PrepareDataArguments(dataset=str(corpus), output_dir=str(tmp_path / "out"), seq_len=SEQ, num_proc=1,
+                                    cache_dir=str(tmp_path / "cache"))
+        with pytest.raises(EduGPTError, match="^no space left on the device while writing") as error:
+            prepare(args)
+        assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
