@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edugpt.errors import EduGPTError
 from edugpt.net import hub_available
-from edugpt.safefs import NO_SPACE, no_space_error
+from edugpt.safefs import no_space_error, no_space_reason
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +131,8 @@ def load_source(source: Source, *, max_docs: int | None = None, num_proc: int = 
         try:
             ds = datasets.load_dataset(source.builder, data_files=source.files, split="train", cache_dir=cache_dir)
         except Exception as err:  # `datasets` wraps the parser's error without naming the line: find it
-            cause = err.__cause__ or err
-            if isinstance(cause, OSError) and cause.errno in NO_SPACE:  # its cache filled the disk, not bad input
-                raise no_space_error(cache_dir or datasets.config.HF_DATASETS_CACHE, cause) from None
+            if no_space_reason(err):  # its cache filled the disk: not bad input
+                raise no_space_error(cache_dir or datasets.config.HF_DATASETS_CACHE, err.__cause__ or err) from None
             raise json_error(source.files, err) from None
     if len(ds) == 0:
         raise EduGPTError(f"{source.dataset!r} holds no documents; point --dataset at files with rows.")
@@ -267,7 +266,7 @@ def local_parquet_dataset(source: Source, cache_dir: str | None = None):
                         for batch in parquet_batches(pf, schema.names):
                             writer.write_table(pa.Table.from_batches([batch]).select(schema.names).cast(schema))
                 except (pa.ArrowException, OSError) as err:
-                    if getattr(err, "errno", None) in NO_SPACE or "No space left" in str(err):
+                    if no_space_reason(err):
                         raise no_space_error(path.parent, err) from None
                     # garbage, a truncated file, another format renamed .parquet, a damaged page: name the file
                     raise EduGPTError(f"cannot read parquet file {file!r} ({type(err).__name__}: {err}); fix or "

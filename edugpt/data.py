@@ -52,7 +52,7 @@ from edugpt.corpus import (
     resolve_source,
 )
 from edugpt.errors import EduGPTError
-from edugpt.safefs import NO_SPACE, DirLock, atomic_write_text, ensure_dir, no_space_error
+from edugpt.safefs import DirLock, atomic_write_text, ensure_dir, no_space_error, no_space_reason
 from edugpt.tokenizer import (
     GPT2_EOS_ID,
     GPT2_NAMES,
@@ -571,7 +571,7 @@ def prepare(args: PrepareDataArguments) -> dict:
             _write_json(tmp / MANIFEST, manifest)
             move_into_place(tmp, out)
         except OSError as err:
-            if err.errno in NO_SPACE or "No space left" in str(err):
+            if no_space_reason(err):
                 raise no_space_error(out, err) from None
             if isinstance(err, PermissionError):
                 raise EduGPTError(f"cannot write beside --output_dir {str(out)!r} ({err}); pass a folder you can "

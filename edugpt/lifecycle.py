@@ -63,7 +63,7 @@ from edugpt.rundir import (
     require_own_run_dir,
     write_run_config,
 )
-from edugpt.safefs import NO_SPACE, DirLock, atomic_write_bytes, ensure_dir
+from edugpt.safefs import DirLock, atomic_write_bytes, ensure_dir, no_space_reason
 
 logger = logging.getLogger(__name__)
 
@@ -564,7 +564,6 @@ CHECKPOINT_LOADERS = frozenset({
 # Less free space than this after a failed write means the disk filled up: torch.save reports a full disk as
 # "RuntimeError: [enforce fail at inline_container.cc] unexpected pos", without the errno.
 LOW_SPACE_BYTES = 16 * 2**20
-NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
 
 
 def _raised_in(err: BaseException, function_names: frozenset) -> bool:
@@ -574,13 +573,8 @@ def _raised_in(err: BaseException, function_names: frozenset) -> bool:
 
 def _disk_full(err: BaseException, folder: Path) -> str | None:
     """A short reason when `err` comes from a full disk or quota under `folder`, else None."""
-    seen = err
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
-            return os.strerror(seen.errno)
-        if any(text in str(seen) for text in NO_SPACE_TEXT):
-            return "no space left on device"
-        seen = seen.__cause__ or seen.__context__
+    if reason := no_space_reason(err):
+        return reason
     try:
         free = shutil.disk_usage(folder).free
     except OSError:

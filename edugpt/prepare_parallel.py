@@ -97,7 +97,7 @@ from edugpt.data import (
 )
 from edugpt.errors import EduGPTError
 from edugpt.net import hub_available
-from edugpt.safefs import NO_SPACE, ensure_dir, no_space_error
+from edugpt.safefs import ensure_dir, no_space_error, no_space_reason
 
 logger = logging.getLogger(__name__)
 
@@ -576,7 +576,7 @@ def prepare_parallel(args: PrepareDataArguments, ex: ExecutorArguments) -> dict 
         except (EduGPTError, KeyboardInterrupt):
             raise
         except Exception as err:  # a task failed (disk full, a damaged file, ...): datatrove logged its traceback
-            if _no_space(err):
+            if no_space_reason(err):
                 raise EduGPTError(f"no space left on the device while the tasks wrote to {str(work.root)!r} ({err}); "
                                   "free space there and re-run the same command: the finished tasks are kept, so "
                                   "only the others run again.") from None
@@ -589,17 +589,12 @@ def prepare_parallel(args: PrepareDataArguments, ex: ExecutorArguments) -> dict 
             shutil.rmtree(work.root)  # too little input for these settings: no other settings can reuse this work
             raise
         except OSError as err:  # disk full, permissions: the merge is redone from the start by a re-run
-            if _no_space(err):
+            if no_space_reason(err):
                 raise no_space_error(out, err) from None
             raise EduGPTError(f"the merge failed ({err}); fix the cause and re-run the same command to redo it "
                               f"(the tasks' work is kept in {str(work.root)!r}).") from err
         shutil.rmtree(work.root)
     return manifest
-
-
-def _no_space(err: BaseException) -> bool:
-    """A full disk or quota, also as pyarrow or a task's re-raised error words it."""
-    return getattr(err, "errno", None) in NO_SPACE or "No space left" in str(err) or "quota exceeded" in str(err)
 
 
 def _resume_or_plan(work: WorkDir, args, ex: ExecutorArguments, source: Source) -> dict:

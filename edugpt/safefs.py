@@ -32,11 +32,27 @@ logger = logging.getLogger(__name__)
 
 # errno values that mean "the device is full" (ENOSPC) or "your quota is" (EDQUOT).
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+# The same, where the errno was lost on the way: pyarrow's and safetensors' (Rust) messages, a datatrove task's error
+# re-raised in the launcher.
+NO_SPACE_TEXT = ("No space left", "quota exceeded", "os error 28", "os error 122")
 
 
-def no_space_error(path: str | os.PathLike, err: OSError) -> EduGPTError:
+def no_space_reason(err: BaseException) -> str | None:
+    """Why `err`, or an error it was raised from, is a full disk or quota (e.g. "No space left on device"); None when
+    it is not one."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+            return os.strerror(seen.errno)
+        if any(text in str(seen) for text in NO_SPACE_TEXT):
+            return "no space left on device"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def no_space_error(path: str | os.PathLike, err: BaseException) -> EduGPTError:
     """The one message for a full disk or quota while writing `path`."""
-    what = "disk quota exceeded" if err.errno == errno.EDQUOT else "no space left on the device"
+    what = "disk quota exceeded" if getattr(err, "errno", None) == errno.EDQUOT else "no space left on the device"
     return EduGPTError(f"{what} while writing {path}; free space there (or choose another folder) and run the same "
                        "command again.")
 
