@@ -262,8 +262,10 @@ def check_training_arguments(args) -> None:
     for name in ("adam_beta1", "adam_beta2"):
         if not 0.0 <= getattr(args, name) < 1.0:
             raise EduGPTError(f"{name} must be in [0, 1), got {getattr(args, name)} (AdamW's usual: 0.9 and 0.95-0.999).")
-    if args.max_grad_norm is not None and args.max_grad_norm < 0:
-        raise EduGPTError(f"max_grad_norm must be >= 0 (0: no clipping), got {args.max_grad_norm}.")
+    # Trainer clips only when max_grad_norm > 0: NaN (every comparison False) and inf would silently turn it off.
+    if args.max_grad_norm is not None and not (math.isfinite(args.max_grad_norm) and args.max_grad_norm >= 0):
+        raise EduGPTError(f"max_grad_norm must be a finite number >= 0 (0: no clipping; GPT-2's: 1.0), got "
+                          f"{args.max_grad_norm}.")
     for name, strategy in INTERVALS:
         value = getattr(args, name)
         mode = getattr(args, strategy)

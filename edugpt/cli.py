@@ -45,8 +45,10 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
     """Parse `--config recipe.yaml` plus command-line overrides into the given dataclasses, as TRL scripts do.
 
     Every mistake is one EduGPTError sentence: broken YAML (file and line), an unknown key in the YAML or on the
-    command line (with the closest valid names, as argparse suggests them), a value of the wrong type, and the
-    ValueErrors of the dataclasses' own checks (TrainingArguments': bf16 or tf32 without a GPU that has them ...).
+    command line (with the closest valid names, as argparse suggests them; an abbreviated option is unknown too), a
+    recipe's `env:` key (TrlParser would export it: a recipe must not be a way to set PYTHONPATH or HF_TOKEN), a value
+    of the wrong type, and the ValueErrors of the dataclasses' own checks (TrainingArguments': bf16 or tf32 without a
+    GPU that has them ...).
     `--help` lists the options grouped by dataclass.
     """
     args = _split_config_flag(list(sys.argv[1:] if argv is None else argv))
@@ -56,7 +58,12 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
         if index + 1 >= len(args):
             raise EduGPTError("--config needs a path to a YAML recipe, e.g. --config configs/smoke.yaml.")
         config_path = args[index + 1]
-        _read_recipe(config_path)
+        if "env" in _read_recipe(config_path):
+            raise EduGPTError(
+                f"config file {config_path!r}{_key_line(config_path, 'env')}: key 'env' is not accepted: it would set "
+                "environment variables (PYTHONPATH, HF_TOKEN, HF_ENDPOINT ...) for this run and every process it starts, "
+                "so a shared recipe could run code or redirect the token; set them in the shell instead."
+            )
     parser = _recipe_parser_class()(list(dataclass_types), config_path=config_path)
     try:
         *parsed, _, unknown = parser.parse_args_and_config(
@@ -66,7 +73,7 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
         raise _argument_error(err) from None
     if unknown:
         raise parser.unknown_error(unknown)
-    if len(parsed) != len(dataclass_types):  # an extra argparse.Namespace: "--config" was abbreviated or repeated
+    if len(parsed) != len(dataclass_types):  # an extra argparse.Namespace: "--config" was repeated
         raise EduGPTError("pass the recipe once, as --config PATH.")
     from transformers import TrainingArguments
 
@@ -140,8 +147,9 @@ def _recipe_parser_class():
 
     class RecipeParser(TrlParser):
         def __init__(self, dataclass_types: list[type], config_path: str | None = None):
-            # The default usage line would list all ~170 options.
-            super().__init__(dataclass_types, usage="%(prog)s [--config YAML] [--OPTION VALUE ...]")
+            # The default usage line would list all ~170 options. No prefix matching (argparse's allow_abbrev): an
+            # abbreviation is a typo to report, not an option to guess (`--hub_to=...` would be taken as --hub_token).
+            super().__init__(dataclass_types, usage="%(prog)s [--config YAML] [--OPTION VALUE ...]", allow_abbrev=False)
             self.config_path = config_path
             # Shown in --help, never filled: TrlParser takes --config out of the arguments before argparse sees them.
             self._optionals.add_argument("--config", metavar="YAML", default=argparse.SUPPRESS, help=CONFIG_HELP)

@@ -4,6 +4,7 @@ by dataclass (issue 11, issue 12)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -12,8 +13,8 @@ from transformers import TrainingArguments
 from trl import DPOConfig, ModelConfig, SFTConfig
 from trl import ScriptArguments as TrlScriptArguments
 
-from conftest import ROOT, run_script
-from edugpt.args import DataArguments, EvalArguments, ModelArguments, RunArguments, ScriptArguments
+from conftest import FAKE_TOKEN, ROOT, run_script
+from edugpt.args import DataArguments, EvalArguments, ModelArguments, PublishArguments, RunArguments, ScriptArguments
 from edugpt.cli import parse_config
 from edugpt.errors import EduGPTError
 
@@ -86,6 +87,29 @@ def test_command_line_typo_is_one_line_with_did_you_mean():
         parse_config([EvalArguments], [])
 
 
+@pytest.mark.parametrize(("classes", "argv", "flag"), [
+    (TRAIN, ["--hub_to=" + FAKE_TOKEN], "--hub_to"), (SFT, ["--hub_tok", FAKE_TOKEN], "--hub_tok"),
+    (DPO, ["--learning_r", "1e-3"], "--learning_r"),
+    ([PublishArguments], ["--run_dir", "runs/x", "--hub_model_id", "me/x", "--dry", "/tmp/plan"], "--dry"),
+])
+def test_an_abbreviated_option_is_unknown_not_guessed(classes, argv, flag):
+    # argparse's default prefix matching took `--hub_to=hf_...` as --hub_token: a typo must never fill in a secret
+    with pytest.raises(EduGPTError, match=rf"^unknown option {flag} \(did you mean --") as error:
+        parse_config(classes, argv if classes[0] is PublishArguments else [*argv, *CPU])
+    assert FAKE_TOKEN not in str(error.value)
+
+
+@pytest.mark.parametrize("variable", ["PYTHONPATH", "HF_TOKEN", "HF_ENDPOINT"])
+def test_a_recipe_cannot_set_environment_variables(tmp_path, monkeypatch, variable):
+    # TrlParser exports a recipe's `env:` mapping into os.environ (and so into every process the run starts)
+    monkeypatch.delenv(variable, raising=False)
+    path = recipe(tmp_path, f"max_steps: 5\nenv:\n  {variable}: /tmp/not-trusted\n")
+    with pytest.raises(EduGPTError, match=r"r.yaml' line 2: key 'env' is not accepted: it would set environment "
+                                          r"variables .*set them in the shell instead"):
+        parse_config(TRAIN, ["--config", path, *CPU])
+    assert variable not in os.environ
+
+
 @pytest.mark.parametrize(("classes", "flag", "value", "message"), [
     (TRAIN, "--learning_rate", "-1", "learning_rate must be a finite number >= 0, got -1.0"),
     (TRAIN, "--learning_rate", "nan", "learning_rate must be a finite number"),
@@ -96,6 +120,9 @@ def test_command_line_typo_is_one_line_with_did_you_mean():
     (SFT, "--gradient_accumulation_steps", "0", "gradient_accumulation_steps must be >= 1"),
     (TRAIN, "--save_steps", "0", "save_steps must be positive with save_strategy 'steps'"),
     (TRAIN, "--seed", "-1", "seed must be a finite number >= 0"),
+    (TRAIN, "--max_grad_norm", "nan", r"max_grad_norm must be a finite number >= 0 \(0: no clipping"),  # clips never
+    (SFT, "--max_grad_norm", "inf", "max_grad_norm must be a finite number >= 0"),
+    (DPO, "--max_grad_norm", "-1", "max_grad_norm must be a finite number >= 0"),
 ])
 def test_values_trainer_only_fails_on_later_are_refused_at_parse_time(classes, flag, value, message):
     with pytest.raises(EduGPTError, match=message):
