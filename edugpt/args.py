@@ -128,6 +128,9 @@ class ScriptArguments:
         for name in ("sample_steps", "hellaswag_steps", "sample_max_new_tokens", "sample_top_k", "max_skipped_steps"):
             if getattr(self, name) < 0:
                 raise EduGPTError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("hellaswag_limit", "hellaswag_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise EduGPTError(f"{name} must be a positive number or null, got {getattr(self, name)}.")
         if self.nonfinite_loss not in ("stop", "skip"):
             raise EduGPTError(f"nonfinite_loss must be 'stop' or 'skip', got {self.nonfinite_loss!r}.")
         if self.mfu_peak_flops is not None and self.mfu_peak_flops <= 0:

@@ -189,7 +189,8 @@ def apply_tokens_per_step(tokens_per_step: int | None, training_args, seq_len: i
     if tokens_per_step is not None:
         steps, rest = divmod(tokens_per_step, per_micro_step)
         if rest or steps == 0:
-            lower, higher = max(steps, 1) * per_micro_step, (steps + 1) * per_micro_step
+            lower = max(steps, 1) * per_micro_step  # two different multiples, the nearest ones
+            higher = lower + per_micro_step
             raise EduGPTError(
                 f"tokens_per_step {tokens_per_step:,} cannot be split into micro-batches of {args.world_size} "
                 f"process(es) x {args.per_device_train_batch_size} blocks x {seq_len} tokens = {per_micro_step:,} tokens; "
@@ -247,6 +248,36 @@ def dataset_settings(manifest: dict) -> dict:
         "val_fraction": rule.get("val_fraction"),
         "splits": {name: split.get("blocks") for name, split in (manifest.get("splits") or {}).items()},
     }
+
+
+def data_digest(manifest: dict) -> dict | None:
+    """The prepared blocks' content digest per split (the manifest's `content`), None for a manifest from before
+    digests. A resume compares it: data re-prepared under the same dataset_dir with the same counts is other data."""
+    content = manifest.get("content")
+    if not isinstance(content, dict):
+        return None
+    return {name: (content.get(name) or {}).get("sha256") for name in SPLITS}
+
+
+def check_script_inputs(script_args, vocab_size: int) -> None:
+    """The --tokenizer and the HellaSwag source, checked before the run begins: found only when the Trainer is built,
+    a bad one would leave run_config.json, data_manifest.json and the lock in an output_dir that held nothing."""
+    from edugpt.net import hub_available
+    from edugpt.tokenizer import load_tokenizer, require_gpt2_compatible
+
+    require_gpt2_compatible(load_tokenizer(script_args.tokenizer), vocab_size)
+    if script_args.hellaswag_steps == 0:
+        return
+    if script_args.hellaswag_file is not None:
+        from edugpt.tasks.hellaswag_local import read_hellaswag_jsonl
+
+        read_hellaswag_jsonl(script_args.hellaswag_file, max_items=script_args.hellaswag_limit)
+    elif not hub_available():
+        raise EduGPTError(
+            "hellaswag_steps needs HellaSwag from the Hugging Face Hub, which is offline or unreachable; set "
+            "hellaswag_file to a local HellaSwag-format jsonl (e.g. "
+            "edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl) or hellaswag_steps 0."
+        )
 
 
 def build_trainer(run: TrainingRun, model_args, data_args, script_args, training_args, data: PreparedData) -> Pretraining:
@@ -341,6 +372,7 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
             "skipped step as NaN; drop logging_nan_inf_filter: false or use nonfinite_loss 'stop'."
         )
     config = gpt2_config(model_args)
+    check_script_inputs(script_args, config.vocab_size)
     data = load_prepared(data_args.dataset_dir, config, data_args.seq_len)
     data_args.seq_len = data.seq_len
     apply_tokens_per_step(data_args.tokens_per_step, training_args, data.seq_len)
@@ -349,7 +381,9 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
             f"the train split of {data_args.dataset_dir} has {len(data.train)} blocks, fewer than one optimizer step "
             f"({global_batch_blocks(training_args)} blocks); prepare more documents or lower the batch."
         )
-    settings = training_settings(training_args, seq_len=data.seq_len, data=dataset_settings(data.manifest))
+    # The digest is a key of its own: a checkpoint of an older version, which has none, still resumes.
+    digest = {"data_digest": digest} if (digest := data_digest(data.manifest)) else {}
+    settings = training_settings(training_args, seq_len=data.seq_len, data=dataset_settings(data.manifest), **digest)
     run_config = {"model": asdict(model_args), "data": asdict(data_args), "script": asdict(script_args),
                   "run": asdict(run_args), "training": training_args.to_dict()}
     run.begin(settings, run_config)
@@ -362,7 +396,7 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
             atomic_write_json(Path(training_args.output_dir) / DATA_MANIFEST, data.manifest)
         return run, build_trainer(run, model_args, data_args, script_args, training_args, data)
     except BaseException:
-        run.lock.release()
+        run.abandon()
         raise
 
 
