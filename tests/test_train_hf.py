@@ -206,6 +206,32 @@ def test_data_dir_not_made_by_prepare_data_is_rejected(tmp_path):
         load_train_main()(tiny_args(tmp_path / "data", tmp_path / "run"))
 
 
+def _blocks_data(path, seed: int):
+    """A prepared dataset of 16 train and 4 validation blocks of 64 random tokens: same counts for every seed."""
+    import numpy as np
+
+    from edugpt.data import write_prepared
+
+    blocks = np.random.default_rng(seed).integers(0, 50256, size=(20, 64)).astype(np.uint16)
+    return write_prepared(path, {"train": blocks[:16], "validation": blocks[16:]})
+
+
+def test_resuming_on_other_data_under_the_same_path_is_refused_naming_its_digest(tmp_path):
+    data, output_dir = tmp_path / "data", tmp_path / "run"
+    quick = ["--sample_steps", "0", "--hellaswag_steps", "0", "--eval_strategy", "no"]
+    _blocks_data(data, seed=0)
+    load_train_main()(tiny_args(data, output_dir, *quick, "--max_steps", "2"))
+    shutil.rmtree(data)
+    _blocks_data(data, seed=1)  # re-prepared in place: the same source name, sizes and blocks per split
+    with pytest.raises(EduGPTError, match=r"settings changed \(data_digest: \{\"train\": \"[0-9a-f]{64}\", "
+                                          r"\"validation\": \"[0-9a-f]{64}\"\} in the checkpoint, \{"):
+        load_train_main()(tiny_args(data, output_dir, *quick, "--max_steps", "2"))
+    load_train_main()(tiny_args(data, output_dir, *quick, "--max_steps", "4", "--resume_with_changes", "true"))
+    assert sorted(train_records(output_dir)) == [1, 2, 3, 4]
+    changed = json.loads((output_dir / "run_config.json").read_text())["resumed_with_changes"]
+    assert sorted(changed) == ["data_digest", "max_steps"]
+
+
 def test_resuming_with_another_model_shape_is_rejected(baseline, data_dir, tmp_path):
     output_dir = tmp_path / "run"
     shutil.copytree(baseline[0], output_dir)
