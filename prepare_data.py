@@ -44,8 +44,6 @@ def main(argv=None) -> None:
         print(f"ok: {args.verify} verified — " + ", ".join(
             f"{name}: {s['documents']:,} documents, {s['blocks']:,} blocks of {manifest['seq_len']}"
             for name, s in splits.items()))
-        if "unchecked" in manifest:
-            print(f"not checked: {manifest['unchecked']}")
         return
     if executor.executor == "datasets":
         prepare(args)

@@ -9,6 +9,7 @@ every parallel task's share of the rows (local files or `hf://` URLs).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -170,6 +171,54 @@ def json_error(files, err: Exception) -> EduGPTError:
     cause = err.__cause__ or err
     return EduGPTError(f"cannot load {', '.join(files)[:200]} ({type(cause).__name__}: {str(cause)[:200]}); check "
                        "that each line is a JSON object with a 'text' key.")
+
+
+def first_non_utf8_row(batch) -> int | None:
+    """Index of the first row of an Arrow record batch with a string value that is not valid UTF-8 (parquet and
+    Arrow readers do not check; converting it to Python raises UnicodeDecodeError), or None."""
+    import pyarrow as pa
+
+    bad = None
+    for column in batch.columns:
+        if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+            continue
+        for row, value in enumerate(column.cast(pa.large_binary()).to_pylist()):
+            if value is not None and (bad is None or row < bad):
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad = row
+                    break
+    return bad
+
+
+def find_non_utf8(source: Source) -> str | None:
+    """Where the first text that is not UTF-8 sits in a local source: 'FILE:LINE' (jsonl) or 'FILE row N' (parquet,
+    counted from 0); None when no file holds one (or the source is not local)."""
+    import gzip
+
+    for file in source.files if source.kind != "hub" else ():
+        if source.builder == "parquet":
+            try:
+                with open_parquet(file) as pf:
+                    first = 0
+                    for batch in parquet_batches(pf, [n for n in (TEXT_COLUMN, ID_COLUMN)
+                                                      if n in pf.schema_arrow.names]):
+                        bad = first_non_utf8_row(batch)
+                        if bad is not None:
+                            return f"{file!r} row {first + bad}"
+                        first += batch.num_rows
+            except Exception:  # unreadable for another reason: that error is reported where it happens
+                continue
+        elif not file.endswith(".zst"):
+            opener = gzip.open if file.endswith(".gz") else open
+            with contextlib.suppress(OSError, EOFError), opener(file, "rb") as f:
+                for number, line in enumerate(f, 1):
+                    try:
+                        line.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return f"{file}:{number}"
+    return None
 
 
 def column_names(ds) -> list[str]:

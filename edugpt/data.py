@@ -9,6 +9,8 @@ The layout written (the data contract other modules load):
     DIR/manifest.json                                    source, tokenizer, split rule, per-split counts (skipped
                                                          rows per reason), `content`: SHA-256 digests of the blocks
     DIR/doc_ids.parquet                                  `id`, `split`: one row per kept document
+    manifest.json's `files`                              the record: every other file prepare_data.py wrote in DIR,
+                                                         with its size (`dataset_record`)
 
 Both ways of preparing share every piece here: `split_of`, `tokenize_batch`, `SplitWriter` (packing straight into the
 split's Arrow files), `write_layout` (the metadata around them, no copy), `build_manifest`, `move_into_place` and
@@ -16,8 +18,11 @@ split's Arrow files), `write_layout` (the metadata around them, no copy), `build
 tasks.
 
 Beside DIR, and only while a job writes it: `.DIR.lock` (the `DirLock` every job writing DIR holds; the file stays),
-`.DIR.tmp/` (the dataset being written), `.DIR.swap.json` + `.DIR.old/` (the journalled swap; see `move_into_place`).
-`--overwrite` replaces only a prepared dataset (`is_prepared_dataset`), never the input (`check_not_input`).
+`.DIR.tmp/` (holding `dataset/`, the dataset being written), `.DIR.swap.json` + `.DIR.old/` (the journalled swap; see
+`move_into_place`). What is deleted is decided by records, never by names: a folder this project makes holds
+`.edugpt-made.json` with its own (st_dev, st_ino) (`make_dir`, `made_here`); `.DIR.old` is the old dataset only when
+the journal's identity of it says so; and `--overwrite` replaces only a prepared dataset whose every file is in its
+manifest's record (`replace_refusal`), never the input (`check_not_input`).
 
 Why split by ID rather than by position: a document's split is a pure function of its ID (`split_of`), so it is the
 same on any machine, with any `num_proc`, on any re-run and any `--max_docs` slice, and a duplicated document can never
@@ -35,6 +40,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -65,7 +71,8 @@ from edugpt.tokenizer import (
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "edugpt-prepared-v1"
+# v2: the manifest records every file of the dataset (`files`), and `content` is required.
+FORMAT = "edugpt-prepared-v2"
 SPLITS = ("train", "validation")
 SPLIT_SALT = "edugpt-split-v1"
 SPLIT_HASH = "sha256"
@@ -369,7 +376,11 @@ def id_schema():
     return pa.schema([("id", pa.string()), ("split", pa.string())])
 
 
-class EmptySplitError(EduGPTError):
+class UnusableInputError(EduGPTError):
+    """The input cannot be prepared as it is (it must change first), so nothing of this run can be reused."""
+
+
+class EmptySplitError(UnusableInputError):
     """A split got no block: the input is too small for these settings (nothing of this run can be reused)."""
 
 
@@ -479,44 +490,132 @@ def column_values(column) -> list:
     return values
 
 
-def is_prepared_dataset(path: Path) -> bool:
-    """Whether `path` is a dataset prepared by this project, the only kind of folder `--overwrite` replaces: a real
-    folder holding our manifest.json (format edugpt-prepared-v1) and nothing but the layout's files (dataset_dict.json,
-    doc_ids.parquet, and train/ and validation/ holding only Arrow and JSON files, e.g. `datasets`' cache files)."""
+# ---------------------------------------------------------------------------------------------------------- record
+# What prepare_data.py may delete is decided by what it recorded when it wrote it, never by a name: a dataset's files
+# by the manifest's `files` (path -> size), a folder it made by the (st_dev, st_ino) written into it.
+
+MADE = ".edugpt-made.json"
+
+
+def dataset_record(root: Path) -> dict[str, int]:
+    """Every file under `root` but the manifest, as {relative path: size}: written into the manifest (`files`) once
+    the dataset is complete."""
+    record = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            relative = path.relative_to(root).as_posix()
+            if relative != MANIFEST:
+                record[relative] = path.lstat().st_size
+    return dict(sorted(record.items()))
+
+
+def record_problems(root: Path, manifest: dict) -> list[str]:
+    """How `root` differs from its manifest's record: files it does not list, listed files missing, changed in size,
+    or not plain files (symlinks are never followed). Empty for an untouched dataset."""
+    record = manifest.get("files")
+    if not isinstance(record, dict):
+        return [f"{MANIFEST} holds no record of the dataset's files"]
+    problems, seen = [], set()
+    for folder, dirs, names in os.walk(root):
+        for name in sorted(names) + sorted(d for d in dirs if Path(folder, d).is_symlink()):
+            path = Path(folder) / name
+            relative = path.relative_to(root).as_posix()
+            if relative == MANIFEST:
+                continue
+            seen.add(relative)
+            st = path.lstat()
+            if relative not in record:
+                problems.append(f"{relative!r} is not in its record (prepare_data.py did not write it)")
+            elif not stat.S_ISREG(st.st_mode):
+                problems.append(f"{relative!r} is not the plain file prepare_data.py wrote")
+            elif st.st_size != record[relative]:
+                problems.append(f"{relative!r} changed since prepare_data.py wrote it ({st.st_size:,} bytes, recorded "
+                                f"{record[relative]:,})")
+        dirs[:] = [d for d in dirs if not Path(folder, d).is_symlink()]
+    problems += [f"{name!r} is missing" for name in record if name not in seen]
+    return problems
+
+
+def replace_refusal(path: Path) -> str | None:
+    """Why `path` (an existing, non-empty folder) must not be replaced by --overwrite; None for a prepared dataset
+    whose every file is the one its manifest records."""
     if path.is_symlink() or not path.is_dir():
-        return False
+        return "is not a dataset prepared by prepare_data.py"
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
-        return False
+        return "is not a dataset prepared by prepare_data.py"
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        return False
-    for entry in path.iterdir():
-        if entry.name in SPLITS:
-            if entry.is_symlink() or not entry.is_dir():
-                return False
-            if any(f.is_symlink() or not f.is_file() or f.suffix not in (".arrow", ".json") for f in entry.iterdir()):
-                return False
-        elif entry.name not in (MANIFEST, DOC_IDS, "dataset_dict.json") or entry.is_symlink() or not entry.is_file():
-            return False
-    return True
+        return "is not a dataset prepared by prepare_data.py (of this version)"
+    if (path / MANIFEST).is_symlink():
+        return f"is not a dataset prepared by prepare_data.py ({MANIFEST} is a symbolic link)"
+    problems = record_problems(path, manifest)
+    if problems:
+        return f"holds what its manifest does not record: {problems[0]}"
+    return None
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse an output_dir that is not new or empty, unless it is a prepared dataset and `overwrite` is set."""
+    """Refuse an output_dir that is not new or empty, unless it is a prepared dataset, unchanged since it was written
+    (`replace_refusal`), and `overwrite` is set."""
     if path.is_symlink():
         raise EduGPTError(f"--output_dir {str(path)!r} is a symbolic link; pass the real path of the folder.")
     if path.exists() and not path.is_dir():
         raise EduGPTError(f"--output_dir {str(path)!r} is a file; pass a directory path.")
     if not path.exists() or not any(path.iterdir()):
         return
-    if not is_prepared_dataset(path):
-        raise EduGPTError(f"--output_dir {str(path)!r} exists and is not empty, and is not a dataset prepared by "
-                          "prepare_data.py, so it is never replaced (not even with --overwrite); choose a new "
-                          "directory.")
+    refusal = replace_refusal(path)
+    if refusal:
+        raise EduGPTError(f"--output_dir {str(path)!r} exists and is not empty, and {refusal}, so it is never "
+                          "replaced (not even with --overwrite); move that out of it or choose a new directory.")
     if not overwrite:
         raise EduGPTError(f"--output_dir {str(path)!r} exists and is not empty (a prepared dataset); pass --overwrite "
                           "to replace it or choose a new directory.")
+
+
+def make_dir(path: Path) -> Path:
+    """Create folder `path` (it must not exist) and record in it that this project made it: `made_here` is then the
+    proof needed before deleting it."""
+    path.mkdir()
+    st = path.lstat()
+    try:
+        atomic_write_text(path / MADE, json.dumps({"made_by": "prepare_data.py", "st_dev": st.st_dev,
+                                                   "st_ino": st.st_ino}) + "\n")
+    except BaseException:
+        path.rmdir()  # still empty: a folder without its record could never be removed again
+        raise
+    return path
+
+
+def made_here(path: Path) -> bool:
+    """Whether `path` is a real folder (not a symlink) that `make_dir` made: its record holds its own identity."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+        fd = os.open(path / MADE, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        made = json.loads(os.read(fd, 4096))
+        return [made["st_dev"], made["st_ino"]] == [st.st_dev, st.st_ino]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_made(path: Path) -> bool:
+    """Delete folder `path` if `make_dir` made it (else leave it, with a warning); True when it was deleted."""
+    if not made_here(path):
+        if path.exists() or path.is_symlink():
+            logger.warning("left %s alone: nothing records that prepare_data.py made it", path)
+        return False
+    shutil.rmtree(path)
+    return True
 
 
 def check_not_input(out: Path, source: Source) -> None:
@@ -551,6 +650,7 @@ def prepare(args: PrepareDataArguments) -> dict:
     source = resolve_source(args.dataset, args.subset)
     check_not_input(out, source)
     check_output_dir(out, args.overwrite)
+    check_cache_dir(out, args.cache_dir)
     ensure_dir(out.parent, "the folder of --output_dir")
     backend = check_tokenizer(args.tokenizer)
     raw = load_source(source, max_docs=args.max_docs, num_proc=args.num_proc, cache_dir=args.cache_dir)
@@ -563,13 +663,21 @@ def prepare(args: PrepareDataArguments) -> dict:
         recover_swap(out)
         remove_leftovers(out)
         check_output_dir(out, args.overwrite)  # again, under the lock: an interrupted swap may have completed
+        check_swap_room(out)
         tmp = out.parent / f".{out.name}.tmp"
+        if tmp.exists() or tmp.is_symlink():
+            raise EduGPTError(f"{str(tmp)!r} is in the way and nothing records that prepare_data.py made it; move it "
+                              "elsewhere and re-run.")
         try:
-            tmp.mkdir()
-            stats, content = write_dataset(tokenized_batches(raw, has_id=has_id, args=args), tmp, args.seq_len)
+            make_dir(tmp)
+            new = tmp / "dataset"
+            new.mkdir()
+            stats, content = write_dataset(tokenized_batches(raw, has_id=has_id, args=args), new, args.seq_len)
             manifest = build_manifest(args, source, has_id, backend, stats, content=content)
-            _write_json(tmp / MANIFEST, manifest)
-            move_into_place(tmp, out)
+            manifest = write_manifest(new, manifest)
+            move_into_place(new, out)
+        except UnicodeDecodeError:
+            raise non_utf8_error(source) from None
         except OSError as err:
             if no_space_reason(err):
                 raise no_space_error(out, err) from None
@@ -578,9 +686,39 @@ def prepare(args: PrepareDataArguments) -> dict:
                                   "write to.") from None
             raise
         finally:
-            if not swap_journal(out).exists():  # once journalled, the new dataset is the one the next run installs
-                shutil.rmtree(tmp, ignore_errors=True)
+            if not os.path.lexists(swap_journal(out)):  # once journalled, the new dataset is what the next run installs
+                remove_made(tmp)
     print_summary(manifest, out, time.perf_counter() - started)
+    return manifest
+
+
+def check_cache_dir(out: Path, cache_dir: str | None) -> None:
+    """Refuse a datasets cache that is, lies inside or holds --output_dir: the cache would end up inside the dataset
+    (or be replaced with it)."""
+    import datasets
+
+    cache = Path(cache_dir or datasets.config.HF_DATASETS_CACHE).expanduser().resolve()
+    target = out.resolve()
+    if cache == target or target in cache.parents or cache in target.parents:
+        relation = "is" if cache == target else "lies inside" if target in cache.parents else "holds"
+        raise EduGPTError(f"the datasets cache {str(cache)!r} {relation} --output_dir {str(out)!r}; pass a "
+                          "--cache_dir outside the prepared dataset (and the dataset outside the cache).")
+
+
+def non_utf8_error(source: Source) -> EduGPTError:
+    """The one line for input text that is not UTF-8: the first file and line (jsonl) or row (parquet) holding it."""
+    from edugpt.corpus import find_non_utf8
+
+    where = find_non_utf8(source)
+    return EduGPTError(f"{where or source.dataset} holds text that is not valid UTF-8; re-encode the input as UTF-8 "
+                       "(or remove that row) and re-run.")
+
+
+def write_manifest(root: Path, manifest: dict) -> dict:
+    """Write `root`'s manifest last, with the record of every other file in `root` (`files`): what --overwrite and
+    --verify hold the dataset to."""
+    manifest = {**manifest, "files": dataset_record(root)}
+    _write_json(root / MANIFEST, manifest)
     return manifest
 
 
@@ -635,7 +773,7 @@ def write_prepared(path, splits: dict[str, np.ndarray], *, dataset: str = "array
     args = PrepareDataArguments(dataset=dataset, output_dir=str(root), seq_len=seq_len, val_fraction=0.5, num_proc=1)
     source = Source("local", dataset)
     manifest = build_manifest(args, source, True, "tiktoken", stats, content=content_section(files, digests))
-    _write_json(root / MANIFEST, {**manifest, **manifest_overrides})
+    _write_json(root / MANIFEST, {**manifest, "files": dataset_record(root), **manifest_overrides})
     return root
 
 
@@ -685,7 +823,9 @@ def build_manifest(args, source: Source, has_id: bool, backend: str, stats: dict
 # The one place where a prepared dataset appears at --output_dir, whichever executor made it. Every step runs under
 # the output's lock. The journal `.NAME.swap.json` is written (fsync'd) before the first rename: from then on the swap
 # is decided, and `recover_swap` (the next run, under the lock) completes it from whatever point a kill stopped it at.
-# The old dataset is deleted only once the new one is in place; there is never a moment with both gone.
+# The journal holds the (st_dev, st_ino) of the new dataset and of the old one: a folder is moved or deleted only while
+# it is still that folder. The old dataset is deleted only once the new one is in place, and only the files its own
+# manifest records; there is never a moment with both gone.
 
 def swap_journal(out: Path) -> Path:
     return out.parent / f".{out.name}.swap.json"
@@ -695,70 +835,130 @@ def _swap_step(step: str) -> None:
     """Called between the swap's steps; tests replace it to stop the swap there, as a kill would."""
 
 
+def check_swap_room(out: Path) -> None:
+    """Refuse to replace `out` while `.NAME.old`, where the swap moves it, holds something (not ours, or it would have
+    been removed: see `remove_leftovers`). Call with the output's lock held (an interrupted swap is completed first)."""
+    old = out.parent / f".{out.name}.old"
+    if _identity(out) is not None and os.path.lexists(old):
+        raise EduGPTError(f"{str(old)!r} is in the way of replacing {str(out)!r}; move it elsewhere and re-run.")
+
+
+def _identity(path: Path) -> list[int] | None:
+    """(st_dev, st_ino) of a real folder at `path` (never through a symlink); None when there is none."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return [st.st_dev, st.st_ino] if stat.S_ISDIR(st.st_mode) else [-1, -1]
+
+
 def move_into_place(new: Path, out: Path) -> None:
     """Swap the finished dataset `new` in at `out`; the old one (if any, with --overwrite) is removed last."""
+    new, out = Path(os.path.abspath(new)), Path(os.path.abspath(out))
     old = out.parent / f".{out.name}.old"
-    if old.exists():
-        raise EduGPTError(f"{str(old)!r} is in the way of replacing {str(out)!r}; move it elsewhere and re-run.")
+    check_swap_room(out)
+    if out.is_symlink() or (out.exists() and any(out.iterdir()) and replace_refusal(out)):
+        check_output_dir(out, overwrite=True)  # changed since the run began: refuse in its words
     _fsync_tree(new)  # the new dataset is on disk before the journal makes it the one to keep (a power cut)
     journal = swap_journal(out)
-    atomic_write_text(journal, json.dumps({"new": str(new.absolute()), "out": str(out.absolute()),
-                                           "old": str(old.absolute())}) + "\n")
+    atomic_write_text(journal, json.dumps({"new": str(new), "out": str(out), "old": str(old),
+                                           "new_id": _identity(new), "old_id": _identity(out)}) + "\n")
     _swap_step("journal written")
-    _complete_swap(Path(new).absolute(), out.absolute(), old.absolute(), journal)
+    _complete_swap(new, out, old, journal, _identity(new), _identity(out))
 
 
-def _complete_swap(new: Path, out: Path, old: Path, journal: Path) -> None:
+def _complete_swap(new: Path, out: Path, old: Path, journal: Path, new_id, old_id) -> None:
     """Each step is done only if it is not done yet, so running this again after a kill finishes the swap."""
-    if new.is_dir():
-        if out.exists() or out.is_symlink():
+    if _identity(new) is not None:
+        if _identity(out) is not None:
             os.replace(out, old)
             _fsync_dir(out.parent)
             _swap_step("old moved aside")
         os.replace(new, out)
         _fsync_dir(out.parent)
         _swap_step("new in place")
-    elif not out.exists() and old.is_dir():  # cannot happen by our steps; never leave no dataset
+    elif _identity(out) is None and _identity(old) is not None:  # cannot happen by our steps; never leave no dataset
         os.replace(old, out)
-    if old.exists():
-        shutil.rmtree(old)
+    if old_id is not None and _identity(old) == old_id:
+        _remove_dataset(old)
         _swap_step("old removed")
     journal.unlink()
     _fsync_dir(out.parent)
 
 
+def _remove_dataset(root: Path) -> None:
+    """Delete the files of a replaced dataset that its manifest records (each still the recorded plain file, found
+    without following a symlink), then its emptied folders; anything else stays where it is, with a warning."""
+    try:
+        record = json.loads((root / MANIFEST).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        record = None
+    record = record if isinstance(record, dict) else {}
+    for folder, _, names in os.walk(root):  # never into a symlinked folder
+        for name in names:
+            path = Path(folder) / name
+            relative, st = path.relative_to(root).as_posix(), path.lstat()
+            if stat.S_ISREG(st.st_mode) and (record.get(relative) == st.st_size or (relative == MANIFEST and record)):
+                path.unlink()
+    for folder, _, _ in os.walk(root, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+    if os.path.lexists(root):
+        left = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+        logger.warning("kept %s: it holds %s, which the replaced dataset's record does not list; look at it and delete "
+                       "it yourself", root, ", ".join(left[:5]) or "a file")
+
+
 def recover_swap(out: Path) -> None:
     """Finish a swap a kill interrupted (see above); a no-op when there is none. Call with the output's lock held."""
     journal = swap_journal(out)
-    if not journal.exists():
+    if not os.path.lexists(journal):
         return
-    out = out.absolute()
-    # Only the two places a swap ever starts from, and only our `.old`: a journal naming anything else (damaged, or
-    # not written by us) must not make this delete or move a folder.
-    allowed_new = {out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.prepare" / "dataset"}
+    out = Path(os.path.abspath(out))
     try:
-        paths = json.loads(journal.read_text())
-        new, old = Path(paths["new"]), Path(paths["old"])
-        if new.resolve() not in {p.resolve() for p in allowed_new} or \
-                old.resolve() != (out.parent / f".{out.name}.old").resolve():
+        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # a symlink (ELOOP), a folder we cannot open: not a journal we wrote
+        fd = None
+    try:
+        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise EduGPTError(f"{str(journal)!r} is not a journal prepare_data.py wrote (it is not a plain file); move "
+                              f"it away (after checking {str(out)!r} and the folders beside it) and re-run.")
+        text = os.read(fd, 1 << 16)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    # Only the two places a swap ever starts from, and only our `.old`, each still the folder the journal recorded: a
+    # journal naming anything else (damaged, or not written by us) must not make this delete or move a folder.
+    allowed_new = {out.parent / f".{out.name}.tmp" / "dataset", out.parent / f".{out.name}.prepare" / "dataset"}
+    try:
+        paths = json.loads(text)
+        new, old = Path(os.path.abspath(paths["new"])), Path(os.path.abspath(paths["old"]))
+        new_id, old_id = paths["new_id"], paths["old_id"]
+        if new not in allowed_new or old != out.parent / f".{out.name}.old" or \
+                Path(os.path.abspath(paths["out"])) != out:
             raise ValueError("unexpected paths")
+        if _identity(new) not in (None, new_id) or _identity(old) not in (None, old_id) or \
+                _identity(out) not in (None, old_id, new_id):
+            raise ValueError("a folder is not the one recorded")
     except (ValueError, KeyError, TypeError):
-        raise EduGPTError(f"{str(journal)!r} is damaged; check {str(out)!r} and the folders beside it by hand, then "
-                          "delete the journal.") from None
+        raise EduGPTError(f"{str(journal)!r} is damaged or names folders that are not the ones it recorded; check "
+                          f"{str(out)!r} and the folders beside it by hand, then delete the journal.") from None
     logger.warning("completing the replacement of %s that an interrupted run left half done", out)
-    _complete_swap(new, out, old, journal)
+    _complete_swap(new, out, old, journal, new_id, old_id)
 
 
 def remove_leftovers(out: Path) -> None:
-    """Delete `.NAME.tmp*` / `.NAME.old*` folders beside the output: only a job holding the output's lock writes
-    them, so when this job holds it they are leftovers of a killed run (after `recover_swap`)."""
+    """Delete what a killed run left beside the output: `.NAME.tmp` when it is the folder a run made (`made_here`).
+    Anything else named like a leftover (`.NAME.old` without a journal, `.NAME.tmp-PID` of older versions) is left
+    alone with a warning. Only a job holding the output's lock calls this (after `recover_swap`)."""
     mine = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)(-\d+)?")
-    for path in [p for p in out.parent.iterdir() if mine.fullmatch(p.name)]:
-        logger.info("removing %s, left by an interrupted run", path)
-        if path.is_dir() and not path.is_symlink():
+    for path in sorted(p for p in out.parent.iterdir() if mine.fullmatch(p.name)):
+        if path.name == f".{out.name}.tmp" and made_here(path):
+            logger.info("removing %s, left by an interrupted run", path)
             shutil.rmtree(path)
         else:
-            path.unlink()
+            logger.warning("left %s alone: it is named like a leftover of prepare_data.py, but nothing records that "
+                           "prepare_data.py made it", path)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -803,11 +1003,30 @@ def load_manifest(dataset_dir) -> dict:
     if found != FORMAT:
         raise EduGPTError(f"{str(path)!r} has format {found!r}, expected {FORMAT!r}; prepare the "
                           "dataset again with this version of prepare_data.py.")
+    check_manifest_tokenizer(manifest, path)
     return manifest
 
 
+def check_manifest_tokenizer(manifest: dict, path: Path) -> None:
+    """Refuse a manifest whose tokenizer is not one prepare_data.py writes: a name with integer vocabulary size and
+    end-of-text id, and a backend that fits the name (tiktoken only for GPT-2's names). Whether its ids fit a model is
+    the loader's question (edugpt.pretrain)."""
+    tokenizer = manifest.get("tokenizer")
+    name = tokenizer.get("name") if isinstance(tokenizer, dict) else tokenizer
+    backend = tokenizer.get("backend", "transformers") if isinstance(tokenizer, dict) else None
+    if isinstance(tokenizer, dict) and isinstance(name, str) and name and all(
+            isinstance(tokenizer.get(key), int) and not isinstance(tokenizer.get(key), bool) and tokenizer[key] >= 0
+            for key in ("vocab_size", "eos_token_id")) and (
+            backend == "transformers" or (backend == "tiktoken" and name in GPT2_NAMES)):
+        return
+    raise EduGPTError(f"{str(path)!r} names a tokenizer prepare_data.py does not know ({name!r}, backend {backend!r}: "
+                      "GPT-2's with tiktoken, or a GPT-2-compatible one with transformers, with integer vocab_size "
+                      "and eos_token_id); prepare the dataset again with prepare_data.py.")
+
+
 # Keys `verify` reads, by section: a manifest without one is refused in one line, not with a KeyError.
-VERIFY_KEYS = {None: ("seq_len", "split_rule", "splits", "tokenizer"), "split_rule": ("val_fraction", "salt"),
+VERIFY_KEYS = {None: ("seq_len", "split_rule", "splits", "tokenizer", "content", "files"),
+               "split_rule": ("val_fraction", "salt"),
                "tokenizer": ("vocab_size",)}
 VERIFY_SPLIT_KEYS = ("documents", "tokens", "blocks", "dropped_tail_tokens")
 
@@ -844,7 +1063,8 @@ def file_digest_and_max(path: Path) -> tuple[str, int]:
 
 def verify(dataset_dir) -> dict:
     """Re-check a prepared dataset from its files: disjoint splits, the split rule, counts, block shape, token range,
-    and the blocks' content digests (manifest `content`; a manifest from before them has `unchecked` set on return).
+    the blocks' content digests (manifest `content`) and the record of its files (`files`: none added, missing or
+    changed in size).
 
     Streams `doc_ids.parquet` (one batch of ids at a time) and the blocks (memory-mapped), so memory stays flat on
     FineWeb-sized datasets. Disjointness needs no set of ids: a document in both splits sits in the wrong one once.
@@ -858,8 +1078,8 @@ def verify(dataset_dir) -> dict:
     manifest = load_manifest(root)
     require_manifest_keys(manifest, root / MANIFEST)
     seq_len, rule = manifest["seq_len"], manifest["split_rule"]
-    content = manifest.get("content")
-    problems = []
+    content = manifest["content"]
+    problems = record_problems(root, manifest)
     try:
         id_file = pq.ParquetFile(root / DOC_IDS)
         splits = datasets.load_from_disk(str(root))
@@ -904,9 +1124,6 @@ def verify(dataset_dir) -> dict:
         if ds.num_rows != expected["blocks"]:
             problems.append(f"{split} has {ds.num_rows} blocks, manifest says {expected['blocks']}")
         problems += _check_content(root, split, content, manifest["tokenizer"]["vocab_size"])
-    if not isinstance(content, dict):
-        manifest["unchecked"] = ("the blocks' content: the manifest has no digests (prepared before prepare_data.py "
-                                 "recorded them)")
     if problems:
         raise EduGPTError(f"{str(root)!r} failed verification: " + "; ".join(problems)
                           + ". Prepare the dataset again with prepare_data.py.")
@@ -914,7 +1131,7 @@ def verify(dataset_dir) -> dict:
 
 
 def _check_content(root: Path, split: str, content, vocab_size: int) -> list[str]:
-    """One pass over a split's files, in the order training reads them: token range, and digests when recorded."""
+    """One pass over a split's files, in the order training reads them: token range and content digests."""
     state = json.loads((root / split / "state.json").read_text())
     names = [f["filename"] for f in state["_data_files"]]
     digests, top, problems = [], 0, []
@@ -924,11 +1141,11 @@ def _check_content(root: Path, split: str, content, vocab_size: int) -> list[str
         top = max(top, file_top)
     if top >= vocab_size:
         problems.append(f"{split} holds token id {top} >= vocab_size {vocab_size}")
-    if isinstance(content, dict):
-        recorded = content.get(split) or {}
-        if split_digest(digests) != recorded.get("sha256"):
-            files = recorded.get("files") or {}
-            changed = [n for n, d in zip(names, digests) if files.get(n) != d] or names
-            problems.append(f"the {split} blocks are not the ones prepared (content digest differs; "
-                            f"changed or moved: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''})")
+    recorded = content.get(split) if isinstance(content, dict) else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if split_digest(digests) != recorded.get("sha256"):
+        files = recorded.get("files") if isinstance(recorded.get("files"), dict) else {}
+        changed = [n for n, d in zip(names, digests) if files.get(n) != d] or names
+        problems.append(f"the {split} blocks are not the ones prepared (content digest differs; "
+                        f"changed or moved: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''})")
     return problems

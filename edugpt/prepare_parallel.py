@@ -16,21 +16,28 @@ The same split rule, tokenizer and packer as the single-machine path (`edugpt.da
 2. **Tasks** (datatrove's executors; any number at a time, on any machine). Task k streams its rows straight from
    the parquet files (one batch in memory), tokenizes each batch with `tokenize_batch`, and packs each split with a
    `SplitWriter` into Arrow files under WORK/tmp/; when done it moves them into WORK/dataset/<split>/, its kept
-   document ids to WORK/doc_ids/, and writes WORK/tasks/k.json (its counts and its two tails, the < seq_len tokens
-   left after its last full block of each split) last. datatrove then marks the task complete
+   document ids to WORK/doc_ids/, and writes WORK/tasks/k.json (its counts, its files' digests, the digest of its
+   id part and its two tails, the < seq_len tokens left after its last full block of each split, sealed by a digest
+   of the whole record) last. datatrove then marks the task complete
    (WORK/logs/tokenize/completions/); a re-run skips completed tasks.
-3. **Merge** (once, after the last task; idempotent, so a killed merge is simply run again). The tasks' tails are
-   concatenated in task order and packed into a few more blocks per split (only the final remainder, < seq_len
-   tokens per split, is dropped: the same count as the single-machine path); `write_layout` lists the task files
-   in task order, then the tail blocks, in each split's state.json (no data is copied); the id parts are joined
-   into doc_ids.parquet; manifest.json gets per-task counts and the content digests (each task hashed its files as
-   it wrote them: no second pass); `verify` checks it all; and `move_into_place` swaps WORK/dataset in as
-   `--output_dir`.
+3. **Merge** (once, after the last task; idempotent, so a killed merge is simply run again). Each task's record is
+   checked against what the task wrote (its seal, its id part's digest, counts that add up with its tails); the
+   tails are concatenated in task order and packed into a few more blocks per split (only the final remainder,
+   < seq_len tokens per split, is dropped: the same count as the single-machine path); `write_layout` lists the task
+   files in task order, then the tail blocks, in each split's state.json (no data is copied); the id parts are
+   joined into doc_ids.parquet; manifest.json gets per-task counts, the content digests (each task hashed its files
+   as it wrote them) and the record of the dataset's files; `verify` checks it all, recomputing every file's digest;
+   and `move_into_place` swaps WORK/dataset in as `--output_dir`.
 
 The output's lock (`edugpt.data.output_lock`, `.NAME.lock` beside it) is held by the launcher while it plans, runs
 local or Ray tasks and merges. Tasks (local workers, Ray tasks on other nodes, Slurm array tasks) never take it: they
 write only their own files inside WORK, and a task's half-written part is removed when it fails or is retried. A Slurm
-merge job takes the lock itself (waiting for the launcher) before it touches the output.
+merge job takes the lock itself (waiting for the launcher) before it touches the output. Local workers die with the
+launcher (`die_with_parent`): a killed launcher leaves no worker running and nothing holding the lock, and the same
+command resumes.
+
+WORK and each task's temporary folder are made with `edugpt.data.make_dir`, which records their identity inside them:
+only a folder proven that way is ever emptied or deleted.
 
 The result is the single-machine path's layout: `datasets.load_from_disk` and training read it unchanged. Block order
 is task order, not finishing order, so a resumed run writes the same blocks as an uninterrupted one; with
@@ -39,10 +46,13 @@ is task order, not finishing order, so a resumed run writes the same blocks as a
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -60,6 +70,7 @@ from edugpt.corpus import (
     TEXT_COLUMN,
     Source,
     document_columns,
+    first_non_utf8_row,
     open_parquet,
     parquet_batches,
     resolve_source,
@@ -67,7 +78,7 @@ from edugpt.corpus import (
 from edugpt.data import (
     DOC_IDS,
     ID_ROW_GROUP_ROWS,
-    MANIFEST,
+    MADE,
     SKIP_REASONS,
     SPLIT_SALT,
     SPLITS,
@@ -76,24 +87,30 @@ from edugpt.data import (
     SplitStats,
     SplitsWriter,
     SplitWriter,
+    UnusableInputError,
     _write_json,
     build_manifest,
     check_not_input,
     check_output_dir,
+    check_swap_room,
     check_tokenizer,
     column_values,
     content_section,
     id_schema,
+    made_here,
+    make_dir,
     move_into_place,
     output_lock,
     print_summary,
     recover_swap,
     remove_leftovers,
+    remove_made,
     require_blocks,
     tokenize_batch,
     tokenized_features,
     verify,
     write_layout,
+    write_manifest,
 )
 from edugpt.errors import EduGPTError
 from edugpt.net import hub_available
@@ -108,7 +125,8 @@ BLOCK_ORDER = ("per split: the blocks of task 0, then task 1, ... (each task's r
 TAIL_RULE = ("each task hands the < seq_len tokens after its last full block of each split to the merge, which packs "
              "them in task order; only the final remainder of each split is dropped (dropped_tail_tokens)")
 # What a work dir may hold (anything else is not ours and is never deleted).
-WORK_ENTRIES = {"plan.json", "dataset", "tasks", "doc_ids", "tmp", "logs"}
+WORK_ENTRIES = {MADE, "plan.json", "dataset", "tasks", "doc_ids", "tmp", "logs"}
+PLAN_KEYS = ("format", "settings", "source", "files", "has_id", "tasks")
 # Seconds a Slurm merge job waits for a launcher that still holds the work dir (the job may start at once when
 # every task was already done).
 MERGE_LOCK_WAIT = 600
@@ -116,6 +134,40 @@ MERGE_LOCK_WAIT = 600
 FORKSERVER_PRELOAD = ["datasets.arrow_writer", "edugpt.prepare_parallel", "tiktoken"]
 # Footers read at once while planning (Hub files: one or two HTTP range requests each).
 FOOTER_THREADS = 16
+# Set while a local run forks its workers: each process forked then (datatrove's multiprocess Manager, forked from
+# the launcher with its lock's descriptor, and the pool workers forked by the forkserver) is killed when its parent dies.
+DIE_WITH_PARENT = "EDUGPT_DIE_WITH_PARENT"
+
+
+# ---------------------------------------------------------------------------------------------------- processes
+
+_forking = {"pid": 0}
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when `parent` (the process that forked it) dies (Linux prctl
+    PR_SET_PDEATHSIG); if it already has, die now. A fork inherits every descriptor, the output's flock included: a
+    forked helper outliving a SIGKILLed launcher kept the lock held (a re-run was refused for as long as it lived)."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0 and \
+            os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _before_fork() -> None:
+    _forking["pid"] = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    if os.environ.get(DIE_WITH_PARENT) == "1":
+        die_with_parent(_forking["pid"])
+
+
+# Registered at import, which the forkserver does too (FORKSERVER_PRELOAD): its forks run the hook as well. Forks are
+# made from a main thread (the launcher's for the Manager, the forkserver's for workers), whose end is the parent's.
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 @dataclass
@@ -164,7 +216,8 @@ class WorkDir:
     """`.{name}.prepare/` beside the output: the plan, the tasks' finished files, their records and datatrove's logs.
 
     It is resumable while it holds `plan.json` and `dataset/`; anything else (a run killed while planning, or the
-    logs a finished Slurm run leaves) is emptied by the next run."""
+    logs a finished Slurm run leaves) is emptied by the next run. It is made by `edugpt.data.make_dir`: a folder of
+    that name that does not prove it was made so is never used, emptied or deleted."""
 
     def __init__(self, out: Path):
         self.out = out
@@ -187,6 +240,32 @@ class WorkDir:
     def completion(self, rank: int) -> Path:
         return self.tokenize_logs / "completions" / f"{rank:05d}"
 
+    def read_plan(self) -> dict:
+        """plan.json, checked to hold what a run wrote there; one line saying how to start over when it does not."""
+        try:
+            plan = json.loads(self.plan.read_text(encoding="utf-8"))
+            missing = [key for key in PLAN_KEYS if key not in plan]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
+            if plan["format"] != PLAN_FORMAT:
+                raise ValueError(f"format {plan['format']!r}, expected {PLAN_FORMAT!r}")
+            settings, files = plan["settings"], plan["files"]
+            if not (isinstance(plan["tasks"], int) and plan["tasks"] >= 1 and isinstance(settings, dict)
+                    and settings.get("tasks") == plan["tasks"] and isinstance(plan["has_id"], bool)
+                    and isinstance(plan["source"], dict) and isinstance(files, list) and files
+                    and all(isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("rows"), int)
+                            for f in files)):
+                raise ValueError("its values are not a plan's")
+            missing = [key for key in ("dataset", "subset", "tokenizer", "seq_len", "val_fraction", "salt")
+                       if key not in settings]
+            if missing:
+                raise ValueError(f"no settings.{', settings.'.join(missing)}")
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as err:
+            raise EduGPTError(f"{str(self.plan)!r} is damaged ({str(err)[:120]}); delete {str(self.root)!r} to "
+                              "prepare from scratch (its finished tasks are lost), or put back the plan that run "
+                              "wrote.") from None
+        return plan
+
     def resumable(self) -> bool:
         return self.plan.is_file() and self.staging.is_dir()
 
@@ -196,12 +275,13 @@ class WorkDir:
         _write_json(self.plan, plan)  # last: a work dir with a plan is complete
 
     def empty(self) -> None:
-        """Delete what a run put here, and refuse to touch anything else."""
-        entries = list(self.root.iterdir())
-        strangers = [p.name for p in entries if p.name not in WORK_ENTRIES and not p.name.startswith(".plan.json.tmp")]
-        if strangers:
-            raise EduGPTError(f"{str(self.root)!r} holds files prepare_data.py did not make ({', '.join(strangers)}); "
-                              "move them elsewhere and re-run.")
+        """Delete what a run put here (the folder proven ours by `made_here`), and refuse to touch anything else."""
+        entries = [p for p in self.root.iterdir() if p.name != MADE]
+        strangers = [p.name for p in entries if p.name not in WORK_ENTRIES and not p.name.startswith(".plan.json.")]
+        if strangers or not made_here(self.root):
+            raise EduGPTError(f"{str(self.root)!r} holds files prepare_data.py did not make "
+                              f"({', '.join(strangers) or 'nothing records that it made that folder'}); move them "
+                              "elsewhere and re-run.")
         for path in entries:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
@@ -225,7 +305,11 @@ class WorkDir:
         try:
             recover_swap(self.out)
             remove_leftovers(self.out)
-            self.root.mkdir(exist_ok=True)
+            if not os.path.lexists(self.root):
+                make_dir(self.root)
+            elif not made_here(self.root):
+                raise EduGPTError(f"{str(self.root)!r} (where prepare_data.py keeps its tasks' work) exists, and "
+                                  "nothing records that prepare_data.py made it; move it away and re-run.")
             yield self
         finally:
             lock.release()
@@ -345,17 +429,16 @@ def run_task(work_root: Path, rank: int, world_size: int, threads: int = 1) -> d
     """Task `rank`: stream its rows, tokenize with `tokenize_batch`, write its blocks, ids and record (see above)."""
     started = time.time()
     work = WorkDir(_out_of(work_root))
-    plan = json.loads(work.plan.read_text())
+    plan = work.read_plan()
     if world_size != plan["tasks"]:
         raise RuntimeError(f"the executor runs {world_size} tasks but {work.plan} plans {plan['tasks']}")
     for stale in work.tmp.glob(f"task-{rank:05d}.*"):  # an earlier attempt at this task, killed
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = work.tmp / f"task-{rank:05d}.{socket.gethostname()}-{os.getpid()}"
-    tmp.mkdir()
+        remove_made(stale)
+    tmp = make_dir(work.tmp / f"task-{rank:05d}.{socket.gethostname()}-{os.getpid()}")
     try:
         return _run_task(work, plan, rank, tmp, started, threads)
     finally:  # whether it finished (its files were moved out) or failed (a half-written part: nothing to keep)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_made(tmp)
 
 
 def _run_task(work: WorkDir, plan: dict, rank: int, tmp: Path, started: float, threads: int) -> dict:
@@ -372,6 +455,7 @@ def _run_task(work: WorkDir, plan: dict, rank: int, tmp: Path, started: float, t
     for split, split_writer in writer.splits.items():
         for name in split_writer.files:
             os.replace(tmp / split / name, work.staging / split / name)
+    ids_digest = file_sha256(tmp / DOC_IDS)
     os.replace(tmp / DOC_IDS, work.id_part(rank))
     record = {
         "rank": rank,
@@ -379,11 +463,27 @@ def _run_task(work: WorkDir, plan: dict, rank: int, tmp: Path, started: float, t
         "splits": {split: {**_task_counts(s), "files": writer.splits[split].files,
                            "digests": writer.splits[split].digests} for split, s in stats.items()},
         "tails": {split: writer.splits[split].tail.tolist() for split in SPLITS},
+        "ids_sha256": ids_digest,
         "ran_on": {"executor": os.environ.get("DATATROVE_EXECUTOR", "").lower() or None,
                    "host": socket.gethostname(), "pid": os.getpid(), "started": started, "finished": time.time()},
     }
-    _write_json(work.record(rank), record)
+    _write_json(work.record(rank), {**record, "sha256": record_seal(record)})
     return record
+
+
+def record_seal(record: dict) -> str:
+    """sha256 of a task's record without its seal (canonical JSON): the merge recomputes it, so a record changed after
+    its task wrote it (its tails, its counts) is never merged."""
+    body = {key: value for key, value in record.items() if key != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _tokenize_rows(work: WorkDir, plan: dict, rank: int, writer: SplitsWriter, threads: int) -> None:
@@ -398,11 +498,19 @@ def _tokenize_rows(work: WorkDir, plan: dict, rank: int, writer: SplitsWriter, t
                 raise EduGPTError(f"{path!r} now has {pf.metadata.num_rows} rows, {rows[path]} when this run was "
                                   f"planned; delete {str(work.root)!r} to prepare the changed input from scratch.")
             columns = document_columns(pf, path)
+            row = start
             for batch in parquet_batches(pf, columns, start, stop):
-                ids = column_values(batch.column(ID_COLUMN)) if plan["has_id"] else None
-                out = tokenize_batch(column_values(batch.column(TEXT_COLUMN)), ids, tokenizer=settings["tokenizer"],
-                                     val_fraction=settings["val_fraction"], salt=settings["salt"], num_threads=threads)
+                try:
+                    ids = column_values(batch.column(ID_COLUMN)) if plan["has_id"] else None
+                    texts = column_values(batch.column(TEXT_COLUMN))
+                except UnicodeDecodeError:
+                    bad = first_non_utf8_row(batch)
+                    raise UnusableInputError(f"{path!r} row {row + (bad or 0)} holds text that is not valid UTF-8; "
+                                             "re-encode the input as UTF-8 (or remove that row) and re-run.") from None
+                out = tokenize_batch(texts, ids, tokenizer=settings["tokenizer"], val_fraction=settings["val_fraction"],
+                                     salt=settings["salt"], num_threads=threads)
                 writer.add(pa.table(out, schema=schema))
+                row += batch.num_rows
 
 
 def _ran_on(ran_on: dict) -> dict:
@@ -438,7 +546,7 @@ class MergeShards(PipelineStep):
         work = WorkDir(_out_of(Path(self.work_root)))
         with work.locked(wait=MERGE_LOCK_WAIT):
             try:
-                manifest = finish(work, json.loads(work.plan.read_text()), started=None)
+                manifest = finish(work, work.read_plan(), started=None)
             except EmptySplitError:
                 _clear_all_but_logs(work)  # too little input for these settings: nothing to resume
                 raise
@@ -449,8 +557,8 @@ class MergeShards(PipelineStep):
 def _clear_all_but_logs(work: WorkDir) -> None:
     """The end of a Slurm run: the job scripts and job outputs (WORK/logs) stay for the user; the rest goes."""
     for path in work.root.iterdir():
-        if path != work.logs:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path != work.logs and path.name != MADE:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def incomplete_ranks(work: WorkDir, tasks: int) -> list[int]:
@@ -485,13 +593,7 @@ def merge(work: WorkDir, plan: dict) -> dict:
     import pyarrow.parquet as pq
 
     args, seq_len = plan_args(plan), plan["settings"]["seq_len"]
-    records = []
-    for rank in range(plan["tasks"]):
-        try:
-            records.append(json.loads(work.record(rank).read_text()))
-        except (FileNotFoundError, ValueError):
-            raise EduGPTError(f"task {rank} is marked complete but its record {str(work.record(rank))!r} is missing "
-                              f"or damaged; delete {str(work.completion(rank))!r} and re-run to redo it.") from None
+    records = [task_record(work, rank, seq_len) for rank in range(plan["tasks"])]
     stats, files, digests = {}, {}, {}
     for split in SPLITS:
         tails = SplitWriter(work.staging / split, seq_len, prefix="tails")
@@ -513,6 +615,7 @@ def merge(work: WorkDir, plan: dict) -> dict:
                                   f"{str(work.tokenize_logs / 'completions')!r} of the tasks that wrote it and re-run.")
     require_blocks(stats, seq_len)
     write_layout(work.staging, files, seq_len)
+    _remove_strays(work, files)
 
     ids_tmp = work.staging / f".{DOC_IDS}.tmp"
     with pq.ParquetWriter(str(ids_tmp), id_schema(), compression="zstd") as ids:
@@ -532,9 +635,50 @@ def merge(work: WorkDir, plan: dict) -> dict:
             for split, counts in r["splits"].items()},
             **_ran_on(r["ran_on"])} for r in records],
     }
-    _write_json(work.staging / MANIFEST, manifest)
+    manifest = write_manifest(work.staging, manifest)
     verify(work.staging)
     return manifest
+
+
+def task_record(work: WorkDir, rank: int, seq_len: int) -> dict:
+    """Task `rank`'s record, checked against what the task wrote: its seal (`record_seal`), the digest of its id part,
+    and counts that add up with its tails. Its blocks' digests are recomputed from its files by `verify`."""
+    path, redo = work.record(rank), (f"delete {str(work.record(rank))!r} and {str(work.completion(rank))!r} and re-run "
+                                     "to redo that task")
+    try:
+        record = json.loads(path.read_text())
+        seal = record.pop("sha256")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        raise EduGPTError(f"task {rank} is marked complete but its record {str(path)!r} is missing or damaged; "
+                          f"{redo}.") from None
+    try:
+        changed = "its seal" if seal != record_seal(record) or record["rank"] != rank else None
+        if changed is None and file_sha256(work.id_part(rank)) != record["ids_sha256"]:
+            changed = f"the digest of {str(work.id_part(rank))!r}"
+        for split in SPLITS:
+            counts, tail = record["splits"][split], record["tails"][split]
+            if changed is None and not (len(tail) == counts["tail_tokens"] and all(0 <= t < 2**16 for t in tail)
+                                        and counts["tokens"] == counts["blocks"] * seq_len + len(tail)):
+                changed = f"its {split} counts and tail"
+    except (OSError, KeyError, TypeError) as err:
+        changed = f"{type(err).__name__}: {err}"
+    if changed:
+        raise EduGPTError(f"task {rank}'s record {str(path)!r} does not match what the task wrote ({changed} "
+                          f"differs); {redo}.")
+    return record
+
+
+def _remove_strays(work: WorkDir, files: dict[str, list[str]]) -> None:
+    """The dataset being assembled holds exactly what the merge lists: a file a killed merge (or task attempt) left in
+    WORK/dataset, inside this run's own work dir, is removed so it is neither installed nor recorded."""
+    wanted = {"dataset_dict.json", DOC_IDS, *(f"{split}/{name}" for split, names in files.items() for name in
+                                              (*names, "state.json", "dataset_info.json"))}
+    for folder, _, names in os.walk(work.staging):
+        for name in names:
+            path = Path(folder) / name
+            if path.relative_to(work.staging).as_posix() not in wanted:
+                logger.info("removing %s: left in the work dir by an interrupted run", path)
+                path.unlink()
 
 
 # -------------------------------------------------------------------------------------------------------- driver
@@ -561,6 +705,7 @@ def prepare_parallel(args: PrepareDataArguments, ex: ExecutorArguments) -> dict 
     # write inside the work dir, and the merge job takes the lock again before it touches the output.
     with work.locked():
         check_output_dir(out, args.overwrite)  # again, under the lock: an interrupted swap may have completed
+        check_swap_room(out)
         plan = _resume_or_plan(work, args, ex, source)
         plan.update(executor=ex.executor, output_dir=str(out), overwrite=args.overwrite)
         _write_json(work.plan, plan)
@@ -573,6 +718,9 @@ def prepare_parallel(args: PrepareDataArguments, ex: ExecutorArguments) -> dict 
             return None
         try:
             _run_tasks(work, plan, ex)
+        except UnusableInputError:
+            remove_made(work.root)  # the input must change: no task of this run can be reused
+            raise
         except (EduGPTError, KeyboardInterrupt):
             raise
         except Exception as err:  # a task failed (disk full, a damaged file, ...): datatrove logged its traceback
@@ -586,20 +734,20 @@ def prepare_parallel(args: PrepareDataArguments, ex: ExecutorArguments) -> dict 
         try:
             manifest = finish(work, plan, started)
         except EmptySplitError:
-            shutil.rmtree(work.root)  # too little input for these settings: no other settings can reuse this work
+            remove_made(work.root)  # too little input for these settings: no other settings can reuse this work
             raise
         except OSError as err:  # disk full, permissions: the merge is redone from the start by a re-run
             if no_space_reason(err):
                 raise no_space_error(out, err) from None
             raise EduGPTError(f"the merge failed ({err}); fix the cause and re-run the same command to redo it "
                               f"(the tasks' work is kept in {str(work.root)!r}).") from err
-        shutil.rmtree(work.root)
+        remove_made(work.root)
     return manifest
 
 
 def _resume_or_plan(work: WorkDir, args, ex: ExecutorArguments, source: Source) -> dict:
     if work.resumable():
-        plan = json.loads(work.plan.read_text())
+        plan = work.read_plan()
         wanted = plan_settings(args, source, ex.tasks or plan["tasks"])
         changed = [f"{key} {plan['settings'].get(key)!r} -> {value!r}" for key, value in wanted.items()
                    if plan["settings"].get(key) != value]
@@ -614,13 +762,13 @@ def _resume_or_plan(work: WorkDir, args, ex: ExecutorArguments, source: Source) 
                               "directory to start over.")
         logger.info("resuming the preparation in %s", work.root)
         return plan
-    if any(work.root.iterdir()):
+    if any(p.name != MADE for p in work.root.iterdir()):
         logger.info("clearing %s: left by a finished or interrupted run, nothing to resume", work.root)
         work.empty()
     try:
         plan = make_plan(args, ex, source)
     except BaseException:
-        shutil.rmtree(work.root, ignore_errors=True)  # nothing was planned: leave nothing
+        remove_made(work.root)  # nothing was planned: leave nothing
         raise
     work.create(plan)
     return plan
@@ -644,8 +792,12 @@ def _run_tasks(work: WorkDir, plan: dict, ex: ExecutorArguments) -> None:
         # writer: ~0.9 CPU-s), rather than each worker.
         multiprocess.get_context("forkserver").set_forkserver_preload(["__main__", *FORKSERVER_PRELOAD])
         workers = min(ex.workers or os.cpu_count() or 1, plan["tasks"])
-        LocalPipelineExecutor([step], tasks=plan["tasks"], workers=workers,
-                              logging_dir=str(work.tokenize_logs)).run()
+        os.environ[DIE_WITH_PARENT] = "1"  # every process forked from here on dies with its parent
+        try:
+            LocalPipelineExecutor([step], tasks=plan["tasks"], workers=workers,
+                                  logging_dir=str(work.tokenize_logs)).run()
+        finally:
+            os.environ.pop(DIE_WITH_PARENT, None)
         return
     import ray
     from datatrove.executor.ray import RayPipelineExecutor

@@ -12,9 +12,11 @@ import pytest
 from edugpt.corpus import EMBEDDED_CORPUS
 from edugpt.data import (
     DOC_IDS,
+    MADE,
     MANIFEST,
     PrepareDataArguments,
     derive_id,
+    make_dir,
     pack_blocks,
     prepare,
     record_batch_rows,
@@ -144,7 +146,10 @@ def test_manifest_counts_equal_a_recount(tmp_path):
     rows = corpus_rows() + [{"id": "empty", "text": ""}, {"id": "null", "text": None}, {"id": "num", "text": 42}]
     manifest, out = run_prepare(tmp_path, write_jsonl(tmp_path / "corpus.jsonl", rows))
     assert manifest == json.loads((out / MANIFEST).read_text())
-    assert manifest["format"] == "edugpt-prepared-v1" and manifest["seq_len"] == 32
+    assert manifest["format"] == "edugpt-prepared-v2" and manifest["seq_len"] == 32
+    # The record: every file prepare_data.py wrote beside the manifest, with its size.
+    assert manifest["files"] == {p.relative_to(out).as_posix(): p.stat().st_size for p in out.rglob("*")
+                                 if p.is_file() and p.name != MANIFEST}
     assert manifest["tokenizer"] == {"name": "gpt2", "vocab_size": 50257, "eos_token_id": 50256, "backend": "tiktoken"}
     assert manifest["split_rule"]["val_fraction"] == 0.2 and manifest["split_rule"]["salt"]
     blocks = load_split_blocks(out)
@@ -228,14 +233,32 @@ def test_verify_catches_a_tampered_id_list(tmp_path):
         verify(out)
 
 
-def test_a_killed_runs_leftovers_are_cleaned_and_never_in_place(tmp_path):
-    """Leftovers of a killed run (also an older version's `.NAME.tmp-PID`) are removed by the next run holding the
-    output's lock; only the lock file stays (it is never deleted, see safefs.DirLock)."""
+def test_only_leftovers_a_record_proves_ours_are_deleted(tmp_path, caplog):
+    """A killed run's `.NAME.tmp` (made by make_dir, which records its identity in it) is removed by the next run
+    holding the output's lock; folders merely named like leftovers (`.NAME.tmp-PID`, `.NAME.old`, a `.NAME.tmp`
+    someone made, or ours moved elsewhere and replaced) are left alone, and one in the way is refused in one line."""
+    make_dir(tmp_path / ".out.tmp")
+    (tmp_path / ".out.tmp" / "dataset" / "train").mkdir(parents=True)
     (tmp_path / ".out.tmp-12345" / "train").mkdir(parents=True)
-    (tmp_path / ".out.tmp" / "train").mkdir(parents=True)
+    (tmp_path / ".out.tmp-12345" / "train" / "mine.arrow").write_text("someone's")
+    (tmp_path / ".out.old").mkdir()
     (tmp_path / ".out.tmpfile-of-someone").write_text("not ours")
     run_prepare(tmp_path, EMBEDDED_CORPUS, max_docs=60, val_fraction=0.2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", ".out.tmpfile-of-someone", "cache", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", ".out.old", ".out.tmp-12345",
+                                                          ".out.tmpfile-of-someone", "cache", "out"]
+    assert (tmp_path / ".out.tmp-12345" / "train" / "mine.arrow").read_text() == "someone's"
+    assert "left" in caplog.text and ".out.tmp-12345 alone" in caplog.text
+
+    # A `.out.tmp` whose record names another folder (ours, renamed, and a new one made in its place): not ours.
+    make_dir(tmp_path / ".other.tmp")
+    (tmp_path / ".other.tmp").rename(tmp_path / "moved")
+    (tmp_path / ".other.tmp").mkdir()
+    (tmp_path / "moved" / MADE).rename(tmp_path / ".other.tmp" / MADE)
+    (tmp_path / ".other.tmp" / "keep.txt").write_text("mine")
+    with pytest.raises(EduGPTError, match=r"\.other\.tmp' is in the way and nothing records that prepare_data.py "
+                                          "made it"):
+        run_prepare(tmp_path, EMBEDDED_CORPUS, name="other", max_docs=60, val_fraction=0.2)
+    assert (tmp_path / ".other.tmp" / "keep.txt").read_text() == "mine" and not (tmp_path / "other").exists()
 
 
 # ------------------------------------------------------------------------------------------------------ bad input

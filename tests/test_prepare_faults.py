@@ -21,7 +21,18 @@ import pytest
 from conftest import ROOT, lock_held_in_another_pid_namespace, run_script
 from edugpt.args import PrepareDataArguments
 from edugpt.corpus import EMBEDDED_CORPUS
-from edugpt.data import MANIFEST, SplitWriter, move_into_place, output_lock, prepare, recover_swap, verify, write_prepared
+from edugpt.data import (
+    MANIFEST,
+    SplitWriter,
+    make_dir,
+    move_into_place,
+    output_lock,
+    prepare,
+    recover_swap,
+    remove_leftovers,
+    verify,
+    write_prepared,
+)
 from edugpt.errors import EduGPTError
 from edugpt.prepare_parallel import ExecutorArguments, WorkDir, prepare_parallel
 
@@ -76,7 +87,7 @@ def test_overwrite_replaces_only_a_prepared_dataset_and_never_the_input(tmp_path
     (mine / "train").mkdir(parents=True)
     (mine / "notes.txt").write_text("precious")
     (mine / MANIFEST).write_text(json.dumps({"format": "edugpt-prepared-v1"}))  # a manifest, and a stranger beside
-    with pytest.raises(EduGPTError, match="is not a dataset prepared by prepare_data.py, so it is never replaced"):
+    with pytest.raises(EduGPTError, match="is not a dataset prepared by prepare_data.py.*so it is never replaced"):
         run(path, corpus, mine, overwrite=True)
     assert (mine / "notes.txt").read_text() == "precious"
     before = sorted(corpus.rglob("*"))
@@ -84,6 +95,37 @@ def test_overwrite_replaces_only_a_prepared_dataset_and_never_the_input(tmp_path
         with pytest.raises(EduGPTError, match=f"{relation} the input"):
             run(path, corpus, out, overwrite=True)
     assert sorted(corpus.rglob("*")) == before
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_overwrite_refuses_a_dataset_holding_a_file_its_record_does_not_list(tmp_path, corpus, path):
+    """--overwrite replaces a prepared dataset only when every file in it is one its manifest records, unchanged in
+    size: a user's `.json` or `.arrow` in a split folder (names the old rule took for ours), or a file of ours they
+    grew, makes it refuse in one line naming the file, and nothing is deleted."""
+    out = tmp_path / "out"
+    run(path, corpus, out)
+    for added, content in (("train/my-notes.json", b'{"keep": true}'), ("validation/mine.arrow", b"user data"),
+                           ("dataset_dict.json", None)):
+        before = snapshot(out)
+        if content is None:  # a file of ours, changed in size
+            (out / added).write_bytes((out / added).read_bytes() + b" ")
+        else:
+            (out / added).write_bytes(content)
+        changed = snapshot(out)
+        with pytest.raises(EduGPTError, match=f"{added}.*so it is never replaced .not even with --overwrite"):
+            run(path, corpus, out, overwrite=True, seq_len=SEQ // 2)
+        assert snapshot(out) == changed and beside(out) == []
+        if content is None:
+            (out / added).write_bytes(before[added])
+        else:
+            (out / added).unlink()
+    assert json.loads((out / MANIFEST).read_text())["seq_len"] == SEQ
+    run(path, corpus, out, overwrite=True, seq_len=SEQ // 2)  # as recorded again: replaced
+    assert json.loads((out / MANIFEST).read_text())["seq_len"] == SEQ // 2 and beside(out) == [] and verify(out)
 
 
 # ------------------------------------------------------------------------------------------------------- lock
@@ -112,8 +154,9 @@ def test_a_job_holding_the_lock_is_never_raced_or_cleaned_up(tmp_path, corpus, p
             run(path, corpus, out)
     assert (tmp_path / ".out.tmp-4194999" / "train" / "data-00000.arrow").read_bytes() == b"being written"
     assert not out.exists()
-    run(path, corpus, out)  # once it is free, the next job cleans the leftovers up
-    assert beside(out) == [] and verify(out)
+    run(path, corpus, out)  # once it is free, the next job runs; a folder nothing records as ours is left alone
+    assert beside(out) == [".out.tmp-4194999"] and verify(out)
+    assert (tmp_path / ".out.tmp-4194999" / "train" / "data-00000.arrow").read_bytes() == b"being written"
 
 
 # ------------------------------------------------------------------------------------------------------- swap
@@ -126,7 +169,7 @@ def test_a_swap_stopped_at_any_step_is_completed_by_the_next_run(tmp_path, monke
     import edugpt.data
 
     rng = np.random.default_rng(0)
-    out, new = tmp_path / "out", tmp_path / ".out.tmp"
+    out, new = tmp_path / "out", make_dir(tmp_path / ".out.tmp") / "dataset"
     write_prepared(out, {s: rng.integers(0, 50257, (n, 8)).astype(np.uint16) for s, n in (("train", 4), ("validation", 2))})
     write_prepared(new, {s: rng.integers(0, 50257, (n, 8)).astype(np.uint16) for s, n in (("train", 5), ("validation", 3))})
     wanted = json.loads((new / MANIFEST).read_text())["content"]
@@ -142,6 +185,7 @@ def test_a_swap_stopped_at_any_step_is_completed_by_the_next_run(tmp_path, monke
     assert out.exists() or (tmp_path / ".out.old").exists()  # never both gone
     with output_lock(out):
         recover_swap(out)
+        remove_leftovers(out)
     assert json.loads((out / MANIFEST).read_text())["content"] == wanted and verify(out)
     assert beside(out) == []
 
@@ -165,6 +209,7 @@ def test_an_interrupted_swap_keeps_the_new_dataset_for_the_next_run(tmp_path, co
     assert not out.exists() and (tmp_path / ".out.old").is_dir() and (tmp_path / ".out.tmp").is_dir()
     with output_lock(out):
         recover_swap(out)
+        remove_leftovers(out)
     assert json.loads((out / MANIFEST).read_text())["seq_len"] == SEQ // 2 and verify(out)  # the new one
     assert beside(out) == []
 

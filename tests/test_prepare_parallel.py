@@ -22,7 +22,7 @@ import pytest
 
 from conftest import ROOT, run_script
 from edugpt.corpus import EMBEDDED_CORPUS, open_parquet, parquet_batches
-from edugpt.data import MANIFEST, PrepareDataArguments, derive_id, prepare, split_of, verify
+from edugpt.data import MADE, MANIFEST, PrepareDataArguments, derive_id, prepare, split_of, verify
 from edugpt.errors import EduGPTError
 from edugpt.prepare_parallel import ExecutorArguments, WorkDir, prepare_parallel, task_pieces
 from edugpt.tokenizer import GPT2_EOS_ID, gpt2_tiktoken
@@ -633,12 +633,17 @@ def test_work_dir_is_never_shared_or_taken_over(tmp_path):
         with assert_refused_inside:
             parallel(tmp_path, EMBEDDED_CORPUS, "out", tasks=2, workers=1)
     assert not out.exists()
-    # A directory of the user's where the work dir would go is never emptied.
-    (WorkDir(out).root / "notes").mkdir(parents=True)
-    (WorkDir(out).root / "notes" / "keep.txt").write_text("mine")
+    # A file of the user's put into the work dir is never deleted, nor a folder of theirs where the work dir would go.
+    root = WorkDir(out).root
+    (root / "notes").mkdir()
+    (root / "notes" / "keep.txt").write_text("mine")
     with pytest.raises(EduGPTError, match=r"holds files prepare_data.py did not make \(notes\)"):
         parallel(tmp_path, EMBEDDED_CORPUS, "out", tasks=2, workers=1)
-    assert (WorkDir(out).root / "notes" / "keep.txt").read_text() == "mine"
+    assert (root / "notes" / "keep.txt").read_text() == "mine"
+    (root / MADE).unlink()  # now nothing says the folder is ours
+    with pytest.raises(EduGPTError, match="exists, and nothing records that prepare_data.py made it"):
+        parallel(tmp_path, EMBEDDED_CORPUS, "out", tasks=2, workers=1)
+    assert sorted(p.name for p in root.rglob("*")) == ["keep.txt", "notes"]
     # ... nor followed when it is a symlink.
     (tmp_path / "elsewhere").mkdir()
     link = WorkDir(tmp_path / "other").root
