@@ -24,7 +24,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from edugpt.rundir import MARKER, RUN_FILES, list_checkpoints
+from edugpt import record
+from edugpt.rundir import MARKER, list_checkpoints
 from edugpt.safefs import atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
@@ -35,25 +36,28 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _marked_files(folder: Path, top_level_only: bool) -> list[Path]:
-    if top_level_only:  # a final model: the model's own files at the run's root, not the run's logs or checkpoints
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.name not in RUN_FILES
-                      and not p.name.startswith("."))
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER and not p.name.startswith(f".{MARKER}"))
+def _saved_files(folder: Path) -> list[Path]:
+    """Every regular file of a checkpoint folder Trainer just wrote (a link is not a file of it)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and p.name != MARKER
+                  and not p.name.startswith(f".{MARKER}"))
 
 
-def write_marker(folder: str | os.PathLike, settings: dict | None = None, *, top_level_only: bool = False) -> Path:
-    """Record every file's size and SHA-256 (and the run `settings`) in `folder/edugpt-complete.json`, atomically.
+def write_marker(folder: str | os.PathLike, settings: dict | None = None, *, files: list[str] | None = None,
+                 role: str = "checkpoint") -> dict:
+    """Record each file's size and SHA-256 (and the run `settings`) in `folder/edugpt-complete.json`, atomically.
 
-    `top_level_only` marks a final model at a run's root: its top-level files minus the run's own (rundir.RUN_FILES).
-    """
+    `files`: the names (relative to `folder`) that make up the save; a final model at a run's root passes the model
+    files the run just wrote (edugpt.record), so nothing else in the root is ever taken for part of the model.
+    Default: every file under a checkpoint folder. The marker is entered in the run's record in `role`. Returns the
+    {name: {"bytes", "sha256"}} written."""
     root = Path(folder)
-    files = {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-             for p in _marked_files(root, top_level_only)}
-    content = {"files": files}
+    paths = _saved_files(root) if files is None else [root / name for name in sorted(files)]
+    marked = {p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths}
+    content = {"files": marked}
     if settings is not None:
         content["settings"] = settings
-    return atomic_write_json(root / MARKER, content, indent=1)
+    atomic_write_json(root / MARKER, content, indent=1, role=role if files is None else "state")
+    return marked
 
 
 def read_marker(folder: str | os.PathLike) -> dict | None:
@@ -61,7 +65,13 @@ def read_marker(folder: str | os.PathLike) -> dict | None:
         marker = read_json(Path(folder) / MARKER)
     except Exception:
         return None
-    return marker if isinstance(marker, dict) and isinstance(marker.get("files"), dict) else None
+    if not (isinstance(marker, dict) and isinstance(marker.get("files"), dict)):
+        return None
+    files = marker["files"]
+    if not all(isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+               and record._safe_rel(k) for k, v in files.items()):
+        return None  # not a marker this version wrote: a checkpoint with it is not taken as whole
+    return marker
 
 
 def weights_problem(path: Path) -> str | None:
@@ -85,13 +95,12 @@ def checkpoint_problem(folder: str | os.PathLike, *, require_trainer_state: bool
         return f"unreadable {MARKER}"
     for name, recorded in marker["files"].items():
         path = root / name
-        if not path.is_file():
-            return f"{name} is missing"
-        # Markers written before content hashes were recorded hold the size alone.
-        size, digest = (recorded, None) if isinstance(recorded, int) else (recorded.get("bytes"), recorded.get("sha256"))
+        if path.is_symlink() or not path.is_file():
+            return f"{name} is missing" if not path.is_symlink() else f"{name} is a symlink"
+        size, digest = recorded["bytes"], recorded["sha256"]
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, {size} were written"
-        if digest is not None and file_sha256(path) != digest:
+        if file_sha256(path) != digest:
             return f"{name} changed after it was saved (its SHA-256 differs from the one recorded at save time)"
     if require_trainer_state and "trainer_state.json" not in marker["files"]:
         return "no trainer_state.json"
@@ -102,22 +111,32 @@ def checkpoint_problem(folder: str | os.PathLike, *, require_trainer_state: bool
 
 
 def set_aside(folder: Path) -> Path:
-    """Rename a damaged checkpoint to `corrupt-<name>` (a free name), out of Trainer's rotation and resume."""
+    """Rename a damaged checkpoint to `corrupt-<name>` (a free name), out of Trainer's rotation and resume; its record
+    entries follow it (it stays the run's, for --overwrite_output_dir)."""
     target, suffix = folder.with_name(f"corrupt-{folder.name}"), 1
-    while target.exists():
+    while os.path.lexists(target):
         suffix += 1
         target = folder.with_name(f"corrupt-{folder.name}.{suffix}")
-    os.replace(folder, target)
+    os.rename(folder, target)
+    if record.Record.exists(folder.parent):
+        record.update(folder.parent, lambda r: r.moved(folder, target))
     return target
 
 
+def recorded_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders of a run that the run wrote (its record says so; a folder copied in or a symlink
+    named like one is not a checkpoint of this run), oldest first."""
+    found = record.Record.load(output_dir)
+    return [p for p in list_checkpoints(output_dir) if found.role(p.name) == "checkpoint"]
+
+
 def find_resume_checkpoint(output_dir: str | os.PathLike, quarantine: bool = True) -> Path | None:
-    """The newest valid `checkpoint-N` in `output_dir` (None if there is none).
+    """The newest valid `checkpoint-N` the run wrote in `output_dir` (None if there is none).
 
     Invalid newer ones are reported with a warning and, with `quarantine`, set aside as `corrupt-checkpoint-N` so that
     Trainer neither rotates them nor writes a new save into a half-written folder.
     """
-    for path in reversed(list_checkpoints(output_dir)):
+    for path in reversed(recorded_checkpoints(output_dir)):
         problem = checkpoint_problem(path)
         if problem is None:
             return path
@@ -130,10 +149,12 @@ def find_resume_checkpoint(output_dir: str | os.PathLike, quarantine: bool = Tru
 
 class CompleteCheckpointCallback(TrainerCallback):
     """Writes the completion marker, with the run's `settings`, into each checkpoint once Trainer has written all of
-    its files."""
+    its files, and enters the checkpoint (every file, with the digests just computed) and the TensorBoard event files
+    written so far in the run's record (edugpt.record); checkpoints Trainer's rotation deleted leave the record."""
 
-    def __init__(self, settings: dict | None = None):
+    def __init__(self, settings: dict | None = None, trainer=None):
         self.settings = settings
+        self.trainer = trainer
 
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
@@ -142,5 +163,35 @@ class CompleteCheckpointCallback(TrainerCallback):
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
         if state.is_world_process_zero:
-            write_marker(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.settings)
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            marked = write_marker(folder, self.settings)
+
+            def enter(run: record.Record) -> None:
+                run.prune()
+                run.add(folder, "checkpoint")
+                for name, entry in marked.items():
+                    run.add(folder / name, "checkpoint", sha256=entry["sha256"])
+                run.add(folder / MARKER, "checkpoint")
+                record_logs(run, self.trainer)
+
+            record.update(args.output_dir, enter)
         return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and record.Record.exists(args.output_dir):
+            record.update(args.output_dir, lambda run: record_logs(run, self.trainer))
+        return control
+
+
+def record_logs(run: record.Record, trainer) -> None:
+    """Enter the files of the run's TensorBoard folder (Trainer's TensorBoardCallback writes a new, timestamped folder
+    per start: everything in it is its event files) in the record, as logs it appends to."""
+    if trainer is None:
+        return
+    for callback in trainer.callback_handler.callbacks:
+        folder = getattr(callback, "logging_dir", None) if type(callback).__name__ == "TensorBoardCallback" else None
+        if not folder or run.rel(folder) is None or not Path(folder).is_dir() or Path(folder).is_symlink():
+            continue
+        for dirpath, _, filenames in os.walk(folder):
+            for name in filenames:
+                run.add(Path(dirpath) / name, "record", appends=True)

@@ -6,12 +6,14 @@
     python publish.py runs/demo --hub_model_id you/edugpt-demo --branches                               # uploads
 
 One guarded path for all of them:
-1. plan: an allowlist, not a blocklist. `main` gets the model's files (config, weights, tokenizer, chat template) and
-   the run's record (run_config.json, data_manifest.json, metrics.jsonl, samples.md, images/, runs/ = TensorBoard);
-   a step-N branch gets its checkpoint's model files. Resume state (optimizer, scheduler, RNG, trainer state,
-   training_args.bin, completion marker) goes up only with `include_optimizer` (or `hub_strategy checkpoint`, whose
-   point it is). Hidden files (the run's lock), corrupt-checkpoint-N, anything else, and every symlink (wherever it
-   points: nothing outside the run directory is ever read for an upload) stay local; the plan says which and why.
+1. plan: a record, not a pattern. Only what the run's record (edugpt.record) says the run wrote, and that is still
+   the file it wrote, is ever uploaded. `main` gets the final model's files and the run's record (run_config.json,
+   data_manifest.json, metrics.jsonl, samples.md, the plots in images/, TensorBoard's event files); a step-N branch
+   gets its checkpoint's model files. Resume state (optimizer, scheduler, RNG, trainer state, training_args.bin,
+   completion marker) goes up only with `include_optimizer` (or `hub_strategy checkpoint`, whose point it is).
+   Hidden files (the run's lock and record), corrupt-checkpoint-N, whatever the user put in the folder (in images/
+   and runs/ too), a file edited since the run wrote it, and every symlink (wherever it points: nothing outside the
+   run directory is ever read for an upload) stay local; the plan says which and why.
    The model card is built from exactly the planned files, so it links only images that go up.
 2. stage: the exact upload as one folder. Large files are hardlinked (instant, no extra disk; a checkpoint deleted by
    save_total_limit meanwhile stays intact), small ones copied (a snapshot of files training appends to); each is
@@ -32,7 +34,6 @@ this run reads to name its base model on the Hub.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
@@ -47,37 +48,22 @@ from pathlib import Path
 from edugpt import rundir
 from edugpt.args import DEFAULT_LICENSE
 from edugpt.errors import EduGPTError
-from edugpt.modeling import saved_parameter_counts
 from edugpt.net import hub_available
+from edugpt.record import RECORD, Record, find_root, note_written, update
 
 logger = logging.getLogger(__name__)
 
 STAGING = rundir.STAGING
-# The model's own files: what from_pretrained and AutoTokenizer read (and a PEFT adapter's).
-MODEL_FILES = (
-    "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
-    "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json",
-    "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tokenizer.json", "tokenizer_config.json",
-    "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-    "chat_template.json",
-)
-WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 # Weight files on main that an upload replaces: a sharded model after a single-file one must not leave the old file.
 WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
                    "pytorch_model.bin.index.json")
-# The run's record, uploaded to main beside the model (Trainer's own push uploads these too).
-RECORD_FILES = (rundir.RUN_CONFIG, rundir.DATA_MANIFEST, rundir.METRICS, rundir.SAMPLES)
-RECORD_FOLDERS = (rundir.IMAGES, "runs")  # plots; TensorBoard event files (report_to tensorboard)
-# Only needed to resume training: Trainer's checkpoint extras, DeepSpeed/FSDP sharded state, the completion marker.
-RESUME_FILES = ("optimizer*.pt", "optimizer*.bin", "scheduler*.pt", "scaler.pt", "rng_state*.pth", rundir.TRAINER_STATE,
-                "training_args.bin", rundir.MARKER, "latest", "zero_to_fp32.py")
-RESUME_FOLDERS = ("global_step*", "pytorch_model_fsdp*", "optimizer_*")
 
 HIDDEN = "hidden (the run's lock file, .env, .git, ...): never uploaded"
 RESUME = "optimizer/resume state: pass --include_optimizer to upload"
 CHECKPOINT = "a checkpoint: each goes to its own branch step-N (publish.py --branches)"
 CORRUPT = "a checkpoint set aside as corrupt: never uploaded"
 NOT_OURS = "not a file of the model or of the run's record: only those are uploaded"
+NOT_RECORDED = "not written by this run (not in its record, or changed since it was written): never uploaded"
 NOT_REGULAR = "not a regular file (a pipe, socket or device)"
 
 # Files at least this large are hardlinked into a staged upload; smaller ones are copied (a snapshot).
@@ -142,48 +128,54 @@ class PublishPlan:
         }
 
 
-def _matches(name: str, patterns) -> bool:
-    return any(fnmatch.fnmatch(name, p) for p in patterns)
-
-
 def _symlink_reason(path: str, root: Path) -> str:
     target = Path(os.path.realpath(path))
     where = "inside" if target == root or root in target.parents else "outside"
     return f"a symlink to {target}, {where} the run directory: links are never followed"
 
 
-def _rules(*, model: bool = True, record: bool = False, resume: bool = False, model_from: str | None = None):
-    """What to do with each top-level entry of a folder: take it, take a folder whole, skip it silently (the card,
-    rebuilt), or leave it out for a reason. `model_from`: the model comes from that checkpoint, not from here."""
+def _rules(run: Record, *, model: bool = True, record: bool = False, resume: bool = False,
+           model_from: str | None = None):
+    """What to do with each entry of a folder: take it (a folder: look inside), skip it silently (the card, rebuilt),
+    or leave it out for a reason. Only what the run's record says the run wrote is ever taken; its role says what it
+    is: the final model's files, the run's record (plots, logs, TensorBoard events), or resume state. Inside a save
+    (a checkpoint-N folder) the file's name within the save sorts model files from resume state
+    (rundir.save_file_role). `model_from`: the model comes from that checkpoint, not from here."""
 
-    def classify(name: str, is_dir: bool):
-        if is_dir:
-            if record and name in RECORD_FOLDERS:
-                return _TAKE
-            if _matches(name, RESUME_FOLDERS):
-                return _TAKE if resume else RESUME
-            if rundir.CHECKPOINT_RE.match(name):
-                return CHECKPOINT
-            if name.startswith("corrupt-checkpoint-"):
-                return CORRUPT
-            return NOT_OURS
-        if name == rundir.CARD:
+    def classify(rel: str, name: str, is_dir: bool):
+        role = run.role(rel)
+        if role is None:
+            return NOT_RECORDED
+        if rel == rundir.CARD:
             return _SKIP  # replaced by a freshly built card
-        if _matches(name, MODEL_FILES):
+        top = "/" not in rel
+        if role == "checkpoint" and top:
+            if name.startswith("corrupt-"):
+                return CORRUPT
+            return CHECKPOINT if rundir.CHECKPOINT_RE.match(name) else NOT_OURS
+        if role == "checkpoint":  # inside a save
+            if is_dir:
+                return _TAKE if resume else RESUME  # FSDP/DeepSpeed shard folders
+            role = rundir.save_file_role(name)
+        if role == "model":
             return _TAKE if model else f"this upload's model comes from {model_from}"
-        if record and name in RECORD_FILES:
-            return _TAKE
-        if _matches(name, RESUME_FILES):
+        if role == "record":
+            return _TAKE if record else NOT_OURS
+        if role == "state":
             return _TAKE if resume else RESUME
         return NOT_OURS
 
     return classify
 
 
-def _collect(folder: Path, root: Path, classify, prefix: str = "") -> tuple[dict[str, PlannedFile], list[dict]]:
-    """Regular files under `folder` that `classify` takes (a taken subfolder whole), by path relative to `folder`,
-    and every other entry with the reason it stays local. Never follows a symlink: os.scandir's entries are judged
-    by what they are themselves (a link to a folder is a link, not a folder)."""
+def _take_all(rel: str, name: str, is_dir: bool):
+    return _TAKE
+
+
+def _collect(folder: Path, run: Record, classify, prefix: str = "") -> tuple[dict[str, PlannedFile], list[dict]]:
+    """Regular files under `folder` that `classify` takes (looking into the folders it takes), by path relative to
+    `folder`, and every other entry with the reason it stays local. Never follows a symlink: os.scandir's entries are
+    judged by what they are themselves (a link to a folder is a link, not a folder)."""
     files, excluded = {}, []
     with os.scandir(folder) as it:
         entries = sorted(it, key=lambda e: e.name)
@@ -191,14 +183,15 @@ def _collect(folder: Path, root: Path, classify, prefix: str = "") -> tuple[dict
         rel = prefix + entry.name
         is_dir = entry.is_dir(follow_symlinks=False)
         shown = rel + "/" if is_dir else rel
+        in_run = run.rel(entry.path) or ""
         if entry.name.startswith("."):
             excluded.append({"path": shown, "reason": HIDDEN})
         elif entry.is_symlink():
-            excluded.append({"path": rel, "reason": _symlink_reason(entry.path, root)})
+            excluded.append({"path": rel, "reason": _symlink_reason(entry.path, run.root)})
         elif is_dir:
-            verdict = classify(entry.name, True)
+            verdict = classify(in_run, entry.name, True)
             if verdict is _TAKE:
-                sub_files, sub_excluded = _collect(Path(entry.path), root, lambda name, is_dir: _TAKE, rel + "/")
+                sub_files, sub_excluded = _collect(Path(entry.path), run, classify, rel + "/")
                 files.update(sub_files)
                 excluded += sub_excluded
             else:
@@ -206,13 +199,30 @@ def _collect(folder: Path, root: Path, classify, prefix: str = "") -> tuple[dict
         elif not entry.is_file(follow_symlinks=False):
             excluded.append({"path": rel, "reason": NOT_REGULAR})
         else:
-            verdict = classify(entry.name, False)
+            verdict = classify(in_run, entry.name, False)
             if verdict is _TAKE:
                 st = entry.stat(follow_symlinks=False)
                 files[rel] = PlannedFile(Path(entry.path), st.st_size, (st.st_dev, st.st_ino))
             elif verdict is not _SKIP:
                 excluded.append({"path": rel, "reason": verdict})
     return files, excluded
+
+
+def _is_staged(run: Record, folder: Path) -> bool:
+    """Is `folder` an upload staged in the run's own staging folder (made by the run, 0700: wholly edugpt's)?"""
+    rel = run.rel(folder) or ""
+    return rel.startswith(STAGING + "/") and "/" not in rel[len(STAGING) + 1:] and run.role(STAGING) == "staging" \
+        and folder.is_dir() and not folder.is_symlink()
+
+
+def run_record(run_dir: str | os.PathLike) -> Record:
+    """The record of the run `run_dir` belongs to: its own, or (for a checkpoint-N folder given as the run) its
+    parent's. Empty when there is none: then nothing is the run's, and nothing is uploaded."""
+    run_dir = Path(run_dir)
+    if Record.exists(run_dir):
+        return Record.load(run_dir)
+    root = find_root(run_dir / "x", depth=2)
+    return Record.load(root) if root is not None else Record(run_dir)
 
 
 def _prefixed(entries: list[dict], folder: str) -> list[dict]:
@@ -226,7 +236,7 @@ def _real_parent(path: str | os.PathLike) -> Path:
 
 
 def _has_model(files: dict) -> bool:
-    return "config.json" in files and any(name in files for name in WEIGHT_NAMES)
+    return "config.json" in files and any(name in files for name in rundir.WEIGHT_FILES)
 
 
 def _card(files: dict[str, PlannedFile], *, hub_model_id: str, revision: str | None, eval_results: Path | None,
@@ -249,17 +259,18 @@ def _card(files: dict[str, PlannedFile], *, hub_model_id: str, revision: str | N
     return str(card)
 
 
-def _card_inputs(run_dir: Path, model_dir: Path) -> dict[str, PlannedFile]:
-    """The run's record, for a card whose upload does not carry it, and a trainer_state.json for the loss history."""
-    record, _ = _collect(run_dir, run_dir, _rules(model=False, record=True, resume=True))
-    record = {k: v for k, v in record.items() if "/" not in k and not _matches(k, RESUME_FILES)}
+def _card_inputs(run: Record, run_dir: Path, model_dir: Path) -> dict[str, PlannedFile]:
+    """The run's record, for a card whose upload does not carry it, and a trainer_state.json (of the save, else the
+    run's) for the loss history."""
+    found, _ = _collect(run_dir, run, _rules(run, model=False, record=True))
+    found = {k: v for k, v in found.items() if "/" not in k}
     for folder in (model_dir, run_dir):
         state = folder / rundir.TRAINER_STATE
-        if state.is_file() and not state.is_symlink():
-            st = state.stat()
-            record[rundir.TRAINER_STATE] = PlannedFile(state, st.st_size, (st.st_dev, st.st_ino))
+        if run.role(run.rel(state) or "") is not None:
+            st = os.lstat(state)
+            found[rundir.TRAINER_STATE] = PlannedFile(state, st.st_size, (st.st_dev, st.st_ino))
             break
-    return record
+    return found
 
 
 def plan_main(run_dir: str | os.PathLike, hub_model_id: str, *, model_dir: str | os.PathLike | None = None,
@@ -271,24 +282,27 @@ def plan_main(run_dir: str | os.PathLike, hub_model_id: str, *, model_dir: str |
     ("last-checkpoint" or "checkpoint-N", Trainer's hub_strategy checkpoint / all_checkpoints) adds that checkpoint
     with its resume state under that folder, replacing what the folder held."""
     run_dir = Path(run_dir).resolve()
+    run = run_record(run_dir)
     model_dir = _real_parent(model_dir) if model_dir is not None else run_dir
     if model_dir == run_dir:
-        files, excluded = _collect(run_dir, run_dir, _rules(record=True, resume=include_optimizer))
+        files, excluded = _collect(run_dir, run, _rules(run, record=True, resume=include_optimizer))
     else:
-        files, excluded = _collect(model_dir, run_dir, _rules(resume=include_optimizer))
+        files, excluded = _collect(model_dir, run, _rules(run, resume=include_optimizer))
         excluded = _prefixed(excluded, model_dir.name)
-        record, record_excluded = _collect(run_dir, run_dir, _rules(model=False, record=True, model_from=model_dir.name))
-        files.update(record)
-        excluded += record_excluded
+        found, found_excluded = _collect(run_dir, run, _rules(run, model=False, record=True,
+                                                              model_from=model_dir.name))
+        files.update(found)
+        excluded += found_excluded
     if not _has_model(files):
         raise EduGPTError(
-            f"{model_dir} holds no final model (config.json + model.safetensors as regular files at its root; a "
-            "symlink is never followed); let training finish, or pass a checkpoint-N folder as RUN_DIR."
+            f"{model_dir} holds no final model written by this run (config.json + model.safetensors as regular files "
+            f"at its root, listed in the run's record {RECORD}; a symlink is never followed); let training finish, "
+            "or pass a checkpoint-N folder as RUN_DIR."
         )
     delete_patterns = list(WEIGHT_PATTERNS)
-    card_files = {**_card_inputs(run_dir, model_dir), **files}
+    card_files = {**_card_inputs(run, run_dir, model_dir), **files}
     if checkpoint_copy:
-        state, _ = _collect(model_dir, run_dir, _rules(resume=True))
+        state, _ = _collect(model_dir, run, _rules(run, resume=True))
         files.update({f"{checkpoint_copy}/{rel}": planned for rel, planned in state.items()})
         delete_patterns.append(f"{checkpoint_copy}/*")
     card = _card(card_files, hub_model_id=hub_model_id, revision=None,
@@ -303,11 +317,14 @@ def plan_branch(run_dir: str | os.PathLike, checkpoint: str | os.PathLike, hub_m
     """Branch `step-N`: exactly the checkpoint's model files (and resume state with include_optimizer) plus a card
     that describes the run, links no images (they stay on main) and loads this revision."""
     run_dir, checkpoint = Path(run_dir).resolve(), _real_parent(checkpoint)
+    run = run_record(run_dir)
     branch = f"step-{step}"
-    files, excluded = _collect(checkpoint, run_dir, _rules(resume=include_optimizer))
+    staged = _is_staged(run, checkpoint)  # a step's upload staged by an earlier attempt
+    files, excluded = _collect(checkpoint, run, _take_all if staged else _rules(run, resume=include_optimizer))
     if not _has_model(files):
-        raise EduGPTError(f"{checkpoint} holds no config.json + weights as regular files (a symlink is never followed)")
-    card = _card({**_card_inputs(run_dir, checkpoint), **files}, hub_model_id=hub_model_id, revision=branch,
+        raise EduGPTError(f"{checkpoint} holds no config.json + weights written by this run as regular files (a "
+                          "symlink is never followed)")
+    card = _card({**_card_inputs(run, run_dir, checkpoint), **files}, hub_model_id=hub_model_id, revision=branch,
                  eval_results=Path(eval_results) if eval_results else None, license=license)
     folder = checkpoint.relative_to(run_dir).as_posix() if checkpoint.is_relative_to(run_dir) else checkpoint.name
     return BranchUpload(branch, checkpoint, files, card, step, _prefixed(excluded, folder),
@@ -317,21 +334,16 @@ def plan_branch(run_dir: str | os.PathLike, checkpoint: str | os.PathLike, hub_m
 def _checkpoint_problem(folder: Path) -> str | None:
     """Why a checkpoint folder should not be published, or None. edugpt's checkpoints carry a completion marker
     (edugpt.checkpoints), which is checked file by file; others need config, weights and a readable header."""
-    from edugpt.checkpoints import MARKER, checkpoint_problem
+    from edugpt.checkpoints import checkpoint_problem
 
-    if (folder / MARKER).is_file():
-        return checkpoint_problem(folder)
-    if not rundir.is_saved_model(folder):
-        return "no config.json + weights (the save did not finish)"
-    if (folder / "model.safetensors").is_file() and saved_parameter_counts(folder) is None:
-        return "model.safetensors is unreadable (truncated?)"
-    return None
+    return checkpoint_problem(folder)
 
 
 def _staged_steps(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(step, folder) of every staged step-N upload in RUN_DIR/.edugpt-upload, oldest first."""
+    """(step, folder) of every staged step-N upload in RUN_DIR/.edugpt-upload, oldest first — only when that folder is
+    the one the run made (its record says so; 0700, so nobody else writes into it)."""
     staging = Path(run_dir) / STAGING
-    if not staging.is_dir() or staging.is_symlink():
+    if Record.load(run_dir).role(STAGING) != "staging":
         return []
     found = []
     for path in sorted(staging.iterdir(), key=lambda p: p.stat(follow_symlinks=False).st_mtime_ns):
@@ -364,9 +376,12 @@ def plan_publish(run_dir: str | os.PathLike, hub_model_id: str, *, branches: boo
     if not branches:
         return plan
     sources: dict[int, Path] = {}
+    run = run_record(run_dir)
     for folder in rundir.list_checkpoints(run_dir):
         if folder.is_symlink():
             plan.skipped.append({"path": folder.name, "reason": _symlink_reason(str(folder), run_dir)})
+        elif run.role(folder.name) != "checkpoint":
+            plan.skipped.append({"path": folder.name, "reason": NOT_RECORDED})
         elif problem := _checkpoint_problem(folder):
             plan.skipped.append({"path": folder.name, "reason": problem})
         else:
@@ -596,10 +611,12 @@ class HubPusher:
         if self._staging_root is None:
             root = self.run_dir / STAGING
             try:
-                root.mkdir(mode=0o700, exist_ok=True)
-                if root.is_symlink() or not root.is_dir():
-                    raise OSError(f"{root} is not a folder")
-            except OSError:  # a read-only run directory: stage in the temp folder (copies)
+                if not os.path.lexists(root):
+                    root.mkdir(mode=0o700)
+                    note_written(root, "staging", root=self.run_dir)
+                if Record.load(self.run_dir).role(STAGING) != "staging":
+                    raise OSError(f"{root} is not the run's own staging folder")
+            except OSError:  # a read-only run directory, or a folder of that name not ours: stage in /tmp (copies)
                 root = Path(tempfile.mkdtemp(prefix="edugpt-upload-"))
             self._staging_root = root
         return self._staging_root
@@ -623,14 +640,14 @@ class HubPusher:
         """Take up step branches a previous attempt of this run staged but could not push (retried at the next save
         and at the end); drop its other leftovers (a main push that a newer one supersedes anyway)."""
         staging = self.run_dir / STAGING
-        if not staging.is_dir() or staging.is_symlink():
+        if Record.load(self.run_dir).role(STAGING) != "staging":
             return
         steps = pending_steps(self.run_dir)
         for path in staging.iterdir():
             if path not in steps.values() and path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
         for step, folder in steps.items():
-            files, _ = _collect(folder, self.run_dir, lambda name, is_dir: _TAKE)
+            files, _ = _collect(folder, Record(self.run_dir), _take_all)
             self._pending[f"step-{step}"] = _Staged(
                 f"step-{step}", folder, f"Upload checkpoint-{step} as step-{step} with edugpt", ["*"],
                 [(folder / rel, f"{folder}/{rel}") for rel in files], due=False)
@@ -639,9 +656,11 @@ class HubPusher:
         if self._staging_root is not None and not self._pending:
             try:
                 self._staging_root.rmdir()  # only when empty
-                self._staging_root = None
             except OSError:
-                pass
+                return
+            if self._staging_root == self.run_dir / STAGING:
+                update(self.run_dir, lambda run: run.forget(STAGING))
+            self._staging_root = None
 
     # ---- uploading
     def _hub(self):

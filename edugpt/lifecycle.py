@@ -30,6 +30,7 @@ The rules, the same for every kind of run:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,29 +39,28 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edugpt import __version__
+from edugpt import __version__, record
 from edugpt.checkpoints import (
     CompleteCheckpointCallback,
     checkpoint_problem,
     find_resume_checkpoint,
     read_marker,
+    recorded_checkpoints,
     set_aside,
     write_marker,
 )
 from edugpt.errors import EduGPTError
 from edugpt.rundir import (
     CARD,
-    IMAGES,
     KINDS,
     LOCK,
     MARKER,
     RUN_CONFIG,
-    RUN_FILES,
-    STAGING,
+    TRAINER_STATE,
     checkpoint_step,
-    list_checkpoints,
     read_run_config,
     require_own_run_dir,
+    save_file_role,
     write_run_config,
 )
 from edugpt.safefs import DirLock, atomic_write_bytes, ensure_dir, no_space_reason
@@ -71,12 +71,6 @@ logger = logging.getLogger(__name__)
 # depend on. (Model shape is checked when the weights load.)
 OPTIMIZER_KEYS = ("learning_rate", "optim", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon")
 SCHEDULE_KEYS = ("lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "max_steps", "num_train_epochs")
-# Files of the final model that a checkpoint also holds; the rest of a checkpoint is resume state.
-RESUME_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin", MARKER)
-RESUME_STATE_PREFIXES = ("rng_state", "optimizer", "pytorch_model_fsdp", "global_step")
-# Entries of a run directory that --overwrite_output_dir removes (with the final model's files); others are kept.
-RUN_ENTRY_PREFIXES = ("checkpoint-", "corrupt-checkpoint-")
-RUN_FOLDERS = (IMAGES, "runs", STAGING)  # plots; TensorBoard event files; uploads staged for the Hub
 # The settings key of the process layout (number of processes, FSDP or not), recorded in every completion marker.
 LAYOUT = "layout"
 
@@ -175,6 +169,9 @@ class TrainingRun:
         self.lock = DirLock(self.output_dir / LOCK, f"output_dir {str(self.output_dir)!r}")
         self.sigterm = self.guard = None
         self.pushes = None  # edugpt.hub.TrainerPushes, with push_to_hub
+        # This attempt found output_dir absent (created: True) or holding nothing: a refusal leaves it that way.
+        self._fresh = self._created = False
+        self._entries_before: dict[str, tuple[int, int]] = {}  # top-level entries at the start: never ours to remove
         self._previous_run_config: bytes | None = None  # run_config.json before this attempt, kept on rank 0
         self._protect_token()
         self._check_hub_options()
@@ -220,7 +217,7 @@ class TrainingRun:
         try:
             self.decision = on_main_then_shared(self.args, lambda: self._decide(run_config))
         except BaseException:
-            self.lock.release()
+            self.abandon()
             raise
         if self.decision.checkpoint is not None and self.needs_training:
             logger.info("resuming from %s", self.decision.checkpoint)
@@ -229,8 +226,28 @@ class TrainingRun:
     def __enter__(self) -> TrainingRun:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
+            self.abandon()
         self.lock.release()
+
+    def abandon(self) -> None:
+        """The attempt failed before it saved anything: in an output_dir that held nothing before it, remove what it
+        wrote (run_config.json, data_manifest.json, ... as its record lists them), the record and the lock, and the
+        folder itself if this attempt created it — a refused run leaves no trace. Anywhere else only the lock is let
+        go. Then release the lock."""
+        try:
+            if self.is_main and self._fresh and self.lock.held and not recorded_checkpoints(self.output_dir):
+                record.Record.load(self.output_dir).remove_written(keep=(LOCK,))
+                if set(os.listdir(self.output_dir)) <= {LOCK, record.RECORD}:
+                    for name in (record.RECORD, LOCK):  # the lock goes last, while still held
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(self.output_dir / name)
+                    if self._created:
+                        with contextlib.suppress(OSError):
+                            os.rmdir(self.output_dir)
+        finally:
+            self.lock.release()
 
     @property
     def source(self) -> Path | None:
@@ -244,15 +261,19 @@ class TrainingRun:
 
     def _decide(self, run_config: dict) -> Decision:
         self._check_output_dir()
+        self._created = not os.path.lexists(self.output_dir)
         ensure_dir(self.output_dir, "output_dir")
         self.lock.acquire()
+        self._entries_before = _entries(self.output_dir)
+        self._fresh = set(self._entries_before) <= {LOCK, record.RECORD}
         holds_run = require_own_run_dir(self.output_dir, self.kind)
+        if self._fresh or holds_run:
+            record.start(self.output_dir)
         explicit = self.args.resume_from_checkpoint
-        explicit = None if explicit is None or str(explicit).lower() in ("true", "last") else Path(explicit)
+        last = explicit is not None and str(explicit).lower() in ("true", "last")
+        explicit = None if explicit is None or last else Path(explicit)
         if holds_run and self.run_args.overwrite_output_dir:
-            if explicit is not None and self.output_dir.resolve() in explicit.resolve().parents:
-                raise EduGPTError(f"--overwrite_output_dir would delete {explicit}, the checkpoint to resume from; "
-                                  "pass a new output_dir to resume from it.")
+            self._refuse_deleting_inputs(explicit, self.settings.get("base_model"))
             self._remove_previous_run()
             holds_run = False
 
@@ -274,19 +295,24 @@ class TrainingRun:
             decision.checkpoint_layout = checkpoint_layout(decision.checkpoint)
         if decision.changes:  # e.g. a larger max_steps with --resume_with_changes: train on from the newest checkpoint
             decision.finished, decision.restore_from = False, None
+        if last and decision.checkpoint is None and not (decision.finished or decision.restore_from):
+            # As Trainer does for resume_from_checkpoint=True: asked to resume, nothing to resume from.
+            raise EduGPTError(f"--resume_from_checkpoint {self.args.resume_from_checkpoint} asks to resume, but "
+                              f"output_dir {str(self.output_dir)!r} holds no valid checkpoint of this run; leave the "
+                              "option out to start from step 0, or pass a checkpoint-N folder.")
 
         if needs_training(decision):
             # A final model from before (now to be superseded) loses its marker, so a kill from here on leaves it
             # visibly unfinished instead of "already finished".
             (self.output_dir / MARKER).unlink(missing_ok=True)
-            record = {**run_config, "edugpt": {"kind": self.kind, "version": __version__},
+            config = {**run_config, "edugpt": {"kind": self.kind, "version": __version__},
                       "resumed_from": str(decision.checkpoint) if decision.checkpoint else None}
             if decision.changes:
-                record["resumed_with_changes"] = {k: {"checkpoint": old, "now": new}
+                config["resumed_with_changes"] = {k: {"checkpoint": old, "now": new}
                                                   for k, (old, new) in decision.changes.items()}
             previous = self.output_dir / RUN_CONFIG
             self._previous_run_config = previous.read_bytes() if previous.is_file() else None
-            write_run_config(self.output_dir, record)
+            write_run_config(self.output_dir, config)
         return decision
 
     def _final_state(self) -> str:
@@ -304,7 +330,7 @@ class TrainingRun:
             raise EduGPTError(f"--resume_from_checkpoint {str(path)!r} is not a usable checkpoint ({problem}); pass "
                               "a complete checkpoint-N folder.")
         step = checkpoint_step(path) if path.name.startswith("checkpoint-") else None
-        later = [p.name for p in list_checkpoints(self.output_dir)
+        later = [p.name for p in recorded_checkpoints(self.output_dir)
                  if p.resolve() != path.resolve() and (step is None or checkpoint_step(p) >= step)]
         if later or self._final_state() != "absent":
             held = ", ".join(later) or "a final model"
@@ -332,27 +358,31 @@ class TrainingRun:
             logger.warning("resuming from %s with changed settings: %s", source, ", ".join(changes))
         return changes
 
+    def _refuse_deleting_inputs(self, checkpoint: Path | None, base_model) -> None:
+        """--overwrite_output_dir must not delete what this run is about to load: the checkpoint to resume from, the
+        base model of a finetune (also DPO's reference, the same folder)."""
+        inputs = [("--resume_from_checkpoint", checkpoint)]
+        if isinstance(base_model, str) and os.path.isdir(base_model):
+            inputs.append(("--model_name_or_path", Path(base_model)))
+        root = self.output_dir.resolve()
+        for flag, path in inputs:
+            if path is not None and (path.resolve() == root or root in path.resolve().parents):
+                raise EduGPTError(f"--overwrite_output_dir would delete {path}, the {flag} this run loads; pass a new "
+                                  "output_dir (or copy that model out of this one first).")
+
     def _remove_previous_run(self) -> None:
-        """--overwrite_output_dir: remove the previous run's checkpoints, final model, logs and plots (entries this
-        project did not write are kept and listed). run_config.json goes last, so the folder stays recognisably
-        ours until the new one is written."""
-        kept = []
-        marker = read_marker(self.output_dir) or {}
-        model_files = set(marker.get("files", {})) | _model_file_names(self.output_dir)
-        for entry in sorted(self.output_dir.iterdir()):
-            name = entry.name
-            if name in (LOCK, RUN_CONFIG):
-                continue
-            ours = (name in RUN_FILES or name in model_files or name in RUN_FOLDERS
-                    or name.startswith(RUN_ENTRY_PREFIXES))
-            if not ours:
-                kept.append(name)
-            elif entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        logger.warning("--overwrite_output_dir: removed the previous run in %s%s", self.output_dir,
-                       f" (kept {', '.join(kept)}: not written by a run)" if kept else "")
+        """--overwrite_output_dir: remove what the previous run wrote — exactly what its record lists, each only if it
+        is still the file that was written — and say what was removed and what was kept. Anything else (a user's
+        notes, a `checkpoint-best/` of theirs, a file they edited since) stays. run_config.json goes last, when the
+        new one is written, so the folder stays recognisably ours."""
+        previous = record.Record.load(self.output_dir)
+        before = set(previous.entries)
+        kept = previous.remove_written(keep=(LOCK, RUN_CONFIG))
+        previous.save()
+        removed = sorted({rel.split("/")[0] for rel in before - set(previous.entries)})
+        logger.warning("--overwrite_output_dir: removed the previous run's %s in %s%s",
+                       ", ".join(removed) if removed else "nothing", self.output_dir,
+                       f"; kept {', '.join(kept)}" if kept else "")
 
     # -------------------------------------------------------------------------------------------------- training
     def attach(self, trainer, *callbacks, nonfinite_loss: str = "stop", max_skipped_steps: int = 10,
@@ -367,7 +397,8 @@ class TrainingRun:
         self.sigterm = cb.SigtermCallback()
         self.guard = cb.NonFiniteLossCallback(nonfinite_loss, max_skipped_steps)  # after sigterm: checks the weights
         metrics = metrics or MetricsLog(self.output_dir / METRICS, enabled=self.is_main)  # before the save it asks for
-        lifecycle = [self.sigterm, self.guard, CompleteCheckpointCallback(self.settings), cb.MetricsJsonlCallback(metrics)]
+        lifecycle = [self.sigterm, self.guard, CompleteCheckpointCallback(self.settings, trainer),
+                     cb.MetricsJsonlCallback(metrics)]
         if self.decision.changes:
             lifecycle.append(cb.NewHyperparametersCallback(self.args))
         cb.install_callbacks(trainer, *lifecycle, *callbacks)
@@ -400,7 +431,7 @@ class TrainingRun:
         checkpoint = self.decision.checkpoint
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if self.guard.failure:
-            good = list_checkpoints(self.output_dir)
+            good = recorded_checkpoints(self.output_dir)
             raise EduGPTError(
                 f"{self.guard.failure}, so training stopped without saving those weights; the last good checkpoint is "
                 f"{good[-1] if good else 'none'}: lower learning_rate or raise warmup_steps, then run the same command "
@@ -457,8 +488,8 @@ class TrainingRun:
             logger.warning("checkpoint %s is not usable (its saved state did not load: %s); falling back to the "
                            "previous checkpoint (moved it to %s)", checkpoint, reason, moved.name)
             previous = find_resume_checkpoint(self.output_dir, quarantine=True)
-            record = read_run_config(self.output_dir) or {}
-            write_run_config(self.output_dir, {**record, "resumed_from": str(previous) if previous else None})
+            config = read_run_config(self.output_dir) or {}
+            write_run_config(self.output_dir, {**config, "resumed_from": str(previous) if previous else None})
             return previous
 
         self.decision.checkpoint = on_main_then_shared(self.args, fall_back)
@@ -474,13 +505,14 @@ class TrainingRun:
         step = trainer.state.global_step if trainer is not None else None
         partial = self.output_dir / f"checkpoint-{step}"
         removed = ""
-        if self.is_main and step is not None and partial.is_dir() and not (partial / MARKER).exists():
+        if (self.is_main and step is not None and partial.name not in self._entries_before and partial.is_dir()
+                and not partial.is_symlink() and not (partial / MARKER).exists()):
             shutil.rmtree(partial, ignore_errors=True)
             removed = f", removed the unfinished {partial.name}"
             logger.warning("removed %s: saving it did not finish (%s)", partial, type(err).__name__)
         if full is None or isinstance(err, EduGPTError):
             return None
-        good = list_checkpoints(self.output_dir)
+        good = recorded_checkpoints(self.output_dir)
         return EduGPTError(
             f"the disk holding {self.output_dir} is full ({full}){removed}; the last complete checkpoint is "
             f"{good[-1].name if good else 'none'}: free space (or choose another output_dir), then run the same "
@@ -501,18 +533,21 @@ class TrainingRun:
 
         state = trainer.state
         if trainer.eval_dataset is not None and not any(
-            "eval_loss" in record and record["step"] == state.global_step for record in state.log_history
+            "eval_loss" in entry and entry["step"] == state.global_step for entry in state.log_history
         ):
             trainer.evaluate()  # the final validation loss, for the card's table and the plot
+        before = _entries(self.output_dir)
         # _internal_call: with push_to_hub, Trainer.save_model would also push ("Model save"); the push below is the one.
         trainer.save_model(str(self.output_dir), _internal_call=True)
         trainer.accelerator.wait_for_everyone()
         failures = {}
         if self.is_main:
+            model_files = self._record_saved(before)
             if trainer.state.log_history:  # loss curves for the card, also with save_strategy "no"
-                trainer.state.save_to_json(str(self.output_dir / "trainer_state.json"))
+                trainer.state.save_to_json(str(self.output_dir / TRAINER_STATE))
+                record.note_written(self.output_dir / TRAINER_STATE, root=self.output_dir)
             write_model_card(self.output_dir, **self.card_kwargs())
-            write_marker(self.output_dir, {**self.settings, "step": trainer.state.global_step}, top_level_only=True)
+            write_marker(self.output_dir, {**self.settings, "step": trainer.state.global_step}, files=model_files)
             if self.pushes is not None:
                 failures = self.pushes.finish("End of training")
         if failures:
@@ -541,17 +576,35 @@ class TrainingRun:
                         private=self.args.hub_private_repo)
         logger.info("%s already reached its last step; final model in %s", self.kind, self.output_dir)
 
+    def _record_saved(self, before: dict[str, tuple[int, int, int]]) -> list[str]:
+        """Enter the files Trainer's save_model just wrote at the root (new or rewritten since `before`) in the
+        record, the model's files as "model", the rest of the save (training_args.bin) as "state"; returns the
+        model's file names, which its completion marker lists."""
+        written = [name for name, ident in _entries(self.output_dir).items()
+                   if ident[0] == "file" and before.get(name) != ident and name not in (LOCK, record.RECORD)]
+
+        def enter(run: record.Record) -> None:
+            for name in written:
+                run.add(self.output_dir / name, save_file_role(name))
+
+        record.update(self.output_dir, enter)
+        return sorted(name for name in written if save_file_role(name) == "model")
+
     def _restore_final_model(self, checkpoint: Path) -> None:
         from edugpt.card import write_model_card
 
-        (self.output_dir / MARKER).unlink(missing_ok=True)
-        for path in sorted(checkpoint.iterdir()):
-            if path.is_file() and path.name not in RESUME_STATE and not path.name.startswith(RESUME_STATE_PREFIXES):
-                shutil.copy2(path, self.output_dir / path.name)
-        write_model_card(self.output_dir, **self.card_kwargs())
+        root_marker = self.output_dir / MARKER
+        if record.Record.load(self.output_dir).matches(MARKER):
+            root_marker.unlink()
+        before = _entries(self.output_dir)
         marker = read_marker(checkpoint) or {}
+        for name in sorted(marker.get("files", {})):  # the checkpoint's files as its marker lists them
+            if "/" not in name and save_file_role(name) == "model":
+                _copy_nofollow(checkpoint / name, self.output_dir / name)
+        model_files = self._record_saved(before)
+        write_model_card(self.output_dir, **self.card_kwargs())
         write_marker(self.output_dir, {**marker.get("settings", self.settings), "step": checkpoint_step(checkpoint)},
-                     top_level_only=True)
+                     files=model_files)
         logger.info("restored the final model in %s from %s", self.output_dir, checkpoint)
 
 
@@ -595,11 +648,28 @@ def _reached_end(checkpoint: Path) -> bool:
         return False
 
 
-def _model_file_names(folder: Path) -> set[str]:
-    """Top-level files a saved model consists of (config, weights, generation config, tokenizer, chat template)."""
-    patterns = ("config.json", "generation_config.json", "model", "pytorch_model", "tokenizer", "vocab.json",
-                "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template", "training_args.bin")
-    return {p.name for p in folder.iterdir() if p.is_file() and p.name.startswith(patterns)}
+def _entries(folder: Path) -> dict[str, tuple]:
+    """Top-level entries of `folder` as they are now: name -> (type, inode, size, mtime_ns), links not followed."""
+    found = {}
+    with os.scandir(folder) as it:
+        for entry in it:
+            st = entry.stat(follow_symlinks=False)
+            kind = "file" if entry.is_file(follow_symlinks=False) else "dir" if entry.is_dir(follow_symlinks=False) \
+                else "other"
+            found[entry.name] = (kind, st.st_ino, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _copy_nofollow(source: Path, target: Path) -> None:
+    """Copy the regular file `source` over `target` (atomically; neither is followed if it is a link)."""
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as src:
+        tmp = target.with_name(f".{target.name}.restore")
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+    os.replace(tmp, target)
 
 
 def _guard_pushes(trainer, run: TrainingRun):

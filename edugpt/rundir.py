@@ -12,6 +12,8 @@ its readers, and the rule for who may write into it.
       README.md              the model card (edugpt.card)
       published.json         after publish.py pushed the run: the Hub repo and branches (a finetune's card names it)
       .edugpt.lock           held while a job writes here (edugpt.safefs.DirLock)
+      .edugpt-record.json    the record of every file and folder the run wrote here (edugpt.record): what
+                             --overwrite_output_dir may remove, what the final model's marker lists, what is uploaded
       .edugpt-upload/        uploads staged for the Hub (edugpt.hub); a step-N push that failed waits here
 
 Nothing here imports torch or transformers at module level, so writing a card or a plot stays fast.
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edugpt.errors import EduGPTError
+from edugpt.record import RECORD, Record, note_written
 from edugpt.safefs import atomic_write_json, atomic_write_text, read_json
 
 RUN_CONFIG = "run_config.json"
@@ -43,10 +46,26 @@ STAGING = ".edugpt-upload"  # edugpt.hub stages each upload here (hardlinks); hi
 # Written last into every finished checkpoint and final model: the size and SHA-256 of each file (edugpt.checkpoints).
 MARKER = "edugpt-complete.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # transformers.trainer_utils' PREFIX_CHECKPOINT_DIR + "-N"
-# Files a run keeps beside its final model; everything else at the top level belongs to the model.
-RUN_FILES = (RUN_CONFIG, DATA_MANIFEST, METRICS, SAMPLES, CARD, PUBLISHED, TRAINER_STATE, LOCK, MARKER)
 # What a saved model needs to load: a config plus one of these weight files.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# Of the files Trainer writes into a save (a checkpoint, or the final model), those of the model itself: what
+# from_pretrained and AutoTokenizer read (and a PEFT adapter's). Every other file of a save is resume state (optimizer,
+# scheduler, RNG, trainer state, training_args.bin, FSDP/DeepSpeed shards, the completion marker). This sorts files the
+# record (edugpt.record) already says the run wrote; it never makes a file ours.
+MODEL_FILES = (
+    "config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+    "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json",
+    "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "tokenizer.json", "tokenizer_config.json",
+    "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def save_file_role(name: str) -> str:
+    """"model" or "state": what a file Trainer wrote into a save is (by its name within the save, see MODEL_FILES)."""
+    import fnmatch
+
+    return "model" if any(fnmatch.fnmatch(name, pattern) for pattern in MODEL_FILES) else "state"
 # Run kinds, with the entry point that makes each.
 KINDS = {"pretrain": "train_hf.py", "sft": "finetune/sft.py", "dpo": "finetune/dpo.py"}
 
@@ -62,23 +81,33 @@ class MetricsLog:
     def append(self, record: dict) -> None:
         if not self.enabled:
             return
+        new = not os.path.lexists(self.path)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if new:
+            note_written(self.path, appends=True)
 
     def read(self) -> list[dict]:
         return read_metrics(self.path)
 
     def clear(self) -> None:
-        """Forget an earlier attempt's records: a run starting at step 0 in the same output_dir logs afresh."""
-        if self.enabled:
-            self.path.unlink(missing_ok=True)
+        """Forget an earlier attempt's records: a run starting at step 0 in the same output_dir logs afresh. Only the
+        file the run wrote is removed (edugpt.record): a metrics.jsonl of someone else's is refused."""
+        if not self.enabled or not os.path.lexists(self.path):
+            return
+        record = Record.load(self.path.parent)
+        if not record.matches(METRICS) or self.path.parent.resolve() != record.root.resolve():
+            raise EduGPTError(f"{self.path} was not written by this run (it is not in {RECORD}); move it away, then "
+                              "run the same command again.")
+        self.path.unlink()
 
     def truncate_after(self, step: int) -> None:
         """Drop records newer than `step`: a run resumed from checkpoint-`step` logs them again."""
         if not self.enabled or not self.path.exists():
             return
         kept = [record for record in self.read() if record.get("step", 0) <= step]
-        atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+        atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept), role=None)
+        note_written(self.path, appends=True)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -175,7 +204,7 @@ def require_own_run_dir(output_dir: str | os.PathLike, kind: str) -> bool:
     if not path.exists():
         return False
     entries = [p.name for p in path.iterdir()]
-    if not entries or entries == [LOCK]:  # new, or a run stopped before it wrote anything
+    if set(entries) <= {LOCK, RECORD}:  # new, or a run stopped before it wrote anything
         return False
     found = run_kind(read_run_config(path))
     if found is None:

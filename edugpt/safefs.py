@@ -19,8 +19,8 @@ import fcntl
 import json
 import logging
 import os
-import re
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -57,8 +57,9 @@ def no_space_error(path: str | os.PathLike, err: BaseException) -> EduGPTError:
                        "command again.")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` atomically (temp file in the same folder, fsync, rename); returns the path."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, role: str | None = "record", mode: int = 0o644) -> Path:
+    """Write `data` to `path` atomically (temp file in the same folder, fsync, rename); returns the path. A file
+    written inside a run directory is entered in its record (edugpt.record) in `role`; None: not recorded."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -66,7 +67,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; these are ordinary outputs
+        os.chmod(tmp, mode)  # mkstemp makes 0600 files; most of these are ordinary outputs
         os.replace(tmp, path)
     except OSError as err:
         if err.errno in NO_SPACE:
@@ -75,16 +76,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    if role is not None:
+        from edugpt.record import note_written
+
+        note_written(path, role)
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, **kwargs) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), **kwargs)
 
 
-def atomic_write_json(path: str | os.PathLike, content, *, indent: int | None = 2) -> Path:
+def atomic_write_json(path: str | os.PathLike, content, *, indent: int | None = 2, **kwargs) -> Path:
     """JSON with a trailing newline; values JSON cannot hold (paths, enums) are written as their str()."""
-    return atomic_write_text(path, json.dumps(content, indent=indent, default=str) + "\n")
+    return atomic_write_text(path, json.dumps(content, indent=indent, default=str) + "\n", **kwargs)
 
 
 def read_json(path: str | os.PathLike, *, what: str = "file"):
@@ -135,9 +140,11 @@ def ensure_dir(path: str | os.PathLike, flag: str) -> Path:
 class DirLock:
     """An exclusive lock held for as long as one job writes somewhere; a second job is refused with who holds it.
 
-    The lock file is never deleted (deleting a lock file lets two processes lock two different files of one name);
-    it holds the holder's host, pid and command for the error message of the next one. Use as a context manager,
-    or `acquire()` / `release()`.
+    The lock file is never deleted (deleting a lock file lets two processes lock two different files of one name).
+    It is opened without following a symlink, must be a regular file with one link, and is only ever written when it
+    is empty or already an edugpt lock (a file someone else put under that name is refused, never truncated). It is
+    private (0600) and holds the holder's host, pid, start time and program name for the next one's error message:
+    never the command line, which can hold a token.
     """
 
     def __init__(self, lock_file: str | os.PathLike, what: str):
@@ -146,7 +153,7 @@ class DirLock:
         self._fd: int | None = None
 
     def acquire(self) -> DirLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = open_private(self.path, "lock file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -165,8 +172,12 @@ class DirLock:
                 return self
             os.close(fd)
             raise
+        if not _is_lock_content(os.pread(fd, 4096, 0)):
+            os.close(fd)
+            raise EduGPTError(f"{self.path} exists and is not an edugpt lock file; move it away (it is not ours to "
+                              "overwrite), then run this command again.")
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "command": _command_line()}
+                  "program": Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         self._fd = fd
@@ -188,24 +199,48 @@ class DirLock:
         self.release()
 
 
-def _command_line() -> str:
-    """This process's command line for the lock file, with the value of any *token* option and anything shaped like a
-    Hugging Face token blanked: no file the project writes may hold a token."""
-    words, hide_next = [], False
-    for word in sys.argv:
-        flag = word.split("=", 1)[0]
-        if hide_next or re.match(r"^hf_[A-Za-z0-9]{8,}", word):
-            word = "***"
-        elif "token" in flag.lower() and "=" in word:
-            word = f"{flag}=***"
-        hide_next = word.startswith("--") and "token" in word.lower() and "=" not in word
-        words.append(word)
-    return " ".join(words)[:500]
+def open_private(path: str | os.PathLike, what: str, flags: int = os.O_RDWR) -> int:
+    """Open (creating it 0600 if absent) the project's own small file at `path` — a lock, a journal — without
+    following a symlink: the descriptor of a regular file with a single link. Anything else standing there (a
+    symlink, a folder, a hardlink to some other file, a pipe) is refused with one error, untouched."""
+    path = Path(path)
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            kind = {errno.ELOOP: "a symlink", errno.EISDIR: "a folder"}.get(err.errno, "not a regular file")
+            raise EduGPTError(f"the {what} {path} is {kind}; remove it (edugpt writes a regular file there and never "
+                              "follows links), then run this command again.") from None
+        if err.errno in NO_SPACE:
+            raise no_space_error(path, err) from None
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise EduGPTError(f"the {what} {path} cannot be written ({os.strerror(err.errno)}); pass a folder you "
+                              "can write to.") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        kind = "not a regular file" if not stat.S_ISREG(st.st_mode) else "a hardlink shared with another file"
+        raise EduGPTError(f"the {what} {path} is {kind}; remove it, then run this command again.")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _is_lock_content(data: bytes) -> bool:
+    """Empty (just created, or never written), or the holder record an earlier DirLock wrote."""
+    if not data.strip():
+        return True
+    try:
+        holder = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(holder, dict) and {"host", "pid", "since"} <= holder.keys()
 
 
 def _read_holder(fd: int) -> str:
     try:
         holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {holder['pid']} on host {holder['host']} since {holder['since']}: {holder['command']}"
-    except (ValueError, KeyError, TypeError, OSError):
+        program = holder.get("program") or "a program"
+        return f"{program}, pid {holder['pid']} on host {holder['host']} since {holder['since']}"
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
         return "holder unknown"

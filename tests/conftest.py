@@ -267,6 +267,30 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
 
+def record_as_written(run: Path) -> Path:
+    """Enter what a run writes into `run`'s record (edugpt.record), as training would have while writing it: the
+    checkpoints, the final model's files, metrics.jsonl, the other files at the root and images/. (eval/ is written by
+    eval_harness.py, not by the run: it stays out.)"""
+    from edugpt import record
+    from edugpt.rundir import CHECKPOINT_RE, save_file_role
+
+    def enter(found: record.Record) -> None:
+        for path in sorted(run.iterdir()):
+            if path.name.startswith(".") or path.is_symlink():
+                continue
+            if path.is_dir() and CHECKPOINT_RE.match(path.name.removeprefix("corrupt-")):
+                found.add_tree(path, "checkpoint")
+            elif path.is_dir() and path.name in ("images", "runs"):
+                found.add_tree(path, "record")
+            elif path.is_file():
+                role = "model" if save_file_role(path.name) == "model" else "record"
+                found.add(path, role, appends=path.name == "metrics.jsonl")
+
+    record.start(run)
+    record.update(run, enter)
+    return run
+
+
 def make_run_dir(root: Path, model_dir: Path, *, steps=(2, 4), lm_eval: bool = True) -> Path:
     """A pretraining run directory as train_hf.py leaves it: final model, checkpoint-N folders with resume state,
     metrics.jsonl, samples.md, run_config.json, data_manifest.json, plots, and an lm-eval results file under eval/."""
@@ -329,7 +353,7 @@ def make_run_dir(root: Path, model_dir: Path, *, steps=(2, 4), lm_eval: bool = T
             "config": {"model": "hf", "model_args": f"pretrained={run}", "limit": 500},
             "lm_eval_version": "0.4.13",
         }))
-    return run
+    return record_as_written(run)
 
 
 @pytest.fixture

@@ -9,17 +9,21 @@ import shutil
 
 import pytest
 
+from edugpt import record
 from edugpt.checkpoints import checkpoint_problem, file_sha256, find_resume_checkpoint, write_marker
 from edugpt.rundir import MARKER, list_checkpoints
 
 
 def make_checkpoint(root, step, source, complete=True):
-    """A checkpoint-N folder like Trainer's (weights, config, trainer_state.json), marked complete when asked."""
+    """A checkpoint-N folder like Trainer's (weights, config, trainer_state.json), marked complete when asked, and
+    entered in the run's record as CompleteCheckpointCallback does."""
     path = root / f"checkpoint-{step}"
     shutil.copytree(source, path)
     (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     if complete:
         write_marker(path)
+    record.start(root)
+    record.note_tree(path, "checkpoint", root)
     return path
 
 
@@ -55,11 +59,19 @@ def test_same_size_corruption_is_detected_by_the_hash(run_dir):
     assert "trainer_state.json changed after it was saved" in checkpoint_problem(run_dir / "checkpoint-6")
 
 
-def test_markers_of_older_versions_with_sizes_only_still_validate(run_dir):
+def test_a_marker_this_version_did_not_write_makes_no_checkpoint_whole(run_dir):
     path = run_dir / "checkpoint-6"
     marker = json.loads((path / MARKER).read_text())
     (path / MARKER).write_text(json.dumps({"files": {k: v["bytes"] for k, v in marker["files"].items()}}))
-    assert checkpoint_problem(path) is None
+    assert checkpoint_problem(path) == f"unreadable {MARKER}"
+
+
+def test_a_checkpoint_the_run_did_not_write_is_never_resumed_from(run_dir, tiny_model_dir):
+    """A whole checkpoint-N copied in (or a symlink named like one) is not in the run's record: resume ignores it."""
+    shutil.copytree(run_dir / "checkpoint-6", run_dir / "checkpoint-8")
+    (run_dir / "checkpoint-10").symlink_to(run_dir / "checkpoint-6", target_is_directory=True)
+    assert checkpoint_problem(run_dir / "checkpoint-8") is None  # whole by its marker, but not this run's
+    assert find_resume_checkpoint(run_dir) == run_dir / "checkpoint-6"
 
 
 def test_unmarked_checkpoint_is_a_save_that_did_not_finish(run_dir, tiny_model_dir):

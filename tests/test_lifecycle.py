@@ -89,7 +89,7 @@ def test_a_second_job_on_the_same_output_dir_is_refused(data_dir, tmp_path):
         assert first.poll() is None, "the first run ended before the second could start"
         second = run_script("train_hf.py", *args, timeout=120)
         assert second.returncode == 2 and "Traceback" not in second.stderr
-        assert f"is in use by another job (pid {first.pid} on host" in second.stderr, second.stderr[-2000:]
+        assert f"is in use by another job (train_hf.py, pid {first.pid} on host" in second.stderr, second.stderr[-2000:]
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=120)
@@ -103,7 +103,7 @@ def test_the_lock_holds_across_pid_namespaces(tmp_path):
                                             tmp_path / LOCK, lambda: DirLock(tmp_path / LOCK, "output_dir x")) as held:
         if not held:
             pytest.skip("unshare is not permitted here")
-        with pytest.raises(EduGPTError, match=r"is in use by another job \(pid 1 on host"):
+        with pytest.raises(EduGPTError, match=r"is in use by another job \(.*pid 1 on host"):
             DirLock(tmp_path / LOCK, "output_dir x").acquire()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_TOKEN, RESUME_STATE, FakeHub, run_script
+from edugpt import record
 from edugpt.errors import EduGPTError
 from edugpt.hub import HubPusher, plan_branch, plan_publish, publish_run, require_push_ready, scan_file
 
@@ -23,13 +24,15 @@ LOADABLE = {".gitattributes", "README.md", "config.json", "generation_config.jso
 
 
 def _snapshot(folder: Path) -> dict:
-    """Every path under `folder` with its content hash, size and mtime: equal snapshots mean an untouched folder."""
+    """Every path under `folder` with its content hash, size and mtime: equal snapshots mean an untouched folder (the
+    run's record by content: a push enters its staging folder there while it stages, and removes it after)."""
     out = {}
     for path in sorted(folder.rglob("*")):
         key = path.relative_to(folder).as_posix()
         if path.is_file():
             stat = path.stat()
-            out[key] = (hashlib.sha256(path.read_bytes()).hexdigest(), stat.st_size, stat.st_mtime_ns)
+            mtime = None if key == record.RECORD else stat.st_mtime_ns
+            out[key] = (hashlib.sha256(path.read_bytes()).hexdigest(), stat.st_size, mtime)
         else:
             out[key] = "dir"
     return out
@@ -115,9 +118,11 @@ def test_symlinks_are_never_followed_and_what_is_left_out_is_said(run_dir, tmp_p
     (run_dir / "checkpoint-4").symlink_to(elsewhere)  # a symlinked checkpoint
     (run_dir / "runs" / "host").mkdir(parents=True)
     (run_dir / "runs" / "host" / "events.out.tfevents.1").write_bytes(b"tensorboard events")
+    record.note_written(run_dir / "runs" / "host" / "events.out.tfevents.1", appends=True)  # as a run records them
     (run_dir / "runs" / "host" / "leak").symlink_to(outside, target_is_directory=True)
     (run_dir / ".edugpt.lock").write_text('{"host": "node1", "command": "train_hf.py ..."}')
     shutil.copytree(run_dir / "checkpoint-2", run_dir / "corrupt-checkpoint-6", symlinks=True)
+    record.note_tree(run_dir / "corrupt-checkpoint-6", "checkpoint", run_dir)  # as set_aside leaves it
 
     out = tmp_path / "plan"
     publish_run(run_dir, "someone/x", branches=True, dry_run=out)
@@ -153,9 +158,10 @@ def test_token_inside_an_uploaded_file_stops_the_dry_run(run_dir, tmp_path, monk
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     (run_dir / "notes.txt").write_text(f"export HF_TOKEN={FAKE_TOKEN}\n")  # not a run file: left out, not read
     publish_run(run_dir, "someone/x", dry_run=tmp_path / "ok")
-    assert "left out notes.txt: not a file of the model" in capsys.readouterr().out
+    assert "left out notes.txt: not written by this run" in capsys.readouterr().out
     with (run_dir / "samples.md").open("a") as f:
         f.write(f"| 8 | my token is {FAKE_TOKEN} |\n")
+    record.note_written(run_dir / "samples.md")  # as if the run had written it (a sample that quotes a token)
     with pytest.raises(EduGPTError, match="samples.md contains a Hugging Face access token") as err:
         publish_run(run_dir, "someone/x", dry_run=tmp_path / "plan")
     assert FAKE_TOKEN not in str(err.value) + capsys.readouterr().out
@@ -166,6 +172,7 @@ def test_token_shaped_text_is_caught_without_a_login(run_dir, tmp_path, monkeypa
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("edugpt.hub._known_tokens", lambda: [])
     (run_dir / "run_config.json").write_text(json.dumps({"training": {"hub_token": FAKE_TOKEN}}))
+    record.note_written(run_dir / "run_config.json")
     with pytest.raises(EduGPTError, match="run_config.json contains a Hugging Face access token"):
         publish_run(run_dir, "someone/x", dry_run=tmp_path / "plan")
 
@@ -183,6 +190,7 @@ def test_token_inside_a_binary_file_is_caught(run_dir, tmp_path, monkeypatch):
     pickled = run_dir / "checkpoint-2" / "training_args.bin"
     torch.save(TrainingArguments(output_dir=str(tmp_path / "x"), hub_token=FAKE_TOKEN, report_to="none"), pickled)
     write_marker(run_dir / "checkpoint-2")  # as Trainer._save once left it
+    record.note_tree(run_dir / "checkpoint-2", "checkpoint", run_dir)
     assert FAKE_TOKEN.encode() in pickled.read_bytes()
     publish_run(run_dir, "someone/x", branches=True, dry_run=tmp_path / "without")  # left out: nothing to see
     with pytest.raises(EduGPTError, match=r"checkpoint-2/training_args.bin contains a Hugging Face access token"):
@@ -265,6 +273,7 @@ def test_successful_push_records_the_repo_that_a_finetune_card_names_as_base(run
 
 def test_branch_cards_link_only_files_their_branch_holds(run_dir):
     (run_dir / "images" / "lr.png").write_bytes((run_dir / "images" / "hellaswag.png").read_bytes())
+    record.note_written(run_dir / "images" / "lr.png")  # a plot the run drew
     plan = plan_publish(run_dir, "someone/x", branches=True)
     for upload in plan.uploads:
         links = set(re.findall(r"\]\((?!https?://)([^)]+)\)", upload.card))  # relative Markdown links and images
