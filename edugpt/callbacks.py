@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from edugpt.errors import EduGPTError
 from edugpt.modeling import mfu
+from edugpt.record import Record, note_written
 from edugpt.rundir import MetricsLog
 from edugpt.safefs import atomic_write_text
 
@@ -166,9 +169,10 @@ class SamplesCallback(TrainerCallback):
             if not _is_main(state):
                 continue
             logger.info("sample at step %d: %s", state.global_step, text)
-            if not self.samples_path.exists():
+            if not os.path.lexists(self.samples_path):
                 self.samples_path.parent.mkdir(parents=True, exist_ok=True)
-                self.samples_path.write_text(SAMPLES_HEADER)
+                atomic_write_text(self.samples_path, SAMPLES_HEADER, role=None)
+                note_written(self.samples_path, appends=True)
             with open(self.samples_path, "a") as f:
                 f.write(f"| {state.global_step} | {markdown_cell(text)} |\n")
             self.metrics.append({"step": state.global_step, "tokens": state.num_input_tokens_seen,
@@ -176,7 +180,10 @@ class SamplesCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:
-            if _is_main(state) and self.samples_path.exists():
+            if _is_main(state) and os.path.lexists(self.samples_path):
+                if Record.load(self.samples_path.parent).role(self.samples_path.name) is None:
+                    raise EduGPTError(f"{self.samples_path} was not written by this run (it is not in the run's "
+                                      "record); move it away, then run the same command again.")
                 self.samples_path.unlink()  # a fresh run starts a fresh table
             self.sample(state, model)
         elif _is_main(state) and self.samples_path.exists():
@@ -205,7 +212,8 @@ def truncate_samples(path: Path, step: int) -> None:
         if len(cells) > 2 and cells[1].strip().isdigit() and int(cells[1]) > step:
             continue
         kept.append(line)
-    atomic_write_text(path, "".join(kept))
+    atomic_write_text(path, "".join(kept), role=None)
+    note_written(path, appends=True)
 
 
 class PlotCallback(TrainerCallback):
@@ -412,21 +420,37 @@ class NewHyperparametersCallback(TrainerCallback):
     """After a resume with `--resume_with_changes`: make the run's own learning rate, optimizer hyperparameters and
     schedule take effect. Trainer builds the optimizer and scheduler from the new arguments, then loads the
     checkpoint's state into them, and those state dicts carry the old values (each param group's lr, betas, eps and
-    weight decay; the scheduler's base_lrs), which would silently win. `on_train_begin` runs after that load."""
+    weight decay; the scheduler's base_lrs), which would silently win. `on_train_begin` runs after that load.
+
+    Which groups decay is read from their parameters, not from their saved weight decay: a checkpoint trained with
+    weight_decay 0 has 0 in every group, the decay group included."""
 
     def __init__(self, training_args):
         self.args = training_args
 
-    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if optimizer is None:
             return
+        decayed = _decayed_parameters(model)
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps torch's
+        options = {key: value for key, value in inner.defaults.items() if key not in _PER_GROUP}
+        if any(set(group) - set(_PER_GROUP) != set(options) for group in inner.param_groups):
+            # Saved by another kind of optimizer (optim adamw_torch -> adafactor, sgd ...): its moment estimates mean
+            # nothing to this one, which would fail on them at its first step. The weights go on; the state restarts.
+            logger.warning("the checkpoint's optimizer state is another optimizer's; %s starts with fresh state",
+                           getattr(self.args.optim, "value", self.args.optim))
+            inner.state.clear()
+            for group in inner.param_groups:
+                for key in set(group) - set(_PER_GROUP) - set(options):
+                    del group[key]
         for group in optimizer.param_groups:
+            # The optimizer's own options as this run built them (fused, foreach, momentum, optim_args ...): the
+            # saved groups carry the checkpoint's.
+            group.update(options)  # adam_beta1/2 and adam_epsilon among them, for the optimizers that have them
             group["initial_lr"] = self.args.learning_rate
-            if "betas" in group:
-                group["betas"] = (self.args.adam_beta1, self.args.adam_beta2)
-            if "eps" in group:
-                group["eps"] = self.args.adam_epsilon
-            if group.get("weight_decay"):  # Trainer's no-decay group (biases, LayerNorm) stays at 0
+            decays = (any(id(p) in decayed for p in group["params"]) if decayed is not None
+                      else bool(group.get("weight_decay")))
+            if "weight_decay" in group and decays:  # Trainer's no-decay group (biases, LayerNorm) stays at 0
                 group["weight_decay"] = self.args.weight_decay
         if lr_scheduler is not None and hasattr(lr_scheduler, "lr_lambdas"):
             # Trainer's schedules are LambdaLR: their lambdas already follow the new warmup/max_steps; the saved
@@ -436,6 +460,22 @@ class NewHyperparametersCallback(TrainerCallback):
             for group, base, factor in zip(optimizer.param_groups, lr_scheduler.base_lrs, lr_scheduler.lr_lambdas):
                 group["lr"] = base * factor(step)
             lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+# Param-group values NewHyperparametersCallback sets itself: Trainer gives each group its own weight decay, and the
+# learning rate follows the schedule.
+_PER_GROUP = ("params", "lr", "initial_lr", "weight_decay")
+
+
+def _decayed_parameters(model) -> set[int] | None:
+    """ids of the parameters Trainer gives weight decay (all but biases and norm weights, by its own rule,
+    `Trainer.get_decay_parameter_names`, which reads no Trainer state); None without a model."""
+    if model is None:
+        return None
+    from transformers import Trainer
+
+    names = set(Trainer.get_decay_parameter_names(None, model))
+    return {id(p) for name, p in model.named_parameters() if name in names}
 
 
 def install_callbacks(trainer, *callbacks) -> None:

@@ -290,3 +290,67 @@ def test_nonfinite_loss_option_is_validated():
         ScriptArguments(nonfinite_loss="ignore")
     with pytest.raises(EduGPTError, match="max_skipped_steps must be >= 0"):
         ScriptArguments(max_skipped_steps=-1)
+
+
+def _resumable_trainer(model_dir, output_dir, **settings):
+    from transformers import Trainer
+
+    rows = torch.randint(0, 50257, (24, 16), generator=torch.Generator().manual_seed(0))
+    args = TrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to="none", disable_tqdm=True,
+                             per_device_train_batch_size=2, logging_steps=1, save_steps=2, seed=0, **settings)
+    return Trainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args,
+                   train_dataset=[{"input_ids": r, "labels": r} for r in rows])
+
+
+def _resume_with(model_dir, output_dir, **settings):
+    """A real Trainer resumed from `output_dir`/checkpoint-2 with `settings`, as the lifecycle does it with
+    --resume_with_changes (NewHyperparametersCallback attached); returns it trained."""
+    trainer = _resumable_trainer(model_dir, output_dir, **settings)
+    cb.install_callbacks(trainer, cb.NewHyperparametersCallback(trainer.args))
+    trainer.train(resume_from_checkpoint=str(output_dir / "checkpoint-2"))
+    return trainer
+
+
+def test_resume_with_changes_puts_every_compared_setting_into_the_optimizer_and_the_schedule(tiny_model_dir, tmp_path):
+    """Every key of lifecycle.OPTIMIZER_KEYS and SCHEDULE_KEYS that changed takes effect after a real Trainer resume,
+    weight decay too when the checkpoint had none (its decay group was saved with 0, like the no-decay group)."""
+    from transformers.optimization import get_scheduler
+
+    from edugpt.lifecycle import OPTIMIZER_KEYS, SCHEDULE_KEYS
+
+    _resumable_trainer(tiny_model_dir, tmp_path, max_steps=2, learning_rate=1e-3, optim="adamw_torch", weight_decay=0.0,
+                       adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, lr_scheduler_type="linear",
+                       warmup_steps=1).train()
+    new = {"max_steps": 6, "learning_rate": 5e-4, "optim": "adamw_torch_fused", "weight_decay": 0.1, "adam_beta1": 0.8,
+           "adam_beta2": 0.95, "adam_epsilon": 1e-6, "lr_scheduler_type": "cosine_with_min_lr",
+           "lr_scheduler_kwargs": {"min_lr_rate": 0.1}, "warmup_steps": 3}
+    assert set(new) | {"num_train_epochs"} == set(OPTIMIZER_KEYS + SCHEDULE_KEYS)  # (epochs: max_steps decides)
+    trainer = _resume_with(tiny_model_dir, tmp_path, **new)
+
+    decayed = set(trainer.get_decay_parameter_names(trainer.model))
+    names = {id(p): name for name, p in trainer.model.named_parameters()}
+    groups = trainer.optimizer.param_groups
+    for group in groups:
+        decays = {names[id(p)] in decayed for p in group["params"]}
+        assert len(decays) == 1 and group["weight_decay"] == (0.1 if decays == {True} else 0.0)
+        assert group["betas"] == (0.8, 0.95) and group["eps"] == 1e-6 and group["initial_lr"] == 5e-4
+        assert group["fused"] is True  # adamw_torch_fused, not the checkpoint's foreach AdamW
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.1]
+    # The new schedule (type, kwargs, warmup, length) with the new peak, step for step after the resume: the learning
+    # rate step s trained with (logged at s) is the schedule's value after s - 1 steps.
+    reference = get_scheduler("cosine_with_min_lr", torch.optim.SGD([torch.zeros(1)], lr=5e-4), num_warmup_steps=3,
+                              num_training_steps=6, scheduler_specific_kwargs={"min_lr_rate": 0.1})
+    logged = {r["step"]: r["learning_rate"] for r in trainer.state.log_history if "learning_rate" in r and r["step"] > 2}
+    assert sorted(logged) == [3, 4, 5, 6]
+    for step, lr in logged.items():
+        assert lr == pytest.approx(5e-4 * reference.lr_lambdas[0](step - 1), rel=1e-9), step
+
+
+def test_resume_with_another_optimizer_trains_on_with_fresh_optimizer_state(tiny_model_dir, tmp_path, caplog):
+    _resumable_trainer(tiny_model_dir, tmp_path, max_steps=2, optim="adamw_torch").train()
+    with caplog.at_level("WARNING", logger="edugpt.callbacks"):
+        trainer = _resume_with(tiny_model_dir, tmp_path, max_steps=4, optim="adafactor")  # AdamW's moments: KeyError
+    assert "optimizer state is another optimizer's; adafactor starts with fresh state" in caplog.text
+    assert trainer.state.global_step == 4 and type(trainer.optimizer.optimizer).__name__ == "Adafactor"
+    assert all("exp_avg_sq_row" in state or "exp_avg_sq" in state for state in trainer.optimizer.state.values())
+    assert not any("exp_avg" in state for state in trainer.optimizer.state.values())
