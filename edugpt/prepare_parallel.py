@@ -419,10 +419,19 @@ class TokenizeShard(PipelineStep):
         self.work_root, self.threads = work_root, threads
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from loguru import logger as task_logger
+
+        # datatrove logs a failed task's exception with its traceback on the console; a user's error is one line.
+        task_logger.configure(patcher=_without_user_error_traceback)
         record = run_task(Path(self.work_root), rank, world_size, self.threads)
         for split, counts in record["splits"].items():
             for key in ("documents", "tokens", "blocks"):
                 self.stat_update(f"{split}_{key}", value=counts[key], unit="task")
+
+
+def _without_user_error_traceback(record: dict) -> None:
+    if record["exception"] is not None and isinstance(record["exception"].value, EduGPTError):
+        record["exception"] = None
 
 
 def run_task(work_root: Path, rank: int, world_size: int, threads: int = 1) -> dict:

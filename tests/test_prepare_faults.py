@@ -451,3 +451,136 @@ def test_a_full_cache_disk_is_named_as_such_not_as_bad_input(tmp_path):
         with pytest.raises(EduGPTError, match="^no space left on the device while writing") as error:
             prepare(args)
         assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------- one line, nothing left
+
+def non_utf8_inputs(folder: Path) -> dict[str, Path]:
+    """The same 60 documents as jsonl and as parquet, with bytes that are not UTF-8 in row 7's text."""
+    rows = [{"id": f"d{i}", "text": f"Document {i} says something rather long. " * 20} for i in range(60)]
+    texts = [row["text"].encode() for row in rows]
+    texts[7] = texts[7].replace(b"says", b"s\xff\xfeys", 1)
+    folder.mkdir()
+    lines = [json.dumps(row).encode() for row in rows]
+    lines[7] = lines[7].replace(b"says", b"s\xff\xfeys", 1)
+    (folder / "bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (folder / "pq").mkdir()
+    table = pa.table({"id": [row["id"] for row in rows], "text": pa.array(texts, pa.binary()).view(pa.string())})
+    pq.write_table(table, folder / "pq" / "bad.parquet", row_group_size=5)
+    return {"jsonl": folder / "bad.jsonl", "parquet": folder / "pq"}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_text_that_is_not_utf8_is_one_line_naming_the_file_and_row(tmp_path, path):
+    inputs = non_utf8_inputs(tmp_path / "input")
+    out = tmp_path / "out"
+    message = error_of(path, inputs["parquet"], out, seq_len=32, val_fraction=0.2)
+    assert f"{str(inputs['parquet'] / 'bad.parquet')!r} row 7 holds text that is not valid UTF-8" in message, message
+    message = error_of(path, inputs["jsonl"], out, seq_len=32, val_fraction=0.2)
+    if path == "default":
+        assert f"{inputs['jsonl']}:8 holds text that is not valid UTF-8" in message, message
+    else:
+        assert "reads parquet files, and" in message
+    proc = run_script("prepare_data.py", "--dataset", inputs["parquet"], "--output_dir", out, "--seq_len", "32",
+                      "--cache_dir", CACHE[0], *(["--executor", "local", "--tasks", "2"] if path == "tasks" else []),
+                      timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "row 7 holds text" in proc.stderr
+    assert not out.exists() and beside(out) == []
+
+
+def test_a_damaged_plan_is_one_line_and_the_work_dir_is_kept(tmp_path):
+    out = tmp_path / "out"
+    work = WorkDir(out)
+    make_dir(work.root)
+    work.staging.mkdir()
+    for damage in ('{"format": "edugpt-prepare-plan-v1", "tasks": "two"', '{"format": "edugpt-prepare-plan-v1"}',
+                   '[1, 2]', b"\xff\xfe"):
+        work.plan.write_bytes(damage if isinstance(damage, bytes) else damage.encode())
+        before = snapshot(work.root)
+        with pytest.raises(EduGPTError, match=r"plan.json' is damaged \(.*\); delete .*\.out\.prepare' to prepare "
+                                              "from scratch") as error:
+            run("tasks", EMBEDDED_CORPUS, out)
+        assert "\n" not in str(error.value) and snapshot(work.root) == before and not out.exists()
+
+
+UNKNOWN_TOKENIZERS = [{"name": "no-such-tokenizer", "vocab_size": 50257, "eos_token_id": 50256, "backend": "tiktoken"},
+                      "no-such-tokenizer", {"name": "gpt2", "vocab_size": "50257", "eos_token_id": 50256},
+                      {"name": None, "vocab_size": None, "eos_token_id": None}]
+
+
+@pytest.mark.parametrize("tokenizer", UNKNOWN_TOKENIZERS, ids=["unknown-name", "a-string", "text-vocab", "nulls"])
+def test_a_manifest_naming_an_unknown_tokenizer_is_one_line_for_verify_and_training(tmp_path, tokenizer):
+    from transformers import GPT2Config
+
+    from edugpt.pretrain import load_prepared
+
+    root = write_prepared(tmp_path / "data", {"train": np.ones((3, 8), np.uint16),
+                                              "validation": np.ones((2, 8), np.uint16)}, tokenizer=tokenizer)
+    line = "names a tokenizer prepare_data.py does not know"
+    with pytest.raises(EduGPTError, match=line):
+        verify(root)
+    with pytest.raises(EduGPTError, match=line):
+        load_prepared(root, GPT2Config(n_positions=8))
+    if tokenizer == UNKNOWN_TOKENIZERS[0]:
+        proc = run_script("prepare_data.py", "--verify", root, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {str(root / MANIFEST)!r} {line}")
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink"])
+def test_a_journal_that_is_not_a_plain_file_is_one_line_and_nothing_moves(tmp_path, corpus, kind):
+    out = tmp_path / "out"
+    run("default", corpus, out)
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"new": str(tmp_path / ".out.tmp" / "dataset"), "out": str(out),
+                                     "old": str(tmp_path / ".out.old"), "new_id": None, "old_id": None}))
+    journal = tmp_path / ".out.swap.json"
+    journal.mkdir() if kind == "directory" else journal.symlink_to(elsewhere)
+    before, target = snapshot(out), elsewhere.read_text()
+    for path in PATHS:
+        with pytest.raises(EduGPTError, match=r"\.out\.swap\.json' is not a journal prepare_data.py wrote \(it is not "
+                                              r"a plain file\)"):
+            run(path, corpus, out, overwrite=True)
+    assert snapshot(out) == before and elsewhere.read_text() == target
+    assert beside(out) == [".out.swap.json"] and (journal.is_dir() if kind == "directory" else journal.is_symlink())
+
+
+def test_a_cache_dir_that_is_in_or_holds_the_output_is_refused_before_anything_is_written(tmp_path, corpus):
+    out = tmp_path / "out"
+    run("default", corpus, out)
+    before = snapshot(out)
+    for cache, relation in ((out, "is"), (out / "cache", "lies inside"), (tmp_path, "holds")):
+        args = PrepareDataArguments(dataset=str(corpus), output_dir=str(out), cache_dir=str(cache), overwrite=True,
+                                    seq_len=SEQ, num_proc=1)
+        with pytest.raises(EduGPTError, match=f"the datasets cache .* {relation} --output_dir"):
+            prepare(args)
+        assert snapshot(out) == before and beside(out) == []
+
+
+def test_a_journal_never_moves_or_deletes_a_folder_that_is_not_the_one_it_recorded(tmp_path, monkeypatch):
+    """A kill after the old dataset was moved aside, then someone's folder put where it was (`.out.old`): the next run
+    refuses in one line, and neither that folder nor the new dataset is touched."""
+    import edugpt.data
+
+    rng = np.random.default_rng(1)
+    out, new = tmp_path / "out", make_dir(tmp_path / ".out.tmp") / "dataset"
+    write_prepared(out, {s: rng.integers(0, 50257, (n, 8)).astype(np.uint16) for s, n in (("train", 4), ("validation", 2))})
+    write_prepared(new, {s: rng.integers(0, 50257, (n, 8)).astype(np.uint16) for s, n in (("train", 5), ("validation", 3))})
+
+    def killed(at):
+        if at == "old moved aside":
+            raise KeyboardInterrupt(at)
+
+    monkeypatch.setattr(edugpt.data, "_swap_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        move_into_place(new, out)
+    monkeypatch.undo()
+    (tmp_path / ".out.old").rename(tmp_path / "ours-moved")
+    (tmp_path / ".out.old").mkdir()
+    (tmp_path / ".out.old" / "manifest.json").write_text("someone's")
+    with output_lock(out):
+        before = snapshot(tmp_path)
+        with pytest.raises(EduGPTError, match="names folders that are not the ones it recorded"):
+            recover_swap(out)
+        assert snapshot(tmp_path) == before

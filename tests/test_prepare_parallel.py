@@ -261,6 +261,102 @@ def test_a_killed_run_resumes_with_only_the_unfinished_tasks(tmp_path):
     verify(out)
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit():
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_killing_the_launcher_kills_its_workers_and_the_same_command_resumes(tmp_path):
+    """SIGKILL of the launcher alone (not its process group): datatrove's Manager (forked with the lock's descriptor)
+    and the pool workers die with it, so the lock is free and the same command resumes (a forked Manager used to
+    outlive it, holding the lock, for as long as the machine ran)."""
+    corpus = write_parquet_folder(tmp_path / "corpus", embedded_rows(copies=12), n_files=3)
+    out = tmp_path / "out"
+    command = ["--dataset", corpus, "--output_dir", out, "--seq_len", "256", "--val_fraction", "0.02",
+               "--executor", "local", "--tasks", "8", "--workers", "2"]
+    work = WorkDir(out)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "prepare_data.py"), *map(str, command)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    helpers: set[int] = set()
+    try:
+        deadline = time.time() + 180
+        while not list((work.tokenize_logs / "completions").glob("*")):
+            assert proc.poll() is None and time.time() < deadline, "the run ended (or hung) before it could be killed"
+            helpers |= _descendants(proc.pid)
+            time.sleep(0.05)
+        helpers |= _descendants(proc.pid)
+        assert len(helpers) >= 3, helpers  # the Manager, the forkserver and its workers (and a resource tracker)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 15
+        while [pid for pid in helpers if _alive(pid)] and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in helpers if _alive(pid)], "processes of the killed launcher are still running"
+    finally:
+        for pid in helpers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    again = run_script("prepare_data.py", *command, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already done" in again.stdout and verify(out) and not work.root.exists()
+
+
+@pytest.mark.slow
+def test_a_task_record_changed_after_the_task_wrote_it_is_never_merged(tmp_path, monkeypatch):
+    """The merge trusts a task's tails, counts and id part only as the task wrote them: its record's seal, the id
+    part's digest and counts that add up are checked (a changed tail used to be merged and then pass --verify)."""
+    import edugpt.prepare_parallel as pp
+
+    monkeypatch.setattr(pp, "finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        parallel(tmp_path, EMBEDDED_CORPUS, "out", tasks=2, workers=1)
+    monkeypatch.undo()
+    work = WorkDir(tmp_path / "out")
+    record_bytes, ids_bytes = work.record(1).read_bytes(), work.id_part(0).read_bytes()
+    record = json.loads(record_bytes)
+    assert record["tails"]["train"], "task 1 left no train tail: pick a seq_len that leaves one"
+    record["tails"]["train"][0] = (record["tails"]["train"][0] + 1) % 50257
+    work.record(1).write_text(json.dumps(record))
+    with pytest.raises(EduGPTError, match=r"task 1's record .*00001.json' does not match what the task wrote \(its "
+                                          r"seal differs\); delete"):
+        parallel(tmp_path, EMBEDDED_CORPUS, "out", tasks=2, workers=1)
+    # Resealed by hand, but the tail no longer adds up with the counts.
+    record["tails"]["train"] = record["tails"]["train"][1:]
+    del record["sha256"]
+    work.record(1).write_text(json.dumps({**record, "sha256": pp.record_seal(record)}))
+    with pytest.raises(EduGPTError, match=r"\(its train counts and tail differs\)"):
+        parallel(tmp_path, EMBEDDED_CORPUS, "out", tasks=2, workers=1)
+    work.record(1).write_bytes(record_bytes)
+    pq.write_table(pq.read_table(work.id_part(0)).slice(1), work.id_part(0))  # one document dropped from task 0's ids
+    with pytest.raises(EduGPTError, match=r"task 0's record .* \(the digest of .*00000.parquet' differs\)"):
+        parallel(tmp_path, EMBEDDED_CORPUS, "out", tasks=2, workers=1)
+    assert not (tmp_path / "out").exists()
+    work.id_part(0).write_bytes(ids_bytes)
+    _, out = parallel(tmp_path, EMBEDDED_CORPUS, "out", tasks=2, workers=1)  # as the tasks wrote it: merged
+    assert verify(out) and not work.root.exists()
+
+
 @pytest.mark.slow
 def test_a_merge_killed_before_the_move_is_redone(tmp_path, monkeypatch):
     import edugpt.prepare_parallel as pp
