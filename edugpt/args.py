@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edugpt.corpus import EMBEDDED, FINEWEB_EDU
 from edugpt.errors import EduGPTError
@@ -230,6 +231,26 @@ class PublishArguments:
     private: bool = field(default=False, metadata={"help": "Create the repo as private (if it does not exist yet)."})
     eval_dir: str | None = field(default=None, metadata={"help": "lm-eval results folder for the card."})
     license: str = field(default=DEFAULT_LICENSE, metadata={"help": "License id for the card's metadata."})
+
+    def __post_init__(self):
+        if self.dry_run is not None:  # before the plan is made: a folder that can never be written is the user's typo
+            require_folder_path(self.dry_run, "--dry_run")
+
+
+def require_folder_path(path: str, flag: str) -> None:
+    """Refuse a folder path that cannot be created because it is a file or lies under one (checked without creating
+    anything)."""
+    target = Path(path)
+    if target.is_symlink() or target.exists():
+        if not target.is_dir():
+            raise EduGPTError(f"{flag} {path!r} exists and is not a folder; pass the path of a new folder.")
+        return
+    for parent in target.parents:
+        if parent.is_symlink() or parent.exists():
+            if not parent.is_dir():
+                raise EduGPTError(f"{flag} {path!r} lies under {str(parent)!r}, which is a file, not a folder; pass "
+                                  "a folder path.")
+            return
 
 
 @dataclass

@@ -112,19 +112,19 @@ class MetricsLog:
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """The records of a metrics.jsonl file (or of `path/metrics.jsonl` for a run directory); a torn last line from a
-    killed run, or a line that is not a record, is skipped."""
+    killed run, or a line that is not a record (not JSON, not UTF-8), is skipped."""
     path = Path(path)
     if path.is_dir():
         path = path / METRICS
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().splitlines()  # bytes: one damaged line must not make the whole file unreadable
     except FileNotFoundError:
         return []
     records = []
     for line in lines:
         try:
-            record = json.loads(line)
-        except ValueError:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError is one
             continue
         if isinstance(record, dict) and "step" in record:
             records.append(record)

@@ -100,6 +100,16 @@ def test_torn_metrics_line_and_explicit_eval_dir(run_dir, tmp_path):
     assert card.data.eval_results and f"{FINAL_TRAIN_LOSS:.4f}" in card.text
 
 
+def test_a_metrics_line_that_is_not_utf8_is_skipped_like_a_torn_one(run_dir):
+    with (run_dir / "metrics.jsonl").open("ab") as f:
+        f.write(b'{"step": 5, "loss": 1.0, "note": "\xff\xfe"}\n')  # a damaged disk block, a binary append
+    from edugpt.card import main
+
+    main([str(run_dir)])  # python -m edugpt.card RUN_DIR
+    card = (run_dir / "README.md").read_text(encoding="utf-8")
+    assert f"{FINAL_TRAIN_LOSS:.4f}" in card and "| 5 |" not in card
+
+
 def test_lm_eval_results_found_beside_the_run_only_for_this_model(run_dir, tiny_model_dir):
     """eval_harness.py --output_dir runs/demo/eval next to runs/demo/pretrain: used when it scored this run dir."""
     results_path = next((run_dir / "eval").rglob("results*.json"))

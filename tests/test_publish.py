@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_TOKEN, RESUME_STATE, FakeHub, run_script
+from conftest import FAKE_TOKEN, FINAL_TRAIN_LOSS, RESUME_STATE, FakeHub, run_script
 from edugpt import record
 from edugpt.errors import EduGPTError
 from edugpt.hub import HubPusher, plan_branch, plan_publish, publish_run, require_push_ready, scan_file
@@ -212,6 +212,38 @@ def test_user_errors(run_dir, tmp_path):
     with pytest.raises(EduGPTError, match="not empty"):
         publish_run(run_dir, "someone/x", dry_run=busy)
     assert (busy / "keep.txt").read_text() == "x"
+
+
+@pytest.mark.slow
+def test_a_dry_run_folder_under_a_file_is_one_error_line(run_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    for dest, message in ((tmp_path / "notes.txt" / "plan", "lies under '[^']*notes.txt', which is a file"),
+                          (tmp_path / "notes.txt", "exists and is not a folder")):
+        proc = run_script("publish.py", run_dir, "--hub_model_id", "someone/x", "--dry_run", dest, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert re.fullmatch(rf"error: --dry_run '{re.escape(str(dest))}' {message}[^;\n]*; pass [^\n]*\n", proc.stderr)
+    assert _snapshot(tmp_path) == before
+
+
+def test_publishing_a_run_whose_metrics_hold_a_non_utf8_line(run_dir, tmp_path):
+    with (run_dir / "metrics.jsonl").open("ab") as f:
+        f.write(b'{"step": 5, "loss": 1.0, "note": "\xff\xfe"}\n')
+    out = Path(publish_run(run_dir, "someone/x", dry_run=tmp_path / "plan"))
+    card = (out / "main" / "README.md").read_text(encoding="utf-8")
+    assert f"{FINAL_TRAIN_LOSS:.4f}" in card and "| 5 |" not in card  # the good lines' numbers; the bad one skipped
+
+
+def test_a_broken_run_config_is_named_by_its_own_path_never_a_temporary_one(run_dir, tmp_path, capsys):
+    (run_dir / "run_config.json").write_text("{broken")
+    try:
+        publish_run(run_dir, "someone/x", dry_run=tmp_path / "plan")
+    except EduGPTError as err:  # refused: the message names the run's file
+        assert str(run_dir / "run_config.json") in str(err) and "edugpt-card-" not in str(err)
+    else:  # published without it: the plan says why it stayed out
+        plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+        assert any(e["path"] == "run_config.json" for e in plan["branches"][0]["excluded"]), plan
+    assert "edugpt-card-" not in capsys.readouterr().out
 
 
 def test_require_push_ready_offline_with_token(monkeypatch):
