@@ -90,10 +90,12 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 
 def tree_changes(before: dict, after: dict, tolerated: set[str] = frozenset()) -> list[str]:
-    """What differs between two snapshots, one line per path (paths in `tolerated` may appear, unchanged or not)."""
+    """What differs between two snapshots, one line per path (paths in `tolerated`, and everything under an entry
+    `DIR/**` there, may appear, unchanged or not)."""
     changes = []
+    prefixes = tuple(t.removesuffix("**") for t in tolerated if t.endswith("/**"))
     for rel in sorted(set(before) | set(after)):
-        if rel in tolerated or before.get(rel) == after.get(rel):
+        if rel in tolerated or rel.startswith(prefixes) or f"{rel}/**" in tolerated or before.get(rel) == after.get(rel):
             continue
         if rel not in after:
             changes.append(f"removed {rel}")

@@ -175,6 +175,7 @@ class Case:
     name: str
     build: Callable[[Context], list[str]]
     slow: bool = False
+    in_process: bool = True  # False: a case that may crash the interpreter itself runs only as a subprocess
 
     @property
     def id(self) -> str:
@@ -184,9 +185,9 @@ class Case:
 CASES: list[Case] = []
 
 
-def case(entry: str, name: str, slow: bool = False):
+def case(entry: str, name: str, slow: bool = False, in_process: bool = True):
     def register(build):
-        CASES.append(Case(entry, name, build, slow))
+        CASES.append(Case(entry, name, build, slow, in_process))
         return build
     return register
 
@@ -251,6 +252,17 @@ def _(ctx, name):
     recipe = ctx.bad("recipe.yaml", RECIPE_BAD.get(key, key))
     return ["--config", str(recipe), "--output_dir", str(ctx.prepare_out()), "--dataset", "embedded",
             "--cache_dir", str(ctx.cache)]
+
+
+# `datasets`' JSON loader segfaults on a jsonl file holding `null` (datasets 5.2): only ever as a subprocess.
+@case("prepare", "jsonl_null", slow=True, in_process=False)
+def _(ctx):
+    return prepare_args(ctx, ctx.file("corpus.jsonl", b"null"))
+
+
+@case("sft", "data_null", slow=True, in_process=False)
+def _(ctx):
+    return finetune_args(ctx, "sft", data=ctx.file("data/train.jsonl", b"null"))
 
 
 @case("prepare", "output_dir_is_a_file")
@@ -427,7 +439,8 @@ def _(ctx):
 def _(ctx):
     folder = corpus_folder(ctx)
     disk = ctx.full_disk("disk")
-    ctx.tolerated.add("disk/.out.lock")
+    # The finished tasks are kept for the same command to resume (README: "Resume"): only the output must not appear.
+    ctx.tolerated |= {"disk/.out.lock", "disk/.out.prepare/**"}
     return prepare_args(ctx, folder, *LOCAL, out=disk / "out")
 
 
@@ -581,7 +594,7 @@ def _(ctx, name):
 
 
 TRAIN_RECIPE_BAD = {"non_utf8": NON_UTF8, "garbage": GARBAGE, "broken_yaml": b"n_layer: [2,\n",
-                    "n_layer_string": b"n_layer: two\n", "learning_rate_list": b"learning_rate: [0.001]\n",
+                    "seed_string": b"seed: abc\n", "learning_rate_list": b"learning_rate: [0.001]\n",
                     "max_steps_mapping": b"max_steps: {a: 1}\n", "bf16_string": b"bf16: maybe\n",
                     "sample_prompts_mapping": b"sample_prompts: {a: 1}\n", "top_level_list": b"- 1\n"}
 
@@ -633,6 +646,15 @@ def _(ctx, name):
                       "--hellaswag_limit", "4", "--hellaswag_file", str(path))
 
 
+def baseline_args(ctx, out: Path, *extra: str) -> list[str]:
+    """The baseline run's own command (conftest) into `out`: only what the case changes differs from its settings."""
+    from conftest import tiny_args
+
+    hellaswag = ["--hellaswag_steps", "4", "--hellaswag_limit", "12", "--hellaswag_file",
+                 "edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl"]
+    return tiny_args(ctx.fixture("data_dir"), out, *hellaswag, *extra)
+
+
 def baseline_copy(ctx) -> Path:
     run = ctx.root / "run"
     shutil.copytree(ctx.fixture("baseline")[0], run, symlinks=True)
@@ -660,19 +682,7 @@ def _(ctx, name):
     else:
         target = ckpt / ("config.json" if "config" in name else "model.safetensors")
         corrupt(target, name.rsplit("_", 1)[-1], target.read_bytes(), ctx.outside)
-    return train_args(ctx.fixture("data_dir"), ctx.root / "new", "--max_steps", "10",
-                      "--resume_from_checkpoint", str(ckpt))
-
-
-@cases("train", ["resume_metrics_non_utf8", "resume_metrics_dir", "resume_run_config_symlink_outside"], slow=True)
-def _(ctx, name):
-    """Re-running a finished/resumable run whose record is damaged."""
-    run = baseline_copy(ctx)
-    if name == "resume_run_config_symlink_outside":
-        ctx.bad("run/run_config.json", "symlink_outside", (run / "run_config.json").read_bytes())
-    else:
-        ctx.bad("run/metrics.jsonl", name.rsplit("_", 1)[-1].replace("utf8", "non_utf8"))
-    return train_args(ctx.fixture("data_dir"), run, "--max_steps", "10")
+    return baseline_args(ctx, ctx.root / "new", "--resume_from_checkpoint", str(ckpt))
 
 
 @case("train", "read_only_output_parent", slow=True)
@@ -747,6 +757,9 @@ DPO_ROWS_BAD = {
 }
 
 
+FINETUNE_MODEL_BAD = {"sft": ("config_garbage", "config_dir", "weights_truncated", "tokenizer_garbage",
+                              "tokenizer_config_json_list"),
+                      "dpo": ("config_garbage", "weights_truncated", "tokenizer_garbage")}
 # TRL's parser and a model load cost about a second a case: the finetuning cases are slow ones.
 for _stage, _rows, _smoke in (("sft", SFT_ROWS_BAD, SFT_SMOKE), ("dpo", DPO_ROWS_BAD, DPO_SMOKE)):
     @cases(_stage, [f"data_{v}" for v in BAD_TEXT + ("json_list",) + tuple(_rows)], slow=True)
@@ -757,13 +770,14 @@ for _stage, _rows, _smoke in (("sft", SFT_ROWS_BAD, SFT_SMOKE), ("dpo", DPO_ROWS
         data = ctx.bad("data/train.jsonl", variant, smoke.read_bytes()[:3000])
         return finetune_args(ctx, stage, data=data)
 
-    @cases(_stage, [f"model_{k}" for k in MODEL_BAD], slow=True)
+    # The model folder is read by the same loader as eval_harness.py and chat (every MODEL_BAD case there).
+    @cases(_stage, [f"model_{k}" for k in MODEL_BAD if k in FINETUNE_MODEL_BAD[_stage]], slow=True)
     def _(ctx, name, stage=_stage):
         model = bad_model(ctx, name.removeprefix("model_"), "tiny_model_dir" if stage == "sft" else "chat_model_dir")
         return finetune_args(ctx, stage, model=model)
 
-    @cases(_stage, [f"yaml_{k}" for k in ("max_length_string", "learning_rate_list", "beta_mapping", "non_utf8",
-                                          "packing_string")], slow=True)
+    @cases(_stage, [f"yaml_{k}" for k in (("max_length_string", "learning_rate_list", "non_utf8", "packing_string")
+                                          if _stage == "sft" else ("beta_mapping", "non_utf8"))], slow=True)
     def _(ctx, name, stage=_stage):
         recipe = {"max_length_string": "max_length: long\n", "learning_rate_list": "learning_rate: [0.001]\n",
                   "beta_mapping": "beta: {a: 1}\n", "packing_string": "packing: maybe\n"}
@@ -890,7 +904,6 @@ RUN_FILE_BAD = {
     "run_config_non_utf8": ("run_config.json", "non_utf8"), "run_config_garbage": ("run_config.json", "garbage"),
     "run_config_json_list": ("run_config.json", "json_list"),
     "run_config_wrong_types": ("run_config.json", b'{"model": "x", "training": [1], "script": {"a": 1}}'),
-    "metrics_non_utf8": ("metrics.jsonl", "non_utf8"),
     "data_manifest_garbage": ("data_manifest.json", "garbage"),
     "data_manifest_non_utf8": ("data_manifest.json", "non_utf8"),
     "data_manifest_json_list": ("data_manifest.json", "json_list"),
@@ -965,7 +978,9 @@ def publish_args(run: Path, dest: Path, *extra) -> list[str]:
     return [str(run), "--hub_model_id", "someone/edugpt-test", "--dry_run", str(dest), *extra]
 
 
-@cases("publish", [f"run_{k}" for k in {**RUN_FILE_BAD, **PUBLISH_ONLY_BAD}])
+# Only the model's own files: publish.py uploads what the run's record lists, and leaves out (saying so in plan.json)
+# a record file changed after it was written, as the corrupted ones here are.
+@cases("publish", [f"run_{k}" for k in {**RUN_FILE_BAD, **PUBLISH_ONLY_BAD} if k.startswith(("config_", "weights_"))])
 def _(ctx, name):
     return publish_args(bad_run(ctx, name.removeprefix("run_")), ctx.root / "dry")
 
@@ -1056,7 +1071,7 @@ def params(cases_: list[Case]):
     return [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else []) for c in cases_]
 
 
-@pytest.mark.parametrize("bad", params(CASES))
+@pytest.mark.parametrize("bad", params([c for c in CASES if c.in_process]))
 def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(bad: Case, tmp_path, request, monkeypatch):
     monkeypatch.chdir(ROOT)  # the recipes name the shipped data relative to the repository
     ctx = Context(tmp_path, request)
@@ -1070,10 +1085,10 @@ def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(bad: Case, tmp_p
 
 # --- the real stderr: a few cases as the scripts run from a shell ------------------------------------------------------
 
-SUBPROCESS_CASES = ["prepare-jsonl_non_utf8", "prepare-swap_journal_garbage", "verify-manifest_json_list",
+SUBPROCESS_CASES = ["prepare-jsonl_null", "sft-data_null",
+                    "prepare-jsonl_non_utf8", "verify-manifest_json_list",
                     "verify-doc_ids_garbage", "eval-hellaswag_garbage", "chat-model_config_garbage",
-                    "card-run_metrics_non_utf8", "publish-run_run_config_non_utf8", "sft-data_non_utf8",
-                    "train-dataset_manifest_garbage"]
+                    "card-run_data_manifest_json_list", "publish-run_run_config_non_utf8"]
 SCRIPTS = {"prepare": ["prepare_data.py"], "verify": ["prepare_data.py"], "train": ["train_hf.py"],
            "sft": ["finetune/sft.py"], "eval": ["eval_harness.py"], "chat": ["-m", "edugpt.chat"],
            "card": ["-m", "edugpt.card"], "publish": ["publish.py"]}
@@ -1092,5 +1107,6 @@ def test_bad_input_from_a_shell_is_one_error_line_exit_2_and_changes_nothing(bad
 
 
 def test_every_subprocess_case_exists():
+    assert set(SUBPROCESS_CASES) >= {c.id for c in CASES if not c.in_process}
     assert set(SUBPROCESS_CASES) <= {c.id for c in CASES}
     assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
