@@ -313,17 +313,19 @@ def test_verify_of_tasks_output_and_of_old_or_broken_manifests(tmp_path, corpus)
     old = tmp_path / "old"
     write_prepared(old, {"train": np.ones((3, 8), np.uint16), "validation": np.ones((2, 8), np.uint16)})
     manifest = json.loads((old / MANIFEST).read_text())
-    del manifest["content"]  # as written before digests
-    (old / MANIFEST).write_text(json.dumps(manifest))
+    (old / MANIFEST).write_text(json.dumps({**manifest, "format": "edugpt-prepared-v1"}))  # the format before records
     proc = run_script("prepare_data.py", "--verify", old, timeout=120)
-    assert proc.returncode == 0 and "not checked: the blocks' content" in proc.stdout, proc.stderr
-    del manifest["splits"]["train"]["tokens"], manifest["seq_len"]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("has format 'edugpt-prepared-v1', expected "
+                                                         "'edugpt-prepared-v2'; prepare the dataset again with this "
+                                                         "version of prepare_data.py.")
+    del manifest["content"], manifest["splits"]["train"]["tokens"], manifest["seq_len"]
     (old / MANIFEST).write_text(json.dumps(manifest))
     proc = run_script("prepare_data.py", "--verify", old, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (f"error: {str(old / MANIFEST)!r} lacks seq_len, splits.train.tokens, "
-                                                    "so it cannot be verified; prepare the dataset again with "
-                                                    "prepare_data.py.")
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: {str(old / MANIFEST)!r} lacks seq_len, content, "
+                                                    "splits.train.tokens, so it cannot be verified; prepare the dataset "
+                                                    "again with prepare_data.py.")
 
 
 # ------------------------------------------------------------------------------------------------ skipped rows

@@ -621,8 +621,8 @@ def test_slurm_job_scripts_run_the_tasks_then_the_merge(tmp_path, fake_slurm):
     blocks, local_blocks = load_blocks(out), load_blocks(local_out)
     assert all(np.array_equal(blocks[s], local_blocks[s]) for s in SPLITS)
     assert {t["executor"] for t in manifest["preparation"]["per_task"]} == {"slurm"}
-    # Only the logs stay behind (job scripts and outputs), for the user to read.
-    assert sorted(p.name for p in work.root.iterdir()) == ["logs"]
+    # Only the logs stay behind (job scripts and outputs), for the user to read, in the folder that records being ours.
+    assert sorted(p.name for p in work.root.iterdir()) == [MADE, "logs"]
     assert len(list((work.tokenize_logs / "slurm_logs").glob("1000_*.out"))) == 3
 
     # Re-running the same command now finds the dataset there, as for any finished preparation.
