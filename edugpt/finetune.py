@@ -44,9 +44,16 @@ def prepare(stage: str, script_args, training_args, model_args, run_args, datase
     """Everything before the model loads, in the order that fails fastest: arguments, output_dir, the Hub (with
     --push_to_hub), the base model's folder and tokenizer (DPO: it must carry a chat template), the data and whether
     its rows fit max_length; then the lifecycle's decision (resume / already finished / start) and run_config.json."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    from edugpt.chat import add_chat_template, context_length, require_chat_template, require_fits_context, resolve_model_dir
+    from edugpt.chat import (
+        add_chat_template,
+        context_length,
+        load_model_tokenizer,
+        require_chat_template,
+        require_fits_context,
+        resolve_model_dir,
+    )
     from edugpt.finetune_data import check_lengths, load_stage_splits
     from edugpt.hub import require_push_ready
     from edugpt.tokenizer import ready_to_save
@@ -58,7 +65,7 @@ def prepare(stage: str, script_args, training_args, model_args, run_args, datase
     if training_args.push_to_hub:  # offline or without a login this fails in a second instead of after training
         training_args.hub_model_id = require_push_ready(training_args.hub_model_id)
     model_path = resolve_model_dir(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    tokenizer = load_model_tokenizer(model_path, revision=model_args.model_revision)
     context = context_length(AutoConfig.from_pretrained(model_path, revision=model_args.model_revision))
     require_fits_context(context, training_args.max_length)
     if stage == "dpo":
@@ -104,9 +111,17 @@ def _use_recipe_template(training_args, tokenizer) -> None:
         return
     for candidate in (Path(path).expanduser(), PACKAGE_ROOT / path):
         if candidate.is_file():
+            try:
+                template = candidate.read_text(encoding="utf-8")
+            except UnicodeDecodeError as err:
+                raise EduGPTError(f"chat_template_path {path!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                                  "pass a .jinja file such as edugpt/templates/chat_template.jinja.") from None
             training_args.chat_template_path = str(candidate)
-            tokenizer.chat_template = candidate.read_text(encoding="utf-8")
+            tokenizer.chat_template = template
             return
+        if candidate.is_dir() and candidate.suffix in (".jinja", ".j2"):  # a folder may be a tokenizer's, for TRL
+            raise EduGPTError(f"chat_template_path {path!r} is a folder; pass a .jinja file such as "
+                              "edugpt/templates/chat_template.jinja.")
     if Path(path).suffix in (".jinja", ".j2"):
         raise EduGPTError(f"chat_template_path {path!r} does not exist; pass a .jinja file such as "
                           "edugpt/templates/chat_template.jinja, or leave it out to keep the model's own template.")

@@ -196,3 +196,29 @@ def test_template_file_is_what_the_tokenizer_saves(chat_tokenizer, tmp_path):
     chat_tokenizer.save_pretrained(tmp_path)
     assert (tmp_path / "chat_template.jinja").read_text() == CHAT_TEMPLATE_PATH.read_text() == EDUGPT_CHAT_TEMPLATE
     assert AutoTokenizer.from_pretrained(tmp_path).chat_template == EDUGPT_CHAT_TEMPLATE
+
+
+@pytest.mark.parametrize("how", ["truncated_weights", "not_a_model"])
+def test_compare_refuses_a_damaged_model_before_any_reply(how, tiny_model_dir, tmp_path, capsys):
+    """A truncated model.safetensors (an interrupted copy) or a folder whose config.json is some other tool's: one
+    error line and exit status 2 before the first model answers (it was a safetensors or tokenizer traceback)."""
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    if how == "truncated_weights":
+        weights = model / "model.safetensors"
+        with open(weights, "r+b") as f:
+            f.truncate(weights.stat().st_size // 2)
+        expected = f"{weights} is damaged"
+    else:
+        (model / "config.json").write_text(json.dumps({"dataset": "embedded", "seq_len": 64}))
+        expected = "config.json' has no model_type, so it is no transformers model config"
+    with pytest.raises(SystemExit) as exit_info:
+        run(lambda: main(["--compare", str(tiny_model_dir), str(model), "--max_new_tokens", "2"]))
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and "Traceback" not in captured.err
+    [line] = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert expected in line, line
+    assert "Assistant:" not in captured.out  # refused before any model was asked
