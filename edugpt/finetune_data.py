@@ -171,9 +171,10 @@ def load_finetune_dataset(raw, stage: str, name: str | None = None, num_proc: in
     if len(raw) == 0:
         raise EduGPTError(f"{name!r} holds no rows; a {stage.upper()} dataset needs {FORMATS[stage]}.")
     _require_columns(raw.column_names, stage, name)
-    normalize = _with_skip_reason(_normalize_sft if stage == "sft" else _normalize_dpo, stage)
+    normalize = _with_skip_reason(_normalize_sft if stage == "sft" else _normalize_dpo, stage, name)
     mapped = raw.map(
         normalize,
+        with_indices=True,
         remove_columns=raw.column_names,
         features=_features(stage),  # explicit, so a first batch of skipped (empty) rows cannot fix the types
         num_proc=num_proc,
@@ -283,12 +284,19 @@ class _SkipRow(Exception):
     """A row that cannot be trained on; its message is the reason counted in the log."""
 
 
-def _with_skip_reason(normalize, stage: str):
-    def apply(row):
+def _with_skip_reason(normalize, stage: str, name: str):
+    def apply(row, index):
         try:
             return {**normalize(row), "skip_reason": ""}
         except _SkipRow as reason:
             return {**{column: [] for column in COLUMNS[stage]}, "skip_reason": str(reason)}
+        except UnicodeDecodeError as err:
+            # `datasets` reads a .jsonl's bytes into string columns unchecked; they are decoded only here, when a row's
+            # messages are read. Skipping the row would train on the rest of a file in the wrong encoding.
+            raise EduGPTError(
+                f"{name!r} row {index + 1}: its text is not UTF-8 (byte {err.object[err.start:err.start + 1]!r}: "
+                f"{err.reason}); save the data as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN.jsonl > OUT.jsonl`."
+            ) from None
 
     return apply
 
