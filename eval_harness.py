@@ -31,8 +31,9 @@ def main(argv=None) -> None:
     setup_logging()
     from lm_eval.loggers import EvaluationTracker
 
-    from edugpt.evaluation import evaluate_checkpoint, results_tables, save_results
+    from edugpt.evaluation import check_output_path, evaluate_checkpoint, results_tables, save_results
 
+    check_output_path(args.output_dir, args.model)
     tracker = EvaluationTracker(output_path=args.output_dir)
     batch_size = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
     results = evaluate_checkpoint(

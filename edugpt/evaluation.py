@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import logging
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -113,10 +116,7 @@ def hub_hellaswag_task(max_items: int | None):
 # ------------------------------------------------------------------------------------------------------ checkpoints
 def check_model_source(model: str) -> None:
     """Fail early and clearly unless `model` is a saved causal LM directory or a Hub id we can reach."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    from edugpt.checkpoints import weights_problem
+    from edugpt.chat import require_saved_model
     from edugpt.net import looks_like_hub_id, missing_local_path
 
     path = Path(model).expanduser()
@@ -129,26 +129,8 @@ def check_model_source(model: str) -> None:
         return  # a Hub id: HFLM downloads it
     if not path.is_dir():
         raise EduGPTError(f"model {model!r} is a file; pass the checkpoint directory that holds config.json.")
-    if not (path / "config.json").is_file():
-        raise EduGPTError(
-            f"{model!r} has no config.json, so it is not a saved model; pass a checkpoint directory written by "
-            "train_hf.py (its output_dir or output_dir/checkpoint-N)."
-        )
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except Exception as err:
-        raise EduGPTError(f"{model!r}/config.json could not be read ({err}); pass a valid checkpoint directory.") from None
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise EduGPTError(
-            f"{model!r} holds a {config.model_type!r} model, not a causal language model; lm-eval's hf model "
-            "scores causal LMs such as our GPT-2 checkpoints."
-        )
-    if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
-        raise EduGPTError(f"{model!r} has no tokenizer files; save the tokenizer with the model (train_hf.py does).")
-    for weights in sorted(path.glob("*.safetensors")):  # before lm-eval spends its start-up on a broken file
-        if problem := weights_problem(weights):
-            raise EduGPTError(f"{weights} is damaged ({problem}), e.g. truncated by an interrupted copy; copy or save "
-                              "the model again.")
+    require_saved_model(path, model, "pass a checkpoint directory written by train_hf.py or finetune/*.py (its "
+                        "output_dir or output_dir/checkpoint-N).")
 
 
 def default_device() -> str:
@@ -157,12 +139,27 @@ def default_device() -> str:
 
 def model_arguments(model: str, revision: str | None = None, model_args: str | None = None) -> dict:
     """lm-eval's `--model_args` of its `hf` model: pretrained=`model`, `revision`, then the user's key=value pairs
-    (lm_eval's own syntax, e.g. "dtype=bfloat16,max_length=512"), parsed by lm-eval."""
+    (lm_eval's own syntax, e.g. "dtype=bfloat16,max_length=512"), parsed by lm-eval.
+
+    lm-eval keeps the spaces of "dtype=bfloat16, max_length=512" in the key (" max_length"), which then fails inside
+    `from_pretrained`; here a key is stripped, as it was meant. An item without `=` or a key given twice (lm-eval
+    keeps the last silently) is refused."""
     from lm_eval.utils import simple_parse_args_string
 
-    extra = simple_parse_args_string(model_args) if model_args else {}
-    if "pretrained" in extra:
+    items = [item for item in (model_args or "").split(",") if item.strip()]
+    pairs = []
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise EduGPTError(f"--model_args item {item.strip()!r} is not key=value; pass lm-eval's form, e.g. "
+                              "--model_args dtype=bfloat16,max_length=512.")
+        pairs.append((key.strip(), value))
+    keys = [key for key, _ in pairs]
+    if "pretrained" in keys:
         raise EduGPTError("--model_args names pretrained=, which --model already sets; pass the model with --model.")
+    if repeated := sorted({key for key in keys if keys.count(key) > 1}):
+        raise EduGPTError(f"--model_args names {', '.join(repeated)} more than once; keep one value.")
+    extra = simple_parse_args_string(",".join(f"{key}={value}" for key, value in pairs))
     if revision and "revision" in extra and extra["revision"] != revision:
         raise EduGPTError(f"--revision {revision} and revision={extra['revision']} in --model_args disagree; pass one.")
     return {"pretrained": model, **({"revision": revision} if revision else {}), **extra}
@@ -172,11 +169,9 @@ def require_chat_model(model: str, revision: str | None = None) -> None:
     """For --apply_chat_template: a local model must carry a chat template (a pretrained edugpt model has none)."""
     if not Path(model).expanduser().is_dir():
         return  # a Hub id: lm-eval reports a missing template itself
-    from transformers import AutoTokenizer
+    from edugpt.chat import load_model_tokenizer, require_chat_template
 
-    from edugpt.chat import require_chat_template
-
-    require_chat_template(AutoTokenizer.from_pretrained(model, revision=revision), model)
+    require_chat_template(load_model_tokenizer(model, revision=revision), model)
 
 
 def evaluate_checkpoint(
@@ -217,6 +212,12 @@ def evaluate_checkpoint(
         raise offline_data_error(specs, err) from None
     except OSError as err:  # missing weights / tokenizer, a revision or Hub id that does not exist
         raise EduGPTError(f"could not load model {model!r} for lm-eval ({_first_line(err)}).") from None
+    except TypeError as err:  # a --model_args key that neither HFLM nor from_pretrained takes (a typo)
+        unknown = [key for key in arguments if f"unexpected keyword argument '{key}'" in str(err)]
+        if not unknown:
+            raise
+        raise EduGPTError(f"--model_args {unknown[0]}= is no argument of lm-eval's hf model or of the model's "
+                          "from_pretrained; check its spelling (e.g. dtype, max_length, trust_remote_code).") from None
 
 
 def _first_line(err: Exception) -> str:
@@ -225,23 +226,168 @@ def _first_line(err: Exception) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------- output
+def check_output_path(output_path: str | None, model: str) -> None:
+    """Refuse, before evaluating, an --output_dir where lm-eval cannot write its layout: a file, a path under one, a
+    folder that cannot be written. A folder that already holds results is fine (as for `lm_eval --output_path`: every
+    evaluation adds timestamped files), and so is a name ending in .json, beside which lm-eval writes
+    NAME_<timestamp>.json."""
+    from lm_eval.utils import sanitize_model_name
+
+    if not output_path:
+        return
+    path = Path(output_path).expanduser()
+    target = path.parent if path.suffix == ".json" else path / sanitize_model_name(model)
+    for folder in (target, *target.parents):
+        if folder.is_dir():
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise EduGPTError(f"--output_dir {output_path}: {folder} is not writable; pass a folder you can write "
+                                  "to.")
+            return
+        if folder.exists() or folder.is_symlink():  # a file, or a link to nothing: mkdir fails on either
+            if folder == path:
+                where = "is a file"
+            elif folder in path.parents:
+                where = f"lies under {folder}, which is a file"
+            else:
+                where = f"holds a file {folder.name} where lm-eval writes this model's results folder"
+            raise EduGPTError(f"--output_dir {output_path} {where}; lm-eval writes a folder of results there "
+                              "(OUTPUT/<model name>/results_<time>.json): pass a folder, new or one that holds "
+                              "earlier results.")
+
+
 def save_results(results: dict, evaluation_tracker) -> Path | None:
     """Write lm-eval's standard layout with its own `EvaluationTracker`, as `lm_eval --output_path` does:
     OUTPUT/<model name>/results_<timestamp>.json, plus samples_<task>_<timestamp>.jsonl with --log_samples. Each
     evaluation gets new files, so earlier results are never overwritten. Returns the results file (None without an
-    output path)."""
+    output path).
+
+    lm-eval catches its own write errors (a full disk, a folder it cannot write) and only logs them, which would leave
+    a cut-off results file in place and a run that "succeeded". So the tracker writes into a fresh folder beside the
+    results; its files are checked (the results parse as JSON, every task has its samples file) and then moved into
+    place, none of them over an existing file. When anything fails, that folder and the folders this call created go
+    again, and the error says why."""
     samples = results.pop("samples", None)
-    evaluation_tracker.save_results_aggregated(results=results, samples=samples)
-    if samples:
-        for task_name in results["configs"]:
-            evaluation_tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
     if not evaluation_tracker.output_path:
+        evaluation_tracker.save_results_aggregated(results=results, samples=samples)
         return None
-    path = Path(evaluation_tracker.output_path)
-    if path.suffix == ".json":
-        return path.with_name(f"{path.stem}_{evaluation_tracker.date_id}.json")
-    name = evaluation_tracker.general_config_tracker.model_name_sanitized
-    return path / name / f"results_{evaluation_tracker.date_id}.json"
+    requested = Path(evaluation_tracker.output_path).expanduser()
+    destination = requested.parent if requested.suffix == ".json" else requested  # where lm-eval's layout starts
+    created: list[Path] = []  # the folders this call made, outermost first
+    moved: list[Path] = []
+    staging = None
+    try:
+        created += _make_dirs(destination)
+        staging = Path(tempfile.mkdtemp(prefix=".lm-eval-unsaved-", dir=destination))
+        evaluation_tracker.output_path = str(staging / requested.name if requested.suffix == ".json" else staging)
+        with _lm_eval_save_errors() as save_errors:
+            evaluation_tracker.save_results_aggregated(results=results, samples=samples)
+            for task_name in results["configs"] if samples else ():
+                evaluation_tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+        date_id = getattr(evaluation_tracker, "date_id", None)  # set by lm-eval just before it writes
+        model_folder = staging if requested.suffix == ".json" else \
+            staging / evaluation_tracker.general_config_tracker.model_name_sanitized
+        written = model_folder / (f"{requested.stem}_{date_id}.json" if requested.suffix == ".json"
+                                  else f"results_{date_id}.json")
+        tasks = list(results["configs"]) if samples else []
+        missing = [task for task in tasks if not (model_folder / f"samples_{task}_{date_id}.jsonl").is_file()]
+        if save_errors or date_id is None or not _whole_json(written) or missing:
+            reason = (save_errors[-1] if save_errors else
+                      f"no samples file for {', '.join(missing)}" if missing else f"no whole {written.name}")
+            raise EduGPTError(_save_failure(destination, reason))
+        for file in sorted(p for p in staging.rglob("*") if p.is_file()):
+            target = destination / file.relative_to(staging)
+            created += _make_dirs(target.parent)
+            _move_to_new_name(file, target)
+            moved.append(target)
+        saved = destination / written.relative_to(staging)
+    except BaseException as err:
+        for target in moved:
+            target.unlink(missing_ok=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(created):  # innermost first; rmdir leaves a folder that holds anything else
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(err, OSError):  # making the folders or moving the files (lm-eval catches its own errors)
+            raise EduGPTError(_save_failure(destination, f"{type(err).__name__}: {err}")) from None
+        raise
+    finally:
+        evaluation_tracker.output_path = str(requested)
+    shutil.rmtree(staging, ignore_errors=True)
+    return saved
+
+
+def _save_failure(destination: Path, reason: str) -> str:
+    from edugpt.safefs import NO_SPACE_TEXT
+
+    if any(text.lower() in reason.lower() for text in NO_SPACE_TEXT):
+        return (f"no space left on the device while lm-eval wrote its results into {destination} ({reason}); nothing "
+                "was saved: free space there (or pass another --output_dir) and run again.")
+    return (f"lm-eval could not write its results into {destination} ({reason}); nothing was saved: pass an "
+            "--output_dir you can write to and run again.")
+
+
+def _move_to_new_name(source: Path, target: Path) -> None:
+    """Move `source` to `target`, failing (FileExistsError) rather than replacing a file already there: a hard link
+    refuses an existing name, which a rename would silently replace. On a filesystem without hard links, a rename
+    after checking the name is free (the names hold a timestamp to the microsecond)."""
+    try:
+        os.link(source, target)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if target.exists() or target.is_symlink():
+            raise FileExistsError(errno.EEXIST, "exists already", str(target)) from None
+        os.rename(source, target)
+        return
+    source.unlink()
+
+
+def _make_dirs(folder: Path) -> list[Path]:
+    """mkdir -p `folder`; returns the folders it created, outermost first."""
+    missing = [f for f in (folder, *folder.parents) if not f.is_dir()][::-1]
+    for f in missing:
+        f.mkdir()
+    return missing
+
+
+def _whole_json(path: Path) -> bool:
+    import json
+
+    try:
+        json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _lm_eval_save_errors():
+    """Collect the errors lm-eval's EvaluationTracker catches while saving: it logs "Could not save ..." as a warning
+    and then the exception's repr at INFO. Yields the list of those reprs."""
+    log = logging.getLogger("lm_eval.loggers.evaluation_tracker")
+    errors: list[str] = []
+    failed = False
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            nonlocal failed
+            message = record.getMessage()
+            if record.levelno >= logging.WARNING and message.startswith("Could not save"):
+                failed = True
+            elif failed and record.levelno == logging.INFO:
+                errors.append(message)
+                failed = False
+
+    handler, level = Collect(logging.INFO), log.level
+    log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        yield errors
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def results_tables(results: dict) -> str:

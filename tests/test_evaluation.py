@@ -249,6 +249,21 @@ def test_model_arguments_are_lm_evals_own():
         model_arguments("you/m", "step-100", "revision=main")
 
 
+def test_model_args_with_spaces_mean_what_was_typed_and_a_repeated_key_is_refused():
+    """lm-eval keeps the space of "dtype=float32, max_length=96" in the key (" max_length"), which then fails with a
+    traceback inside from_pretrained; " pretrained=X" slipped past the check that --model sets it."""
+    from edugpt.evaluation import model_arguments
+
+    assert model_arguments("runs/x", model_args=" dtype = float32 , max_length=96,") == {
+        "pretrained": "runs/x", "dtype": "float32", "max_length": 96}
+    with pytest.raises(EduGPTError, match="--model already sets"):
+        model_arguments("runs/x", model_args="dtype=float32, pretrained=runs/y")
+    with pytest.raises(EduGPTError, match="names dtype more than once"):
+        model_arguments("runs/x", model_args="dtype=float32,dtype=bfloat16")
+    with pytest.raises(EduGPTError, match="item 'bfloat16' is not key=value"):
+        model_arguments("runs/x", model_args="dtype=float32,bfloat16")
+
+
 # ---------------------------------------------------------------------------------------------------------- console
 @pytest.mark.slow
 def test_in_loop_evaluation_is_one_line_and_records_carry_one_throughput(baseline):
