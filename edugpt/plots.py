@@ -155,4 +155,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from edugpt.cli import run
+
+    run(main)  # a broken run_config.json is one error line, as in every entry point

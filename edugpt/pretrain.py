@@ -280,6 +280,22 @@ def check_script_inputs(script_args, vocab_size: int) -> None:
         )
 
 
+def fsdp_launch_problem(environ) -> str | None:
+    """What this process can tell of an FSDP launch config that `accelerate launch` accepted but does not apply.
+
+    The launcher checks its config file itself (broken YAML, an unknown top-level key, a bad value: a traceback from
+    accelerate before this code runs) and passes on only the values it read, as ACCELERATE_* / FSDP_* environment
+    variables, not the file's path. One mistake gets through: it copies `fsdp_config` keys it does not know onto its
+    arguments and never reads them, so a misspelled `fsdp_auto_wrap_policy` leaves FSDP_AUTO_WRAP_POLICY unset and
+    accelerate falls back to no wrapping."""
+    if environ.get("ACCELERATE_USE_FSDP", "").lower() != "true" or "FSDP_AUTO_WRAP_POLICY" in environ:
+        return None
+    return ("the accelerate config asks for FSDP but sets no fsdp_auto_wrap_policy (missing, or misspelled: accelerate "
+            "launch ignores fsdp_config keys it does not know), so the whole model is one FSDP unit and every process "
+            "gathers all of its parameters at once; set fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP (see "
+            "configs/accelerate/fsdp_8gpu.yaml), or NO_WRAP to mean it")
+
+
 def build_trainer(run: TrainingRun, model_args, data_args, script_args, training_args, data: PreparedData) -> Pretraining:
     """Build a from-scratch GPT-2 and a Trainer with the lifecycle's callbacks (run.attach) plus pretraining's own:
     throughput/MFU, plots, samples and (when asked) in-loop HellaSwag."""
@@ -332,6 +348,8 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
         # accelerate only shards on accelerators: `distributed_type: FSDP` with `use_cpu` silently runs as DDP.
         logger.warning("the accelerate config asks for FSDP, but accelerate runs FSDP on GPUs only: this run is plain "
                        "data parallel (%s), every process holds the whole model", trainer.accelerator.distributed_type)
+    elif trainer.is_fsdp_enabled and (problem := fsdp_launch_problem(os.environ)):
+        logger.warning(problem)
     output_dir = Path(training_args.output_dir)
     metrics = MetricsLog(output_dir / METRICS, enabled=run.is_main)
     extras = [
