@@ -1088,7 +1088,7 @@ def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(bad: Case, tmp_p
 SUBPROCESS_CASES = ["prepare-jsonl_null", "sft-data_null",
                     "prepare-jsonl_non_utf8", "verify-manifest_json_list",
                     "verify-doc_ids_garbage", "eval-hellaswag_garbage", "chat-model_config_garbage",
-                    "card-run_data_manifest_json_list", "publish-run_run_config_non_utf8"]
+                    "card-run_data_manifest_json_list", "publish-run_config_garbage"]
 SCRIPTS = {"prepare": ["prepare_data.py"], "verify": ["prepare_data.py"], "train": ["train_hf.py"],
            "sft": ["finetune/sft.py"], "eval": ["eval_harness.py"], "chat": ["-m", "edugpt.chat"],
            "card": ["-m", "edugpt.card"], "publish": ["publish.py"]}
