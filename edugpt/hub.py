@@ -858,9 +858,11 @@ class TrainerPushes:
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
                     revision: str | None = None, private: bool | None = None, **kwargs):
         """Trainer.push_to_hub's contract (save the model on every rank, push from rank 0), through the guarded path."""
+        before = rundir.entries(self.output_dir) if self.pusher is not None else {}
         self.trainer.save_model(_internal_call=True)
         if self.pusher is None:
             return None
+        rundir.record_saved_model(self.output_dir, before)
         self.pusher.push(self._final_upload(commit_message, revision or self.main_branch))
         return f"https://huggingface.co/{self.pusher.repo_id}"
 

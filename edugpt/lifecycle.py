@@ -58,7 +58,9 @@ from edugpt.rundir import (
     RUN_CONFIG,
     TRAINER_STATE,
     checkpoint_step,
+    entries,
     read_run_config,
+    record_saved_model,
     require_own_run_dir,
     save_file_role,
     write_run_config,
@@ -264,7 +266,7 @@ class TrainingRun:
         self._created = not os.path.lexists(self.output_dir)
         ensure_dir(self.output_dir, "output_dir")
         self.lock.acquire()
-        self._entries_before = _entries(self.output_dir)
+        self._entries_before = entries(self.output_dir)
         self._fresh = set(self._entries_before) <= {LOCK, record.RECORD}
         holds_run = require_own_run_dir(self.output_dir, self.kind)
         if self._fresh or holds_run:
@@ -536,13 +538,13 @@ class TrainingRun:
             "eval_loss" in entry and entry["step"] == state.global_step for entry in state.log_history
         ):
             trainer.evaluate()  # the final validation loss, for the card's table and the plot
-        before = _entries(self.output_dir)
+        before = entries(self.output_dir)
         # _internal_call: with push_to_hub, Trainer.save_model would also push ("Model save"); the push below is the one.
         trainer.save_model(str(self.output_dir), _internal_call=True)
         trainer.accelerator.wait_for_everyone()
         failures = {}
         if self.is_main:
-            model_files = self._record_saved(before)
+            model_files = record_saved_model(self.output_dir, before)
             if trainer.state.log_history:  # loss curves for the card, also with save_strategy "no"
                 trainer.state.save_to_json(str(self.output_dir / TRAINER_STATE))
                 record.note_written(self.output_dir / TRAINER_STATE, root=self.output_dir)
@@ -576,32 +578,18 @@ class TrainingRun:
                         private=self.args.hub_private_repo)
         logger.info("%s already reached its last step; final model in %s", self.kind, self.output_dir)
 
-    def _record_saved(self, before: dict[str, tuple[int, int, int]]) -> list[str]:
-        """Enter the files Trainer's save_model just wrote at the root (new or rewritten since `before`) in the
-        record, the model's files as "model", the rest of the save (training_args.bin) as "state"; returns the
-        model's file names, which its completion marker lists."""
-        written = [name for name, ident in _entries(self.output_dir).items()
-                   if ident[0] == "file" and before.get(name) != ident and name not in (LOCK, record.RECORD)]
-
-        def enter(run: record.Record) -> None:
-            for name in written:
-                run.add(self.output_dir / name, save_file_role(name))
-
-        record.update(self.output_dir, enter)
-        return sorted(name for name in written if save_file_role(name) == "model")
-
     def _restore_final_model(self, checkpoint: Path) -> None:
         from edugpt.card import write_model_card
 
         root_marker = self.output_dir / MARKER
         if record.Record.load(self.output_dir).matches(MARKER):
             root_marker.unlink()
-        before = _entries(self.output_dir)
+        before = entries(self.output_dir)
         marker = read_marker(checkpoint) or {}
         for name in sorted(marker.get("files", {})):  # the checkpoint's files as its marker lists them
             if "/" not in name and save_file_role(name) == "model":
                 _copy_nofollow(checkpoint / name, self.output_dir / name)
-        model_files = self._record_saved(before)
+        model_files = record_saved_model(self.output_dir, before)
         write_model_card(self.output_dir, **self.card_kwargs())
         write_marker(self.output_dir, {**marker.get("settings", self.settings), "step": checkpoint_step(checkpoint)},
                      files=model_files)
@@ -646,18 +634,6 @@ def _reached_end(checkpoint: Path) -> bool:
         return state["max_steps"] > 0 and state["global_step"] >= state["max_steps"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def _entries(folder: Path) -> dict[str, tuple]:
-    """Top-level entries of `folder` as they are now: name -> (type, inode, size, mtime_ns), links not followed."""
-    found = {}
-    with os.scandir(folder) as it:
-        for entry in it:
-            st = entry.stat(follow_symlinks=False)
-            kind = "file" if entry.is_file(follow_symlinks=False) else "dir" if entry.is_dir(follow_symlinks=False) \
-                else "other"
-            found[entry.name] = (kind, st.st_ino, st.st_size, st.st_mtime_ns)
-    return found
 
 
 def _copy_nofollow(source: Path, target: Path) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edugpt.errors import EduGPTError
-from edugpt.record import RECORD, Record, note_written
+from edugpt.record import RECORD, Record, note_written, update
 from edugpt.safefs import atomic_write_json, atomic_write_text, read_json
 
 RUN_CONFIG = "run_config.json"
@@ -68,6 +68,34 @@ def save_file_role(name: str) -> str:
     return "model" if any(fnmatch.fnmatch(name, pattern) for pattern in MODEL_FILES) else "state"
 # Run kinds, with the entry point that makes each.
 KINDS = {"pretrain": "train_hf.py", "sft": "finetune/sft.py", "dpo": "finetune/dpo.py"}
+
+
+def entries(folder: str | os.PathLike) -> dict[str, tuple]:
+    """Top-level entries of `folder` as they are now: name -> (type, inode, size, mtime_ns), links not followed."""
+    found = {}
+    with os.scandir(folder) as it:
+        for entry in it:
+            st = entry.stat(follow_symlinks=False)
+            kind = "file" if entry.is_file(follow_symlinks=False) else "dir" if entry.is_dir(follow_symlinks=False) \
+                else "other"
+            found[entry.name] = (kind, st.st_ino, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def record_saved_model(run_dir: str | os.PathLike, before: dict[str, tuple]) -> list[str]:
+    """Enter the files Trainer's save_model just wrote at the run's root (new or rewritten since `before`, an
+    `entries()` taken just before the save) in the run's record: the model's files as "model", the rest of the save
+    (training_args.bin) as "state". Returns the model's file names, which its completion marker lists."""
+    run_dir = Path(run_dir)
+    written = [name for name, ident in entries(run_dir).items()
+               if ident[0] == "file" and before.get(name) != ident and name not in (LOCK, RECORD)]
+
+    def enter(run: Record) -> None:
+        for name in written:
+            run.add(run_dir / name, save_file_role(name))
+
+    update(run_dir, enter)
+    return sorted(name for name in written if save_file_role(name) == "model")
 
 
 # ------------------------------------------------------------------------------------------------------ metrics.jsonl
