@@ -19,8 +19,8 @@ executor. See edugpt/prepare_parallel.py for how it works and README.md for the 
 Local parquet/jsonl in FineWeb-Edu's schema (`text`, optional `id`), a file or a directory (datatrove tasks: parquet):
     python prepare_data.py --dataset path/to/shards/ --output_dir data/prepared/mine --val_fraction 0.005
 
-Re-check a prepared dataset (disjoint splits, split rule, counts, the blocks' content digests) and exit non-zero if
-anything is off:
+Re-check a prepared dataset (disjoint splits, split rule, counts, the blocks' content digests, the record of its files)
+and exit non-zero if anything is off:
     python prepare_data.py --verify runs/data
 
 Arguments may also come from a YAML recipe: `--config recipe.yaml` (CLI flags override it).

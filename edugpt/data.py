@@ -568,7 +568,8 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
     refusal = replace_refusal(path)
     if refusal:
         raise EduGPTError(f"--output_dir {str(path)!r} exists and is not empty, and {refusal}, so it is never "
-                          "replaced (not even with --overwrite); move that out of it or choose a new directory.")
+                          "replaced (not even with --overwrite); choose a new directory (or move out of it what "
+                          "prepare_data.py did not write).")
     if not overwrite:
         raise EduGPTError(f"--output_dir {str(path)!r} exists and is not empty (a prepared dataset); pass --overwrite "
                           "to replace it or choose a new directory.")

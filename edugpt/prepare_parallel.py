@@ -142,17 +142,16 @@ DIE_WITH_PARENT = "EDUGPT_DIE_WITH_PARENT"
 # ---------------------------------------------------------------------------------------------------- processes
 
 _forking = {"pid": 0}
+# Resolved now, in the parent: a child forked from a threaded process should not have to load or look up anything.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def die_with_parent(parent: int) -> None:
     """Have the kernel SIGKILL this process when `parent` (the process that forked it) dies (Linux prctl
     PR_SET_PDEATHSIG); if it already has, die now. A fork inherits every descriptor, the output's flock included: a
     forked helper outliving a SIGKILLed launcher kept the lock held (a re-run was refused for as long as it lived)."""
-    if not sys.platform.startswith("linux"):
-        return
     pr_set_pdeathsig = 1
-    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0 and \
-            os.getppid() != parent:
+    if _PRCTL is not None and _PRCTL(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0 and os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
