@@ -234,6 +234,10 @@ def require_own_run_dir(output_dir: str | os.PathLike, kind: str) -> bool:
     entries = [p.name for p in path.iterdir()]
     if set(entries) <= {LOCK, RECORD}:  # new, or a run stopped before it wrote anything
         return False
+    config = path / RUN_CONFIG
+    if os.path.lexists(config) and not config.is_file() or config.is_symlink():
+        raise EduGPTError(f"output_dir {str(path)!r} holds a {RUN_CONFIG} that is not a regular file (a folder or a "
+                          "symlink): it is not an edugpt run; nothing was written there: pass a new folder.")
     found = run_kind(read_run_config(path))
     if found is None:
         shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")

@@ -131,6 +131,9 @@ def ensure_dir(path: str | os.PathLike, flag: str) -> Path:
     except OSError as err:
         if err.errno in NO_SPACE:
             raise no_space_error(path, err) from None
+        if err.errno == errno.EROFS:
+            raise EduGPTError(f"{flag} {str(path)!r} cannot be created: the filesystem is read-only; pass a folder "
+                              "on a writable one.") from None
         raise
     if not os.access(path, os.W_OK | os.X_OK):
         raise EduGPTError(f"{flag} {str(path)!r} is not writable; pass a folder you can write to.")

@@ -67,7 +67,7 @@ def test_missing_and_foreign_directories_are_user_errors(tmp_path):
     with pytest.raises(EduGPTError, match="no manifest.json, so it was not made by prepare_data.py"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(EduGPTError, match="expected 'edugpt-prepared-v1'"):
+    with pytest.raises(EduGPTError, match="expected 'edugpt-prepared-v2'"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(EduGPTError, match="not valid JSON"):
