@@ -390,7 +390,6 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
             "skipped step as NaN; drop logging_nan_inf_filter: false or use nonfinite_loss 'stop'."
         )
     config = gpt2_config(model_args)
-    check_script_inputs(script_args, config.vocab_size)
     data = load_prepared(data_args.dataset_dir, config, data_args.seq_len)
     data_args.seq_len = data.seq_len
     apply_tokens_per_step(data_args.tokens_per_step, training_args, data.seq_len)
@@ -399,6 +398,7 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
             f"the train split of {data_args.dataset_dir} has {len(data.train)} blocks, fewer than one optimizer step "
             f"({global_batch_blocks(training_args)} blocks); prepare more documents or lower the batch."
         )
+    check_script_inputs(script_args, config.vocab_size)
     # The digest is a key of its own: a checkpoint of an older version, which has none, still resumes.
     digest = {"data_digest": digest} if (digest := data_digest(data.manifest)) else {}
     settings = training_settings(training_args, seq_len=data.seq_len, data=dataset_settings(data.manifest), **digest)
