@@ -112,7 +112,11 @@ def test_metrics_jsonl_records_have_step_and_tokens_and_resume_truncates(args, t
 
 
 def test_a_fresh_start_in_the_same_output_dir_does_not_append_to_old_records(args, tmp_path):
-    """Killed before its first checkpoint, the run starts again at step 0: the old attempt's records must go."""
+    """Killed before its first checkpoint, the run starts again at step 0: the old attempt's records must go (the
+    file is in the run's record, as every run keeps one: only a metrics.jsonl the run wrote is removed)."""
+    from edugpt import record
+
+    record.start(tmp_path)
     metrics = MetricsLog(tmp_path / "metrics.jsonl")
     callback = cb.MetricsJsonlCallback(metrics)
     for step in (10, 20, 30, 40):
