@@ -62,7 +62,7 @@ def write_marker(folder: str | os.PathLike, settings: dict | None = None, *, fil
 
 def read_marker(folder: str | os.PathLike) -> dict | None:
     try:
-        marker = read_json(Path(folder) / MARKER)
+        marker = read_json(Path(folder) / MARKER, follow_symlinks=False)  # a link is not a marker we wrote
     except Exception:
         return None
     if not (isinstance(marker, dict) and isinstance(marker.get("files"), dict)):
@@ -88,7 +88,7 @@ def weights_problem(path: Path) -> str | None:
 def checkpoint_problem(folder: str | os.PathLike, *, require_trainer_state: bool = True) -> str | None:
     """Why `folder` (a checkpoint, or with `require_trainer_state=False` a final model) is not whole, or None."""
     root = Path(folder)
-    if not (root / MARKER).exists():
+    if not os.path.lexists(root / MARKER):
         return f"no {MARKER} (the save did not finish)"
     marker = read_marker(root)
     if marker is None:

@@ -50,6 +50,7 @@ from edugpt.args import DEFAULT_LICENSE
 from edugpt.errors import EduGPTError
 from edugpt.net import hub_available
 from edugpt.record import RECORD, Record, find_root, note_written, update
+from edugpt.safefs import ensure_dir, no_space_reason
 
 logger = logging.getLogger(__name__)
 
@@ -499,8 +500,12 @@ def write_dry_run(plan: PublishPlan, dest: str | os.PathLike) -> Path:
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise EduGPTError(f"--dry_run folder {dest} already exists and is not empty; pass a new folder.")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    ensure_dir(dest.parent, "--dry_run's parent folder")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    except OSError as err:
+        raise EduGPTError(f"--dry_run {dest} cannot be written ({os.strerror(err.errno)}); pass a folder you can "
+                          "write to.") from None
     try:
         for upload in plan.uploads:
             stage(upload, tmp / upload.branch, link=False)  # copies: editing the dry run never touches the run
@@ -508,8 +513,11 @@ def write_dry_run(plan: PublishPlan, dest: str | os.PathLike) -> Path:
         if dest.exists():
             dest.rmdir()
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and (reason := no_space_reason(err)):
+            raise EduGPTError(f"no space left while writing the dry run into {dest} ({reason}); free space there or "
+                              "pass another --dry_run folder (nothing was left there).") from None
         raise
     return dest
 

@@ -187,8 +187,8 @@ def read_log_history(run_dir: str | os.PathLike) -> list[dict]:
     run_dir = Path(run_dir)
     for path in [run_dir / TRAINER_STATE] + [p / TRAINER_STATE for p in reversed(list_checkpoints(run_dir))]:
         state = read_json(path, what="Trainer state")
-        if isinstance(state, dict) and state.get("log_history"):
-            return [r for r in state["log_history"] if isinstance(r, dict) and "step" in r]
+        if isinstance(state, dict) and isinstance(state.get("log_history"), list):
+            return [r for r in state["log_history"] if isinstance(r, dict) and isinstance(r.get("step"), int)]
     return []
 
 
@@ -208,12 +208,12 @@ def run_kind(run_config: dict | None) -> str | None:
     if not isinstance(run_config, dict):
         return None
     stamp = run_config.get("edugpt")
-    if isinstance(stamp, dict) and stamp.get("kind") in KINDS:
+    if isinstance(stamp, dict) and isinstance(stamp.get("kind"), str) and stamp["kind"] in KINDS:
         return stamp["kind"]
     script, training = run_config.get("script"), run_config.get("training")
     if not isinstance(training, dict):
         return None
-    if script in ("sft", "dpo"):
+    if isinstance(script, str) and script in ("sft", "dpo"):
         return script
     return "pretrain" if isinstance(script, dict) and isinstance(run_config.get("model"), dict) else None
 

@@ -92,15 +92,25 @@ def atomic_write_json(path: str | os.PathLike, content, *, indent: int | None = 
     return atomic_write_text(path, json.dumps(content, indent=indent, default=str) + "\n", **kwargs)
 
 
-def read_json(path: str | os.PathLike, *, what: str = "file"):
-    """The JSON in `path`, None when it does not exist; one clear error when it is not JSON."""
+def read_json(path: str | os.PathLike, *, what: str = "file", follow_symlinks: bool = True):
+    """The JSON in `path`, None when it does not exist; one clear error when it is not JSON, not a regular file
+    (a folder, a pipe) or, with `follow_symlinks=False`, a symlink (a file of the project's own: a marker, a record)."""
     path = Path(path)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise EduGPTError(f"{what} {path} is not valid JSON ({err}); fix or delete it.") from None
+    except OSError as err:
+        kind = "a symlink" if err.errno == errno.ELOOP else os.strerror(err.errno)
+        raise EduGPTError(f"{what} {path} cannot be read ({kind}); fix or delete it.") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise EduGPTError(f"{what} {path} is not a regular file (a folder?); fix or delete it.")
+        try:
+            return json.loads(f.read().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
+            raise EduGPTError(f"{what} {path} is not valid JSON ({str(err)[:200]}); fix or delete it.") from None
 
 
 def require_new_dir(path: str | os.PathLike, flag: str) -> Path:
