@@ -231,8 +231,15 @@ def compare_replies(model_dirs: list[str], message: str, max_new_tokens: int = 4
     return results
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print the usage too and exit
+        raise EduGPTError(f"{message}; see --help.")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print one chat reply per model folder, side by side.")
+    # No prefix matching (`--comp` is a typo, not --compare), and a usage mistake is one `error:` line, as in every
+    # entry point (edugpt.cli).
+    parser = _Parser(description="Print one chat reply per model folder, side by side.", allow_abbrev=False)
     parser.add_argument("--compare", nargs="+", required=True, metavar="MODEL_DIR", help="model folders to ask")
     parser.add_argument("--message", default="What is the capital of France?", help="the user message")
     parser.add_argument("--max_new_tokens", type=int, default=48)

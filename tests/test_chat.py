@@ -141,6 +141,22 @@ def test_compare_cli_prints_a_reply_per_model_and_rejects_bad_paths(tiny_model_d
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["--comp", "MODEL"], "the following arguments are required: --compare"),
+    (["--compare", "MODEL", "--max_new", "2"], "unrecognized arguments: --max_new 2"),
+    (["--compare", "MODEL", "--max_new_tokens", "two"], "argument --max_new_tokens: invalid int value: 'two'"),
+])
+def test_compare_cli_takes_no_abbreviated_option_and_a_usage_mistake_is_one_error_line(argv, said, tmp_path,
+                                                                                        capsys):
+    """`--comp` is not taken for --compare, nor `--max_new` for --max_new_tokens (argparse's prefix matching would)."""
+    argv = [str(tmp_path / "nope") if arg == "MODEL" else arg for arg in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        run(lambda: main(argv))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert [line for line in err.splitlines() if line.strip()] == [f"error: {said}; see --help."]
+
+
 def test_template_constant_has_generation_markers():
     from trl.chat_template_utils import has_generation_markers
 
