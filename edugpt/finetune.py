@@ -134,7 +134,7 @@ def load_model(job: FinetuneJob, model_args):
     from transformers import AutoModelForCausalLM
 
     from edugpt.chat import add_chat_template
-    from edugpt.modeling import name_causal_lm_loss
+    from edugpt.modeling import fit_generation_to_context, name_causal_lm_loss
 
     model = AutoModelForCausalLM.from_pretrained(
         job.model_path,
@@ -142,8 +142,8 @@ def load_model(job: FinetuneJob, model_args):
         dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
     )
-    add_chat_template(job.tokenizer, model)
-    return name_causal_lm_loss(model)
+    add_chat_template(job.tokenizer, model)  # then the answer length is cut to fit the context:
+    return fit_generation_to_context(name_causal_lm_loss(model))
 
 
 def finetune(stage: str, trainer_class, script_args, training_args, model_args, run_args, dataset_args=None) -> None:

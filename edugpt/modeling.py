@@ -29,6 +29,8 @@ PEAK_BF16_FLOPS = (
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
 # transformers' name for the causal-LM loss (labels shifted inside the model: position i predicts token i+1).
 CAUSAL_LM_LOSS = "ForCausalLM"
+# pipeline("text-generation")'s default number of new tokens (transformers 5.24-5.25).
+PIPELINE_MAX_NEW_TOKENS = 256
 
 
 def gpt2_config(model_args):
@@ -51,10 +53,29 @@ def gpt2_config(model_args):
 
 
 def new_gpt2(config):
-    """A from-scratch `GPT2LMHeadModel(config)` whose loss Trainer counts right (see `name_causal_lm_loss`)."""
+    """A from-scratch `GPT2LMHeadModel(config)` whose loss Trainer counts right (see `name_causal_lm_loss`) and whose
+    generation defaults fit its context (see `fit_generation_to_context`)."""
     from transformers import GPT2LMHeadModel
 
-    return name_causal_lm_loss(GPT2LMHeadModel(config))
+    return fit_generation_to_context(name_causal_lm_loss(GPT2LMHeadModel(config)))
+
+
+def fit_generation_to_context(model):
+    """Make the generation defaults saved with `model` (generation_config.json) fit its context; returns `model`.
+
+    `pipeline("text-generation")` adds 256 new tokens unless the model's generation config sets a length, and a
+    128-position model then fails in its position embedding on any prompt. So `max_new_tokens` is capped at half the
+    context (the pipeline's 256 from 512 positions up, as for Hub GPT-2): a prompt of up to the other half generates
+    with the defaults. Not `max_length = n_positions`, which would fit any prompt: transformers (5.25) then warns
+    "Both `max_new_tokens` and `max_length` seem to have been set" on every call that passes `max_new_tokens`.
+    """
+    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if not positions:
+        return model
+    budget = min(PIPELINE_MAX_NEW_TOKENS, positions // 2)
+    if model.generation_config.max_new_tokens is None or model.generation_config.max_new_tokens > budget:
+        model.generation_config.max_new_tokens = budget
+    return model
 
 
 def name_causal_lm_loss(model):
