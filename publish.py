@@ -11,6 +11,12 @@ file; optimizer, scheduler, RNG and trainer state stay local unless --include_op
 token first; the token is never uploaded or printed; a failed push changes nothing in RUN_DIR. Training scripts push
 with --push_to_hub (and --hub_step_branches) through the same code, edugpt/hub.py; this command is for a run that
 already exists, and also pushes step-N branches whose push failed during training.
+
+A prepared dataset (prepare_data.py's --output_dir) goes to a dataset repo the same guarded way (edugpt/hub_data.py):
+exactly the files its manifest records, manifest.json and a dataset card, after `prepare_data.py --verify`'s checks.
+    python publish.py data/embedded --hub_dataset_id you/edugpt-embedded --dry_run /tmp/ds-plan   # offline
+    python publish.py data/embedded --hub_dataset_id you/edugpt-embedded      # then: train_hf.py --dataset_dir
+                                                                            #   hf://datasets/you/edugpt-embedded@COMMIT
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import sys
 from edugpt.args import PublishArguments
 from edugpt.cli import parse_config, run, setup_logging
 from edugpt.hub import publish_run
+from edugpt.hub_data import publish_dataset
+from edugpt.space import check_space, publish_space
 
 
 def main() -> None:
@@ -29,6 +37,14 @@ def main() -> None:
         argv = ["--run_dir", *argv]
     (args,) = parse_config([PublishArguments], argv)
     setup_logging()
+    # --space: checked before the model goes up (the Space reads that repo), pushed after it.
+    space = check_space(args.space, args.hub_model_id, dry_run=args.dry_run is not None) if args.space else None
+    if args.hub_dataset_id is not None:
+        where = publish_dataset(args.run_dir, args.hub_dataset_id, dry_run=args.dry_run, private=args.private or None,
+                                license=args.license)
+        print(f"dry run written: {where} (main/ is the upload, plan.json lists it)" if args.dry_run else
+              f"published: {where}")
+        return
     where = publish_run(
         args.run_dir, args.hub_model_id, branches=args.branches, include_optimizer=args.include_optimizer,
         dry_run=args.dry_run, eval_dir=args.eval_dir, private=args.private or None, license=args.license,
@@ -37,6 +53,10 @@ def main() -> None:
         print(f"dry run written: {where} (plan.json lists branches and left-out files)")
     else:
         print(f"published: {where}")
+    if space:
+        where = publish_space(*space, dry_run=args.dry_run and f"{args.dry_run}/space", license=args.license,
+                              private=args.private or None)
+        print(f"space: {where}")
 
 
 if __name__ == "__main__":

@@ -25,25 +25,47 @@ from edugpt.tokenizer import GPT2_VOCAB_SIZE
 DEFAULT_LICENSE = "mit"
 
 
+# The from-scratch shape when neither the recipe nor the command line sets one: configs/gpt2_270m.yaml's.
+DEFAULT_SHAPE = {"n_layer": 16, "n_head": 16, "n_embd": 1024, "n_positions": 1024, "vocab_size": GPT2_VOCAB_SIZE}
+
+
 @dataclass
 class ModelArguments:
-    """Shape of a GPT-2 (`GPT2LMHeadModel`) trained from scratch. Names are `GPT2Config`'s."""
+    """Shape of a GPT-2 (`GPT2LMHeadModel`) trained from scratch, or the model to continue pretraining
+    (`model_name_or_path`, the name run_clm.py and TRL use). Names are `GPT2Config`'s."""
 
-    n_layer: int = field(default=16, metadata={"help": "Number of transformer blocks."})
-    n_head: int = field(default=16, metadata={"help": "Attention heads per block; must divide n_embd."})
-    n_embd: int = field(default=1024, metadata={"help": "Width of the residual stream."})
-    n_positions: int = field(default=1024, metadata={"help": "Longest sequence the position embedding covers."})
-    vocab_size: int = field(default=GPT2_VOCAB_SIZE, metadata={"help": "Embedding rows; GPT-2's tokenizer has 50257."})
+    n_layer: int | None = field(default=None, metadata={"help": "Number of transformer blocks (default 16)."})
+    n_head: int | None = field(
+        default=None, metadata={"help": "Attention heads per block; must divide n_embd (default 16)."}
+    )
+    n_embd: int | None = field(default=None, metadata={"help": "Width of the residual stream (default 1024)."})
+    n_positions: int | None = field(
+        default=None, metadata={"help": "Longest sequence the position embedding covers (default 1024)."}
+    )
+    vocab_size: int | None = field(
+        default=None, metadata={"help": "Embedding rows; GPT-2's tokenizer has 50257 (the default)."}
+    )
     dropout: float = field(default=0.0, metadata={"help": "Residual, embedding and attention dropout (0 for pretraining)."})
     attn_implementation: str = field(
         default="sdpa", metadata={"help": "'sdpa' (fused scaled_dot_product_attention) or 'eager'."}
     )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Continue pretraining this model instead of a new one: a run folder, one of its checkpoint-N "
+                          "folders, or a Hub id (openai-community/gpt2; you/edugpt-270m with --model_revision step-N). "
+                          "The shape comes from the model: shape keys left unset take its values, set ones must agree."},
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "Branch, tag or commit of a Hub model_name_or_path, e.g. step-5000."}
+    )
 
     def __post_init__(self):
-        for name in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
-            if getattr(self, name) < 1:
+        for name, default in DEFAULT_SHAPE.items():
+            if getattr(self, name) is None and not self.model_name_or_path:  # with a model: its value (gpt2_config)
+                setattr(self, name, default)
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise EduGPTError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        if self.n_embd % self.n_head:
+        if self.n_embd is not None and self.n_head is not None and self.n_embd % self.n_head:
             raise EduGPTError(
                 f"n_embd ({self.n_embd}) is not divisible by n_head ({self.n_head}); pick an n_head that divides "
                 f"n_embd (e.g. {self.n_embd // 64 or 1} heads of 64)."
@@ -202,6 +224,15 @@ class EvalArguments:
     )
 
     def __post_init__(self):
+        # A recipe's value reaches a text option as YAML typed it (argparse converts only strings): `batch_size: 32`
+        # means "32"; a list or a mapping (`tasks: {a: 1}`) is a mistake, said here rather than crashing later.
+        for name in ("model", "tasks", "model_args", "revision", "batch_size", "output_dir", "hellaswag_file", "device"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(self, name, str(value))
+            elif value is not None and not isinstance(value, str):
+                raise EduGPTError(f"{name} takes one value, got a {type(value).__name__} ({value!r:.80}); write "
+                                  f"`{name}: VALUE` in the recipe (tasks: comma-separated, `tasks: hellaswag,arc_easy`).")
         self.task_list = [name.strip() for name in self.tasks.split(",") if name.strip()]
         if not self.task_list:
             raise EduGPTError("--tasks is empty; pass lm-eval task names, e.g. --tasks hellaswag.")
@@ -217,11 +248,20 @@ class EvalArguments:
 
 @dataclass
 class PublishArguments:
-    """publish.py: a finished run directory to the Hub (or a dry-run folder)."""
+    """publish.py: a finished run directory to a model repo, or a prepared dataset to a dataset repo (or a dry-run
+    folder)."""
 
-    run_dir: str = field(metadata={"help": "Run directory (train_hf.py / finetune output_dir); may come first, unflagged."})
-    hub_model_id: str = field(metadata={"help": "Hub repo id, 'name' or 'owner/name'."})
+    run_dir: str | None = field(
+        default=None, metadata={"help": "Run directory (train_hf.py / finetune output_dir), or with --hub_dataset_id a "
+                                        "prepared dataset (prepare_data.py output_dir); may come first, unflagged."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Model repo id, 'name' or 'owner/name'."})
+    hub_dataset_id: str | None = field(
+        default=None, metadata={"help": "Publish a prepared dataset to this dataset repo instead ('name' or "
+                                        "'owner/name'); train on it with --dataset_dir hf://datasets/OWNER/NAME."})
     branches: bool = field(default=False, metadata={"help": "Also push each checkpoint-N to branch step-N."})
+    space: str | None = field(
+        default=None, metadata={"help": "Also put the run's web page (edugpt/app.py) up as this gradio Space, reading "
+                                        "the model repo (edugpt/space.py); a --dry_run writes it as DRY/space/."})
     dry_run: str | None = field(
         default=None, metadata={"help": "Write the upload folder(s) and plan.json here instead of pushing."}
     )
@@ -230,9 +270,24 @@ class PublishArguments:
     )
     private: bool = field(default=False, metadata={"help": "Create the repo as private (if it does not exist yet)."})
     eval_dir: str | None = field(default=None, metadata={"help": "lm-eval results folder for the card."})
-    license: str = field(default=DEFAULT_LICENSE, metadata={"help": "License id for the card's metadata."})
+    license: str | None = field(
+        default=None, metadata={"help": f"License id for the card's metadata (a run: {DEFAULT_LICENSE}, the project's; "
+                                         "a dataset: its source's, e.g. odc-by for FineWeb-Edu)."})
 
     def __post_init__(self):
+        if self.run_dir is None:
+            raise EduGPTError("pass the folder to publish first: `python publish.py RUN_DIR --hub_model_id you/name` "
+                              "or `python publish.py DATASET_DIR --hub_dataset_id you/name`.")
+        if (self.hub_model_id is None) == (self.hub_dataset_id is None):
+            raise EduGPTError("pass one of --hub_model_id (a run directory, to a model repo) and --hub_dataset_id (a "
+                              "prepared dataset, to a dataset repo).")
+        if self.hub_dataset_id is not None:
+            run_only = [f"--{name}" for name in ("branches", "include_optimizer", "eval_dir") if getattr(self, name)]
+            if run_only:
+                raise EduGPTError(f"{', '.join(run_only)} describe a training run; a dataset repo has none: drop "
+                                  f"{'it' if len(run_only) == 1 else 'them'} with --hub_dataset_id.")
+        elif self.license is None:
+            self.license = DEFAULT_LICENSE
         if self.dry_run is not None:  # before the plan is made: a folder that can never be written is the user's typo
             require_folder_path(self.dry_run, "--dry_run")
 
@@ -350,6 +405,7 @@ class PrepareDataArguments:
         "help": "datasets cache dir of the default executor (default: HF_DATASETS_CACHE); tasks use no cache."})
 
     def __post_init__(self):
+        self._check_types()
         if self.verify is not None:
             return
         if not self.output_dir:
@@ -364,3 +420,23 @@ class PrepareDataArguments:
             raise EduGPTError(f"--num_proc must be at least 1, got {self.num_proc}.")
         if self.max_docs is not None and self.max_docs < 1:
             raise EduGPTError(f"--max_docs must be a positive number of documents, got {self.max_docs}.")
+
+    def _check_types(self) -> None:
+        """A recipe's value arrives as YAML typed it (argparse converts only command-line strings): `seq_len: 6.5` or
+        `max_docs: [1, 2]` is one line here, not a TypeError deep in packing."""
+        for name, example in (("seq_len", 1024), ("num_proc", 4), ("max_docs", 20000)):
+            value = getattr(self, name)
+            if not (type(value) is int or (value is None and name == "max_docs")):
+                raise EduGPTError(f"{name} takes a whole number, got {value!r:.80}; write e.g. `{name}: {example}`.")
+        if type(self.val_fraction) not in (int, float):
+            raise EduGPTError(f"val_fraction takes a number between 0 and 1, got {self.val_fraction!r:.80}; write "
+                              "`val_fraction: 0.01`.")
+        if type(self.overwrite) is not bool:
+            raise EduGPTError(f"overwrite takes true or false, got {self.overwrite!r:.80}.")
+        for name in ("dataset", "output_dir", "subset", "tokenizer", "verify", "cache_dir"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):  # `subset: 10` means "10"
+                setattr(self, name, str(value))
+            elif value is not None and not isinstance(value, str):
+                raise EduGPTError(f"{name} takes one text value, got a {type(value).__name__} ({value!r:.80}); write "
+                                  f"`{name}: VALUE`.")

@@ -398,19 +398,28 @@ def write_layout(root, files: dict[str, list[str]], seq_len: int) -> None:
     """Write the metadata of `DatasetDict.save_to_disk` around Arrow files already in `root/<split>/`, without copying
     them: `dataset_dict.json`, and per split `dataset_info.json` and `state.json` listing its files in order (which
     is all `datasets.load_from_disk` reads to memory-map them as one table)."""
+    root = Path(root)
+    info = layout_info(seq_len)
+    for split, names in files.items():
+        _write_json(root / split / "state.json", layout_state(split, seq_len, names), sort_keys=True)
+        _write_json(root / split / "dataset_info.json", {key: info[key] for key in sorted(info)})
+    _write_json(root / "dataset_dict.json", {"splits": list(files)})
+
+
+def layout_state(split: str, seq_len: int, names: list[str]) -> dict:
+    """A split's state.json as `write_layout` writes it (all of it follows from the split, seq_len and file names)."""
+    fingerprint = hashlib.sha256(json.dumps([split, seq_len, names]).encode()).hexdigest()[:16]
+    return {"_data_files": [{"filename": name} for name in names], "_fingerprint": fingerprint,
+            "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+            "_split": None}
+
+
+def layout_info(seq_len: int) -> dict:
+    """A split's dataset_info.json as `write_layout` writes it: `datasets`' description of uint16 blocks."""
     from datasets import DatasetInfo
     from datasets.utils.py_utils import asdict
 
-    root = Path(root)
-    info = asdict(DatasetInfo(features=block_features(seq_len)))
-    for split, names in files.items():
-        fingerprint = hashlib.sha256(json.dumps([split, seq_len, names]).encode()).hexdigest()[:16]
-        state = {"_data_files": [{"filename": name} for name in names], "_fingerprint": fingerprint,
-                 "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
-                 "_split": None}
-        _write_json(root / split / "state.json", state, sort_keys=True)
-        _write_json(root / split / "dataset_info.json", {key: info[key] for key in sorted(info)})
-    _write_json(root / "dataset_dict.json", {"splits": list(files)})
+    return asdict(DatasetInfo(features=block_features(seq_len)))
 
 
 def _write_json(path: Path, content, sort_keys: bool = False) -> None:
@@ -550,6 +559,10 @@ def replace_refusal(path: Path) -> str | None:
         return "is not a dataset prepared by prepare_data.py (of this version)"
     if (path / MANIFEST).is_symlink():
         return f"is not a dataset prepared by prepare_data.py ({MANIFEST} is a symbolic link)"
+    try:
+        check_manifest(manifest, path / MANIFEST)
+    except EduGPTError:
+        return f"is not a dataset prepared by prepare_data.py (its {MANIFEST} lacks keys or holds values of other types)"
     problems = record_problems(path, manifest)
     if problems:
         return f"holds what its manifest does not record: {problems[0]}"
@@ -987,24 +1000,59 @@ def _fsync_dir(path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------------- verify
 
+class DamagedDataset(EduGPTError):
+    """A prepared dataset whose own files (manifest.json, `datasets`' JSON files, the Arrow files) are not what
+    prepare_data.py wrote: cut short, garbage, a folder, values of the wrong type. `detail` says which and how."""
+
+    def __init__(self, root: Path, detail: str):
+        self.root, self.detail = Path(root), detail
+        super().__init__(f"the prepared dataset {str(root)!r} is damaged ({detail}); prepare it again with "
+                         f"prepare_data.py (`python prepare_data.py --verify {root}` lists everything that changed).")
+
+
+def read_dataset_json(root: Path, rel: str):
+    """The JSON in the prepared dataset's file `root/rel` (manifest.json, `datasets`' dataset_dict.json, state.json,
+    dataset_info.json), None when there is none; a folder, a FIFO or bytes that are not UTF-8 JSON are a
+    DamagedDataset, never an exception from deeper down (`datasets` reads these files with bare `json.load`)."""
+    try:
+        fd = os.open(root / rel, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO must not hang
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise DamagedDataset(root, f"{rel} cannot be read: {os.strerror(err.errno)}") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise DamagedDataset(root, f"{rel} is not a file")
+            data = f.read()
+    except OSError as err:
+        raise DamagedDataset(root, f"{rel} cannot be read: {err.strerror or err}") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise DamagedDataset(root, f"{rel} is not valid JSON: {' '.join(str(err).split())[:120]}") from None
+
+
 def load_manifest(dataset_dir) -> dict:
-    """The manifest of a prepared data directory; a clear error when the directory is not prepare_data.py's."""
+    """The manifest of a prepared data directory, checked (`check_manifest`); a clear error when the directory is not
+    prepare_data.py's, a DamagedDataset when its manifest is damaged."""
     root = Path(dataset_dir)
     path = root / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
+    if root.exists() and not root.is_dir():
+        raise EduGPTError(f"{str(root)!r} is a file, not a folder; a prepared dataset is the folder prepare_data.py "
+                          "wrote (its --output_dir).")
+    manifest = read_dataset_json(root, MANIFEST)
+    if manifest is None:
         raise EduGPTError(
             f"{root} has no {MANIFEST}, so it was not made by prepare_data.py; re-create it with "
             f"`python prepare_data.py --output_dir {root}`."
-        ) from None
-    except ValueError as err:
-        raise EduGPTError(f"{str(path)!r} is not valid JSON ({err}); prepare the dataset again.") from None
+        )
     found = manifest.get("format") if isinstance(manifest, dict) else None
     if found != FORMAT:
         raise EduGPTError(f"{str(path)!r} has format {found!r}, expected {FORMAT!r}; prepare the "
                           "dataset again with this version of prepare_data.py.")
     check_manifest_tokenizer(manifest, path)
+    check_manifest(manifest, path)
     return manifest
 
 
@@ -1048,6 +1096,129 @@ def require_manifest_keys(manifest: dict, path: Path) -> None:
                           "again with prepare_data.py.")
 
 
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _object_of(test):
+    return lambda value: isinstance(value, dict) and all(test(v) for v in value.values())
+
+
+def _is_object(value) -> bool:
+    return isinstance(value, dict)
+
+
+# The type of every manifest value that verify, training, the resume check and --overwrite read, checked in one place
+# (`check_manifest`) so that a manifest that parses but holds another type is one line, not a TypeError where the value
+# is used. A key is checked where present; which keys must be present is VERIFY_KEYS.
+MANIFEST_TYPES = (
+    ("seq_len", lambda v: type(v) is int and v >= 2, "an integer >= 2"),
+    ("source", _is_object, "an object"),
+    ("split_rule", _is_object, "an object"),
+    ("split_rule.val_fraction", lambda v: type(v) in (int, float) and 0 < v < 1, "a number between 0 and 1"),
+    ("split_rule.salt", lambda v: isinstance(v, str), "a string"),
+    ("splits", lambda v: isinstance(v, dict) and sorted(v) == sorted(SPLITS), "an object of the splits train and "
+                                                                              "validation"),
+    *((f"splits.{split}", _object_of(_is_count), "an object of counts (integers >= 0)") for split in SPLITS),
+    ("content", _is_object, "an object"),
+    *((f"content.{split}", _is_object, "an object") for split in SPLITS),
+    *((f"content.{split}.sha256", lambda v: isinstance(v, str), "a string") for split in SPLITS),
+    *((f"content.{split}.files", _object_of(lambda v: isinstance(v, str)), "an object of digests (strings)")
+      for split in SPLITS),
+    ("files", _object_of(_is_count), "an object of file sizes (integers >= 0)"),
+)
+
+
+def check_manifest(manifest: dict, path: Path) -> None:
+    """Refuse a manifest that lacks a key its readers need ("lacks ...") or holds a value of another type than
+    prepare_data.py writes (a DamagedDataset naming the key)."""
+    require_manifest_keys(manifest, path)
+    for key, test, what in MANIFEST_TYPES:
+        node = manifest
+        for part in key.split("."):
+            node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+        if node is not KeyError and not test(node):
+            shown = json.dumps(node)
+            raise DamagedDataset(path.parent, f"{path.name}: {key} is {shown[:60]}{'...' if len(shown) > 60 else ''}, "
+                                              f"not {what}")
+
+
+# Arrow file names prepare_data.py writes (data-00000.arrow, task-00003-00000.arrow, tails-00000.arrow): a state.json
+# naming anything else (a path, a hidden file) is not ours.
+ARROW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.arrow")
+# dataset_info.json keys besides `features` that `write_layout` writes (DatasetInfo's empty descriptive strings).
+INFO_TEXT_KEYS = ("citation", "description", "homepage", "license")
+
+
+def read_layout(root: Path) -> dict[str, list[str]]:
+    """Each split that dataset_dict.json lists -> its Arrow files in order (state.json's), with every JSON file of
+    `datasets`' layout checked to be one `write_layout` writes: `datasets.load_from_disk` then meets nothing it would
+    trip over with a TypeError, and a damaged file is a DamagedDataset naming it. The block length is the one in
+    dataset_info.json (whether it is the manifest's is the caller's check)."""
+    listed = read_dataset_json(root, "dataset_dict.json")
+    if listed is None:
+        raise DamagedDataset(root, "it holds a manifest but no saved dataset (dataset_dict.json)")
+    splits = listed.get("splits") if isinstance(listed, dict) and len(listed) == 1 else None
+    if not (isinstance(splits, list) and all(split in SPLITS for split in splits) and len(set(splits)) == len(splits)):
+        raise DamagedDataset(root, "dataset_dict.json is not the one prepare_data.py writes (an object listing the "
+                                   "splits train and validation)")
+    layout = {}
+    for split in splits:
+        info = read_dataset_json(root, f"{split}/dataset_info.json")
+        seq_len = _block_length(info)
+        if seq_len is None:
+            raise DamagedDataset(root, f"{split}/dataset_info.json is " + (
+                "missing" if info is None else "not the one prepare_data.py writes (uint16 blocks of N tokens)"))
+        state = read_dataset_json(root, f"{split}/state.json")
+        files = state.get("_data_files") if isinstance(state, dict) else None
+        names = [f.get("filename") for f in files if isinstance(f, dict)] if isinstance(files, list) else []
+        if state != layout_state(split, seq_len, names) or not all(isinstance(n, str) and ARROW_NAME.fullmatch(n)
+                                                                    for n in names):
+            raise DamagedDataset(root, f"{split}/state.json is " + (
+                "missing" if state is None else "not the one prepare_data.py writes (the split's Arrow files)"))
+        layout[split] = names
+    return layout
+
+
+def _block_length(info) -> int | None:
+    """N when `info` (a dataset_info.json) describes uint16 blocks of N tokens exactly as `write_layout` writes it."""
+    try:
+        seq_len = info["features"]["input_ids"]["length"]
+    except (TypeError, KeyError, IndexError):
+        return None
+    if type(seq_len) is not int or seq_len < 1 or info["features"] != layout_info(seq_len)["features"]:
+        return None
+    others = all(key in INFO_TEXT_KEYS and isinstance(value, str) for key, value in info.items() if key != "features")
+    return seq_len if others else None
+
+
+def load_splits(root: Path, layout: dict[str, list[str]] | None = None):
+    """The prepared dataset's splits (a `datasets.DatasetDict`, memory-mapped) once `read_layout` has checked its JSON
+    files. An Arrow file that cannot be read (cut short, garbage, missing) is a DamagedDataset naming it: `datasets`
+    and pyarrow name no file."""
+    import datasets
+    import pyarrow as pa
+
+    root = Path(root)
+    layout = read_layout(root) if layout is None else layout
+    try:
+        return datasets.load_from_disk(str(root))
+    except (OSError, ValueError, pa.ArrowException) as err:  # ArrowInvalid is a ValueError
+        reason = f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"
+        for split, names in layout.items():
+            for name in names:
+                try:
+                    with pa.memory_map(str(root / split / name)) as source:
+                        pa.ipc.open_stream(source).read_all()
+                except (OSError, ValueError, pa.ArrowException) as bad:
+                    reason = f"{split}/{name} cannot be read: {type(bad).__name__}: {' '.join(str(bad).split())[:120]}"
+                    break
+            else:
+                continue
+            break
+        raise DamagedDataset(root, reason) from None
+
+
 def file_digest_and_max(path: Path) -> tuple[str, int]:
     """sha256 of an Arrow file's block tokens in stored order (see CONTENT_DIGEST) and its largest token id, read one
     memory-mapped record batch at a time (memory stays flat)."""
@@ -1062,30 +1233,72 @@ def file_digest_and_max(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), top
 
 
-def verify(dataset_dir) -> dict:
+def verification_failed(root: Path, problems: list[str]) -> EduGPTError:
+    return EduGPTError(f"{str(root)!r} failed verification: " + "; ".join(problems)
+                       + ". Prepare the dataset again with prepare_data.py.")
+
+
+def verify(dataset_dir, *, check_record=None) -> dict:
     """Re-check a prepared dataset from its files: disjoint splits, the split rule, counts, block shape, token range,
     the blocks' content digests (manifest `content`) and the record of its files (`files`: none added, missing or
-    changed in size).
+    changed in size). `check_record(root, manifest) -> problems` replaces that last check: a copy fetched from the Hub
+    (edugpt.hub_data) lies in the HF cache as links to its blobs, beside the dataset card.
 
     Streams `doc_ids.parquet` (one batch of ids at a time) and the blocks (memory-mapped), so memory stays flat on
     FineWeb-sized datasets. Disjointness needs no set of ids: a document in both splits sits in the wrong one once.
     """
-    import datasets
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     root = Path(dataset_dir)
-    manifest = load_manifest(root)
-    require_manifest_keys(manifest, root / MANIFEST)
-    seq_len, rule = manifest["seq_len"], manifest["split_rule"]
-    content = manifest["content"]
-    problems = record_problems(root, manifest)
+    try:
+        manifest = load_manifest(root)
+    except DamagedDataset as err:
+        raise verification_failed(root, [err.detail]) from None
+    seq_len = manifest["seq_len"]
+    problems = (check_record or record_problems)(root, manifest)
+    try:
+        layout = read_layout(root)
+        splits = load_splits(root, layout)
+    except DamagedDataset as err:
+        raise verification_failed(root, [err.detail, *problems]) from None
     try:
         id_file = pq.ParquetFile(root / DOC_IDS)
-        splits = datasets.load_from_disk(str(root))
-    except (FileNotFoundError, OSError, pa.ArrowInvalid) as err:
-        raise EduGPTError(f"cannot read the prepared dataset in {str(root)!r} ({err}); prepare it again.") from None
+        schema = id_file.schema_arrow
+        if any(schema.get_field_index(name) < 0 or not pa.types.is_string(schema.field(name).type)
+               for name in ("id", "split")):
+            raise ValueError("it does not hold the string columns id and split")
+        counts = _check_doc_ids(id_file, manifest["split_rule"], problems)
+    except (OSError, ValueError, pa.ArrowException) as err:  # FileNotFoundError is an OSError, ArrowInvalid a ValueError
+        problems.insert(0, f"{DOC_IDS} cannot be read ({' '.join(str(err).split())[:160]})")
+        raise verification_failed(root, problems) from None
+
+    for split in SPLITS:
+        expected = manifest["splits"][split]
+        if counts[split] != expected["documents"]:
+            problems.append(f"{DOC_IDS} lists {counts[split]} {split} documents, manifest says {expected['documents']}")
+        if expected["blocks"] * seq_len + expected["dropped_tail_tokens"] != expected["tokens"]:
+            problems.append(f"{split}: blocks * seq_len + dropped tail != tokens in the manifest")
+        if split not in splits:
+            problems.append(f"the {split} split is missing")
+            continue
+        ds = splits[split]
+        if ds.features != block_features(seq_len):
+            problems.append(f"{split} features are {ds.features}, expected uint16 blocks of {seq_len}")
+            continue
+        if ds.num_rows != expected["blocks"]:
+            problems.append(f"{split} has {ds.num_rows} blocks, manifest says {expected['blocks']}")
+        problems += _check_content(root, split, layout[split], manifest["content"], manifest["tokenizer"]["vocab_size"])
+    if problems:
+        raise verification_failed(root, problems)
+    return manifest
+
+
+def _check_doc_ids(id_file, rule: dict, problems: list[str]) -> dict[str, int]:
+    """Documents per split in doc_ids.parquet; ids in a split their hash does not give, and ids in both splits, go to
+    `problems`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     counts = dict.fromkeys(SPLITS, 0)
     n_wrong, wrong = 0, []
@@ -1108,44 +1321,26 @@ def verify(dataset_dir) -> dict:
                           for doc_id, split in zip(hits.column("id").to_pylist(), hits.column("split").to_pylist()))
         if shared:
             problems.append(f"{shared} document ids appear in both train and validation")
-
-    for split in SPLITS:
-        expected = manifest["splits"][split]
-        if counts[split] != expected["documents"]:
-            problems.append(f"{DOC_IDS} lists {counts[split]} {split} documents, manifest says {expected['documents']}")
-        if expected["blocks"] * seq_len + expected["dropped_tail_tokens"] != expected["tokens"]:
-            problems.append(f"{split}: blocks * seq_len + dropped tail != tokens in the manifest")
-        if split not in splits:
-            problems.append(f"the {split} split is missing")
-            continue
-        ds = splits[split]
-        if ds.features != block_features(seq_len):
-            problems.append(f"{split} features are {ds.features}, expected uint16 blocks of {seq_len}")
-            continue
-        if ds.num_rows != expected["blocks"]:
-            problems.append(f"{split} has {ds.num_rows} blocks, manifest says {expected['blocks']}")
-        problems += _check_content(root, split, content, manifest["tokenizer"]["vocab_size"])
-    if problems:
-        raise EduGPTError(f"{str(root)!r} failed verification: " + "; ".join(problems)
-                          + ". Prepare the dataset again with prepare_data.py.")
-    return manifest
+    return counts
 
 
-def _check_content(root: Path, split: str, content, vocab_size: int) -> list[str]:
+def _check_content(root: Path, split: str, names: list[str], content: dict, vocab_size: int) -> list[str]:
     """One pass over a split's files, in the order training reads them: token range and content digests."""
-    state = json.loads((root / split / "state.json").read_text())
-    names = [f["filename"] for f in state["_data_files"]]
+    import pyarrow as pa
+
     digests, top, problems = [], 0, []
     for name in names:
-        digest, file_top = file_digest_and_max(root / split / name)
+        try:
+            digest, file_top = file_digest_and_max(root / split / name)
+        except (OSError, ValueError, pa.ArrowException) as err:
+            return [f"{split}/{name} cannot be read ({' '.join(str(err).split())[:120]})"]
         digests.append(digest)
         top = max(top, file_top)
     if top >= vocab_size:
         problems.append(f"{split} holds token id {top} >= vocab_size {vocab_size}")
-    recorded = content.get(split) if isinstance(content, dict) else None
-    recorded = recorded if isinstance(recorded, dict) else {}
+    recorded = content.get(split, {})
     if split_digest(digests) != recorded.get("sha256"):
-        files = recorded.get("files") if isinstance(recorded.get("files"), dict) else {}
+        files = recorded.get("files", {})
         changed = [n for n, d in zip(names, digests) if files.get(n) != d] or names
         problems.append(f"the {split} blocks are not the ones prepared (content digest differs; "
                         f"changed or moved: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''})")

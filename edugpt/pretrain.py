@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edugpt.data import SPLITS, block_features, load_manifest
+from edugpt.data import SPLITS, block_features, load_manifest, load_splits
 from edugpt.errors import EduGPTError
+from edugpt.hub_data import local_dataset_dir
 from edugpt.lifecycle import TrainingRun, training_settings
+from edugpt.net import looks_like_hub_id
 from edugpt.rundir import DATA_MANIFEST, METRICS, SAMPLES, MetricsLog
 from edugpt.safefs import atomic_write_json
 from edugpt.tokenizer import GPT2_EOS_ID
@@ -44,7 +46,9 @@ def read_manifest(dataset_dir: str | Path) -> dict:
     if not root.is_dir():
         raise EduGPTError(
             f"dataset_dir {str(root)!r} does not exist; create it with "
-            f"`python prepare_data.py --output_dir {root}` or point --dataset_dir at one that does."
+            f"`python prepare_data.py --output_dir {root}` or point --dataset_dir at one that does"
+            + (f" (a dataset on the Hub is --dataset_dir hf://datasets/{dataset_dir})."
+               if looks_like_hub_id(str(dataset_dir)) else ".")
         )
     return load_manifest(root)
 
@@ -55,8 +59,6 @@ def load_prepared(dataset_dir: str | Path, model_config, seq_len: int | None = N
     Checks: made by prepare_data.py, same tokenizer family and vocabulary as the model, block length equal to
     `seq_len` (when given) and within the model's `n_positions`, and splits whose rows match the manifest.
     """
-    import datasets
-
     manifest = read_manifest(dataset_dir)
     root = Path(dataset_dir)
     tokenizer = manifest.get("tokenizer") or {}
@@ -81,12 +83,7 @@ def load_prepared(dataset_dir: str | Path, model_config, seq_len: int | None = N
             f"the data's blocks are {data_seq_len} tokens but the model's n_positions is {model_config.n_positions}; "
             f"set n_positions >= {data_seq_len} or re-prepare with a shorter --seq_len."
         )
-    try:
-        splits = datasets.load_from_disk(str(root))
-    except FileNotFoundError:
-        raise EduGPTError(
-            f"{root} holds a manifest but no saved dataset (dataset_dict.json); re-create it with prepare_data.py."
-        ) from None
+    splits = load_splits(root)  # its JSON files checked first, a damaged Arrow file named: one line either way
     for name in SPLITS:
         if name not in splits:
             raise EduGPTError(f"{root} has no {name!r} split; re-create it with prepare_data.py.")
@@ -259,6 +256,17 @@ def data_digest(manifest: dict) -> dict | None:
     return {name: (content.get(name) or {}).get("sha256") for name in SPLITS}
 
 
+def base_model_settings(model_args) -> dict:
+    """The base model of a continued pretraining run, for its settings: a local folder resolved (the lifecycle
+    refuses an --overwrite_output_dir that would delete it), a Hub id with its revision; {} from scratch."""
+    name = model_args.model_name_or_path
+    if not name:
+        return {}
+    if Path(name).is_dir():
+        return {"base_model": str(Path(name).resolve())}
+    return {"base_model": name, "base_model_revision": model_args.model_revision}
+
+
 def check_script_inputs(script_args, vocab_size: int) -> None:
     """The --tokenizer and the HellaSwag source, checked before the run begins: found only when the Trainer is built,
     a bad one would leave run_config.json, data_manifest.json and the lock in an output_dir that held nothing."""
@@ -302,7 +310,7 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
     from transformers import set_seed
 
     from edugpt import callbacks as cb
-    from edugpt.modeling import current_peak_flops, flops_per_token, gpt2_config, new_gpt2, parameter_count
+    from edugpt.modeling import current_peak_flops, flops_per_token, gpt2_config, load_gpt2, parameter_count
     from edugpt.tokenizer import load_tokenizer, packed_rows_have_no_padding, ready_to_save, require_gpt2_compatible
 
     # Trainer settings the callbacks rely on, whatever the recipe says: tokens seen feed throughput, MFU and
@@ -326,7 +334,7 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
             )
 
     set_seed(training_args.seed)  # the from-scratch initialisation is part of what a seed reproduces
-    model = new_gpt2(config)
+    model = load_gpt2(model_args, config)  # new, or model_name_or_path's weights (a resumed checkpoint's replace them)
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id  # what Trainer would align (with a warning) from the tokenizer
     packed_rows_have_no_padding()
@@ -378,7 +386,7 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
     """Everything before `train()`: check the arguments, output_dir and data, decide resume/restart, build the Trainer
     (None when the run has no training left). Use the run as a context manager: it holds output_dir's lock."""
     from edugpt.hub import require_push_ready
-    from edugpt.modeling import gpt2_config, require_compatible_checkpoint
+    from edugpt.modeling import gpt2_config, require_compatible_checkpoint, require_data_fits
 
     run = TrainingRun("pretrain", training_args, run_args)
     run.check_output_dir()
@@ -389,8 +397,12 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
             "nonfinite_loss 'skip' needs logging_nan_inf_filter true: without it Trainer logs every loss after a "
             "skipped step as NaN; drop logging_nan_inf_filter: false or use nonfinite_loss 'stop'."
         )
-    config = gpt2_config(model_args)
-    data = load_prepared(data_args.dataset_dir, config, data_args.seq_len)
+    config = gpt2_config(model_args)  # with model_name_or_path: that model's, checked whole and against the recipe
+    if model_args.model_name_or_path:
+        require_data_fits(read_manifest(data_args.dataset_dir), config, model_args.model_name_or_path)
+    # hf://datasets/... is fetched into the HF cache and verified first (edugpt.hub_data); run_config.json keeps the
+    # name as given.
+    data = load_prepared(local_dataset_dir(data_args.dataset_dir, training_args), config, data_args.seq_len)
     data_args.seq_len = data.seq_len
     apply_tokens_per_step(data_args.tokens_per_step, training_args, data.seq_len)
     if len(data.train) < global_batch_blocks(training_args):
@@ -401,7 +413,8 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
     check_script_inputs(script_args, config.vocab_size)
     # The digest is a key of its own: a checkpoint of an older version, which has none, still resumes.
     digest = {"data_digest": digest} if (digest := data_digest(data.manifest)) else {}
-    settings = training_settings(training_args, seq_len=data.seq_len, data=dataset_settings(data.manifest), **digest)
+    settings = training_settings(training_args, seq_len=data.seq_len, data=dataset_settings(data.manifest), **digest,
+                                 **base_model_settings(model_args))
     run_config = {"model": asdict(model_args), "data": asdict(data_args), "script": asdict(script_args),
                   "run": asdict(run_args), "training": training_args.to_dict()}
     run.begin(settings, run_config)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -151,13 +152,20 @@ class FakeHub:
     branch of each failed one (`failed`).
     `fail=True` fails every upload like a dropped connection, `fail_on_branch` only that branch's; `fail_times=N` makes
     either fail only N times. The error quotes the token, as some server errors do. As HfApi does, a
-    `run_as_future` upload returns a Future holding the outcome; an upload to a branch that does not exist fails."""
+    `run_as_future` upload returns a Future holding the outcome; an upload to a branch that does not exist fails.
+    Each commit gets an id (`uploads[i]["oid"]`, returned as upload_folder's CommitInfo.oid) and its files are kept
+    (`commits`); `save_to_cache` writes a branch or commit as huggingface_hub lays out a download, so the real
+    `hf_hub_download` / `snapshot_download` find it there offline, and `hf_hub_download` / `snapshot_download` stand in
+    for those functions online (patched over `huggingface_hub`'s). The repo exists once `create_repo` made it or an
+    upload went to it; asking for another is the Hub's RepositoryNotFoundError."""
 
     def __init__(self, fail: bool = False, fail_on_branch: str | None = None, fail_times: int | None = None):
         self.fail, self.fail_on_branch, self.fail_times = fail, fail_on_branch, fail_times
         self.uploads: list[dict] = []
         self.failed: list[str] = []  # the branch of every upload that failed
         self.branches: dict[str, dict[str, bytes]] = {"main": {".gitattributes": b"*.safetensors filter=lfs\n"}}
+        self.commits: dict[str, dict[str, bytes]] = {}  # commit id -> the branch's files after that commit
+        self.repos: set[str] = set()
 
     def __call__(self, *args, **kwargs):  # HfApi() / hf_api() -> this instance
         return self
@@ -180,6 +188,7 @@ class FakeHub:
     def create_repo(self, repo_id, **kwargs):
         from huggingface_hub import RepoUrl
 
+        self.repos.add(repo_id)
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
     def create_branch(self, repo_id, *, branch, revision=None, exist_ok=False, **kwargs):
@@ -192,7 +201,8 @@ class FakeHub:
     def list_repo_files(self, repo_id, *, revision=None, **kwargs):
         return sorted(self.branches[revision or "main"])
 
-    def _commit(self, repo_id, revision, message, added: dict[str, bytes], deleted: list[str]):
+    def _commit(self, repo_id, revision, message, added: dict[str, bytes], deleted: list[str], repo_type=None):
+        import hashlib
         import threading
 
         files = self.branches[revision]
@@ -202,7 +212,11 @@ class FakeHub:
         card = added.get("README.md")
         self.uploads.append({"repo_id": repo_id, "revision": revision, "message": message, "files": sorted(added),
                              "deleted": sorted(deleted), "card": card.decode() if card is not None else None,
-                             "thread": threading.current_thread().name})
+                             "thread": threading.current_thread().name, "repo_type": repo_type or "model",
+                             "oid": hashlib.sha1(f"{len(self.uploads)}:{repo_id}:{revision}".encode()).hexdigest()})
+        self.commits[self.uploads[-1]["oid"]] = dict(files)
+        self.repos.add(repo_id)
+        return self.uploads[-1]["oid"]
 
     def create_commit(self, repo_id, operations, *, revision=None, commit_message=None, **kwargs):
         from huggingface_hub import CommitOperationAdd
@@ -241,11 +255,81 @@ class FakeHub:
                 remote = {p[len(prefix):]: p for p in self.branches[revision] if p.startswith(prefix)}
                 deleted = [remote[rel] for rel in filter_repo_objects(remote, allow_patterns=delete_patterns)
                            if remote[rel] != ".gitattributes" and remote[rel] not in added]
-            self._commit(repo_id, revision, commit_message, added, deleted)
-            outcome.set_result(None)
+            oid = self._commit(repo_id, revision, commit_message, added, deleted, kwargs.get("repo_type"))
+            outcome.set_result(types.SimpleNamespace(oid=oid))  # as HfApi's CommitInfo
         except (ConnectionError, ValueError) as err:
             outcome.set_exception(err)
         return outcome if run_as_future else outcome.result()
+
+    # --- downloads ------------------------------------------------------------------------------------------------
+    def _files_at(self, repo_id, revision):
+        import hashlib
+
+        import httpx2
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+        url = f"https://huggingface.co/api/datasets/{repo_id}/revision/{revision}"
+        if self.fail:
+            raise ConnectionError(f"Connection reset by peer (token {FAKE_TOKEN})")
+        if repo_id not in self.repos:
+            raise RepositoryNotFoundError(f"404 Client Error: Repository Not Found for url: {url}",
+                                          response=httpx2.Response(404, request=httpx2.Request("GET", url)))
+        revision = revision or "main"
+        files = self.branches.get(revision, self.commits.get(revision))
+        if files is None:
+            raise RevisionNotFoundError(f"404 Client Error: Revision Not Found for url: {url}",
+                                        response=httpx2.Response(404, request=httpx2.Request("GET", url)))
+        commit = revision if revision in self.commits else \
+            next((oid for oid in reversed(list(self.commits)) if self.commits[oid] == files), None)
+        if commit is None:  # the branch was changed in place by a test: its state is a commit of its own
+            commit = hashlib.sha1(repr(sorted(files.items())).encode()).hexdigest()
+            self.commits[commit] = dict(files)
+        return files, commit
+
+    def save_to_cache(self, cache_dir, repo_id, *, repo_type="dataset", revision="main", allow_patterns=None) -> Path:
+        """Write `revision` (a branch or commit id) of the repo into `cache_dir` as huggingface_hub lays out a download:
+        blobs/<sha256>, snapshots/<commit>/<path> as relative links to them, refs/<branch>. Returns the snapshot."""
+        import hashlib
+
+        from huggingface_hub.file_download import repo_folder_name
+        from huggingface_hub.utils import filter_repo_objects
+
+        files, commit = self._files_at(repo_id, revision)
+        storage = Path(cache_dir) / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
+        snapshot = storage / "snapshots" / commit
+        for name in filter_repo_objects(sorted(files), allow_patterns=allow_patterns):
+            blob = storage / "blobs" / hashlib.sha256(files[name]).hexdigest()
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(files[name])
+            link = snapshot / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(os.path.relpath(blob, link.parent))
+        snapshot.mkdir(parents=True, exist_ok=True)
+        if revision in self.branches:
+            (storage / "refs").mkdir(parents=True, exist_ok=True)
+            (storage / "refs" / revision).write_text(commit)
+        return snapshot
+
+    def hf_hub_download(self, repo_id, filename, *, repo_type=None, revision=None, cache_dir=None, **kwargs):
+        """huggingface_hub.hf_hub_download online, from this fake (into `cache_dir` or HF_HUB_CACHE)."""
+        from huggingface_hub import constants
+        from huggingface_hub.errors import EntryNotFoundError
+
+        files, _ = self._files_at(repo_id, revision)
+        if filename not in files:
+            raise EntryNotFoundError(f"404 Client Error: Entry Not Found for {filename}")
+        snapshot = self.save_to_cache(cache_dir or constants.HF_HUB_CACHE, repo_id, repo_type=repo_type or "model",
+                                      revision=revision or "main", allow_patterns=[filename])
+        return str(snapshot / filename)
+
+    def snapshot_download(self, repo_id, *, repo_type=None, revision=None, cache_dir=None, allow_patterns=None,
+                          **kwargs):
+        """huggingface_hub.snapshot_download online, from this fake."""
+        from huggingface_hub import constants
+
+        return str(self.save_to_cache(cache_dir or constants.HF_HUB_CACHE, repo_id, repo_type=repo_type or "model",
+                                      revision=revision or "main", allow_patterns=allow_patterns))
 
 
 # --- a run directory by the run-directory contract (edugpt.rundir), for the card and publishing tests -----------------
