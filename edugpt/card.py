@@ -106,6 +106,9 @@ def collect_run_facts(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | 
     """The run's facts. `summary_only` skips what only the run's own card needs (lm-eval results, the base model's
     run): enough for the first sentence, which describes this run in the card of a finetune started from it."""
     run_dir = Path(run_dir)
+    if (run_dir.exists() or run_dir.is_symlink()) and not run_dir.is_dir():
+        raise EduGPTError(f"run directory {run_dir} is a file, not a folder; pass a finished run directory (the "
+                          "output_dir of training) or one of its checkpoint-N folders.")
     config = read_json(run_dir / "config.json", what="model config")
     if not isinstance(config, dict):
         raise EduGPTError(
@@ -118,7 +121,6 @@ def collect_run_facts(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | 
     if not records:
         records = rundir.read_log_history(run_dir)
         from_trainer_state = bool(records)
-    samples_path = run_dir / rundir.SAMPLES
     images_dir = run_dir / rundir.IMAGES
     kind = run_kind(run_config, records, from_trainer_state)
     base_model = base_model or rundir.config_value(run_config, "base_model", "model_name_or_path")
@@ -129,9 +131,9 @@ def collect_run_facts(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | 
         config=config,
         params=saved_parameter_counts(run_dir),
         run_config=run_config,
-        manifest=read_json(run_dir / rundir.DATA_MANIFEST, what="data manifest"),
+        manifest=read_data_manifest(run_dir),
         records=records,
-        samples_md=samples_path.read_text(encoding="utf-8").strip() if samples_path.is_file() else None,
+        samples_md=read_samples(run_dir),
         images=[p.relative_to(run_dir).as_posix() for p in sorted(images_dir.glob("*.png"))] if images_dir.is_dir()
         else [],
         lm_eval=None if summary_only else rundir.find_lm_eval_results(run_dir, eval_dir),
@@ -139,6 +141,61 @@ def collect_run_facts(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | 
         base_hub_id=base_hub_id,
         base_summary=base_summary,
     )
+
+
+# data_manifest.json (a copy of the prepared dataset's manifest.json): the parts the card reads, each an object where
+# present, and the values it formats as numbers or names.
+MANIFEST_OBJECTS = ("source", "tokenizer", "split_rule", "splits")
+MANIFEST_VALUES = {("seq_len",): int, ("source", "max_docs"): int, ("source", "dataset"): str,
+                   ("source", "subset"): str}
+SPLIT_COUNTS = ("documents", "tokens", "blocks")
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """Why `manifest` is not a data manifest the card can read ("has a string as 'splits', not an object"), or None."""
+    if not isinstance(manifest, dict):
+        return f"holds {rundir.json_kind(manifest)}, not a JSON object"
+    for key in MANIFEST_OBJECTS:
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            return f"has {rundir.json_kind(manifest[key])} as {key!r}, not an object"
+    for keys, wanted in MANIFEST_VALUES.items():
+        value = manifest
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and (not isinstance(value, wanted) or isinstance(value, bool)):
+            return f"has {rundir.json_kind(value)} as {'.'.join(keys)!r}, not {rundir.json_kind(wanted())}"
+    for split, counts in (manifest.get("splits") or {}).items():
+        if not isinstance(counts, dict):
+            return f"has {rundir.json_kind(counts)} as {f'splits.{split}'!r}, not an object of counts"
+        for key in SPLIT_COUNTS:
+            value = counts.get(key)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                return f"has {rundir.json_kind(value)} as {f'splits.{split}.{key}'!r}, not a number"
+    return None
+
+
+def read_data_manifest(run_dir: Path) -> dict | None:
+    """The run's data_manifest.json, None when there is none; one EduGPTError when the card cannot read it."""
+    path = run_dir / rundir.DATA_MANIFEST
+    manifest = read_json(path, what="data manifest")
+    if manifest is None and not os.path.lexists(path):
+        return None
+    if (problem := manifest_problem(manifest)) is not None:
+        raise EduGPTError(f"data manifest {path} {problem}; fix it, or delete it (the card then has no Data section).")
+    return manifest
+
+
+def read_samples(run_dir: Path) -> str | None:
+    """The run's samples.md table, None when there is none; one EduGPTError when it is not a UTF-8 text file."""
+    path = run_dir / rundir.SAMPLES
+    data = rundir.read_regular_file(path, what="samples table")
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise EduGPTError(f"samples table {path} is not UTF-8 text; fix it, or delete it (the card then shows the "
+                          "samples logged in metrics.jsonl).") from None
 
 
 def base_model_facts(base_model: str | None) -> tuple[str | None, str | None]:
@@ -163,8 +220,8 @@ def base_model_facts(base_model: str | None) -> tuple[str | None, str | None]:
 
 def human(n: float | None) -> str:
     """1234567 -> '1.23M' (token and parameter counts)."""
-    if n is None:
-        return "—"
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return "—" if n is None else str(n)
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.3g}{unit}"
@@ -218,7 +275,7 @@ def final_tokens(records: list[dict]) -> dict | None:
 
 def is_hub_id(name: str | None) -> bool:
     """A Hub repo id ('owner/name'), not a local path: only those belong in `datasets:` / `base_model:` metadata."""
-    return (bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
+    return (isinstance(name, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
             and Path(name).suffix not in (".json", ".jsonl", ".parquet", ".csv", ".txt"))
 
 
@@ -261,7 +318,7 @@ def in_loop_source(facts: RunFacts) -> str:
     limit = next((s["hellaswag_limit"] for s in sections if s.get("hellaswag_limit")), None)
     where = (f"the local file `{hellaswag_file}` in HellaSwag's format (not HellaSwag's validation set)"
              if hellaswag_file else "HellaSwag's validation set")
-    return where + (f", first {limit:,} items" if limit else "")
+    return where + (f", first {_num(limit)} items" if limit else "")
 
 
 def lm_eval_scores(lm_eval: dict | None) -> list[dict]:
@@ -349,7 +406,7 @@ def in_loop_hellaswag_rows(records: list[dict]) -> list[list[str]]:
 
 def lm_eval_source(lm_eval: dict, scores: list[dict]) -> str:
     """'lm-evaluation-harness 0.4.13 on `runs/x`, first 100 items per task': what scored the final model, on what."""
-    version = lm_eval.get("lm_eval_version")
+    version = lm_eval.get("lm_eval_version") if isinstance(lm_eval.get("lm_eval_version"), str) else None
     model = rundir.evaluated_model(lm_eval)
     limit = scores[0]["limit"]
     return (f"lm-evaluation-harness{' ' + version if version else ''}" + (f" on `{model}`" if model else "")
@@ -367,7 +424,8 @@ def local_hellaswag_file(lm_eval: dict | None) -> str | None:
     local = ((lm_eval or {}).get("configs") or {}).get(LOCAL_HELLASWAG_TASK)
     if local is None:
         return None
-    return str((local.get("dataset_kwargs") or {}).get("hellaswag_file") or local.get("dataset_path"))
+    kwargs = local.get("dataset_kwargs") if isinstance(local.get("dataset_kwargs"), dict) else {}
+    return str(kwargs.get("hellaswag_file") or local.get("dataset_path"))
 
 
 def sample_rows(records: list[dict]) -> list[list[str]]:
@@ -421,7 +479,8 @@ def recipe_rows(run_config: dict, records: list[dict]) -> list[list[str]]:
     """The training arguments of RECIPE_KEYS, the model and data sections, and the measured tokens per step."""
     training = run_config.get("training") or {}
     rows = [[key, _plain(training[key])] for key in RECIPE_KEYS if training.get(key) not in (None, "", [])]
-    if training.get("max_steps", -1) > 0:
+    max_steps = training.get("max_steps")
+    if isinstance(max_steps, (int, float)) and max_steps > 0:
         rows = [r for r in rows if r[0] != "num_train_epochs"]
     for section in ("model", "data"):
         values = run_config.get(section)
@@ -441,7 +500,7 @@ def data_facts(manifest: dict) -> dict:
     tokenizer = manifest.get("tokenizer") or {}
     return {
         "source": dataset_phrase(manifest),
-        "max_docs": f"{source['max_docs']:,}" if source.get("max_docs") else None,
+        "max_docs": _num(source["max_docs"]) if source.get("max_docs") else None,
         "tokenizer": {key: tokenizer.get(key) for key in ("name", "vocab_size", "eos_token_id")} if tokenizer else None,
         "seq_len": manifest.get("seq_len"),
         "split_rule": str(rule.get("description") or rule) if rule else None,
@@ -599,10 +658,30 @@ def build_model_card(run_dir: str | os.PathLike, *, eval_dir: str | os.PathLike 
 def write_model_card(run_dir: str | os.PathLike, *, eval_dir: str | os.PathLike | None = None,
                      hub_model_id: str | None = None, base_model: str | None = None,
                      license: str = DEFAULT_LICENSE) -> Path:
-    """Write `RUN_DIR/README.md` (atomically: a reader never sees half a card) and return its path."""
+    """Write `RUN_DIR/README.md` (atomically: a reader never sees half a card) and return its path. Where it cannot
+    be written (a folder or a link under that name, a read-only folder) that is said before the card is built."""
+    path = Path(run_dir) / rundir.CARD
+    require_card_writable(path)
     card = build_model_card(run_dir, eval_dir=eval_dir, hub_model_id=hub_model_id, base_model=base_model,
                             license=license)
-    return atomic_write_text(Path(run_dir) / rundir.CARD, str(card))
+    try:
+        return atomic_write_text(path, str(card))
+    except OSError as err:  # a full disk is already one line (safefs); a folder made read-only since the check
+        raise EduGPTError(f"the model card {path} cannot be written ({os.strerror(err.errno)}); make "
+                          f"{path.parent} writable and run the same command again.") from None
+
+
+def require_card_writable(path: Path) -> None:
+    """Refuse, without writing anything, a card path the card cannot replace: what is there is not a regular file (a
+    folder, a symlink: someone else's, which the rename would replace) or its folder is not writable."""
+    if not path.parent.is_dir():
+        return  # collect_run_facts says what is wrong with the run directory
+    if path.is_symlink() or os.path.lexists(path) and not path.is_file():
+        raise EduGPTError(f"{path} is not a regular file (a folder or a link) and the model card goes there; move it "
+                          "away, then run the same command again.")
+    if not os.access(path.parent, os.W_OK | os.X_OK):  # EROFS too: access() reports a read-only filesystem
+        raise EduGPTError(f"run directory {path.parent} is not writable (a read-only filesystem, or no permission); "
+                          "the model card README.md goes there: make it writable, or copy the run elsewhere.")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -140,23 +141,54 @@ class MetricsLog:
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """The records of a metrics.jsonl file (or of `path/metrics.jsonl` for a run directory); a torn last line from a
-    killed run, or a line that is not a record (not JSON, not UTF-8), is skipped."""
+    killed run, or a line that is not a record (not JSON, not UTF-8, no integer "step"), is skipped. A metrics.jsonl
+    that is a folder or cannot be read is one EduGPTError."""
     path = Path(path)
     if path.is_dir():
         path = path / METRICS
-    try:
-        lines = path.read_bytes().splitlines()  # bytes: one damaged line must not make the whole file unreadable
-    except FileNotFoundError:
-        return []
+    # bytes: one damaged line must not make the whole file unreadable
+    lines = (read_regular_file(path, what="metrics log") or b"").splitlines()
     records = []
     for line in lines:
         try:
             record = json.loads(line.decode("utf-8"))
-        except ValueError:  # UnicodeDecodeError is one
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             continue
-        if isinstance(record, dict) and "step" in record:
+        if isinstance(record, dict) and type(record.get("step")) is int:  # not a bool either
             records.append(record)
     return records
+
+
+def read_regular_file(path: str | os.PathLike, *, what: str = "file") -> bytes | None:
+    """The bytes of `path`, None when it does not exist (or is a dangling link); one EduGPTError when it is a folder
+    or another non-regular file (a pipe is never waited on), or cannot be read."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise EduGPTError(f"{what} {path} cannot be read ({os.strerror(err.errno)}); fix or delete it.") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise EduGPTError(f"{what} {path} is not a regular file (a folder?); fix or delete it.")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise EduGPTError(f"{what} {path} cannot be read ({os.strerror(err.errno)}); fix or delete it.") from None
+    finally:
+        os.close(fd)
+
+
+def json_kind(value: Any) -> str:
+    """What JSON calls `value`, with its article ("an array", "a string", "null"): for messages about a wrong type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 # -------------------------------------------------------------------------------------------------------- checkpoints
@@ -193,9 +225,27 @@ def read_log_history(run_dir: str | os.PathLike) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------------------- run config
+# run_config.json's sections and the JSON types their readers take (None: the section may be absent or null).
+RUN_CONFIG_SECTIONS = {"edugpt": (dict,), "model": (dict,), "data": (dict,), "training": (dict,),
+                       "script": (dict, str)}  # script: a string ("sft", "dpo") in run_configs before "edugpt"
+
+
 def read_run_config(run_dir: str | os.PathLike) -> dict | None:
-    config = read_json(Path(run_dir) / RUN_CONFIG, what="run config")
-    return config if isinstance(config, dict) else None
+    """run_config.json, None when there is none; one EduGPTError when it is not a JSON object or one of its sections
+    (RUN_CONFIG_SECTIONS) has the wrong type: a damaged record is reported, not read as "no run config"."""
+    path = Path(run_dir) / RUN_CONFIG
+    config = read_json(path, what="run config")
+    if config is None and not os.path.lexists(path):
+        return None
+    if not isinstance(config, dict):
+        raise EduGPTError(f"run config {path} holds {json_kind(config)}, not a JSON object; fix or delete it.")
+    for section, types in RUN_CONFIG_SECTIONS.items():
+        value = config.get(section)
+        if value is not None and not isinstance(value, types):
+            wanted = " or ".join(json_kind(t()) for t in types)
+            raise EduGPTError(f"run config {path} has {json_kind(value)} as {section!r}, not {wanted}; fix or delete "
+                              "it.")
+    return config
 
 
 def write_run_config(run_dir: str | os.PathLike, run_config: dict) -> Path:
@@ -279,7 +329,8 @@ def published_repo_id(run_dir: str | os.PathLike) -> str | None:
 def evaluated_model(results: dict) -> str | None:
     """The model path/id an lm-eval results dict was scored on: eval_harness.py records it as config.model, the lm_eval
     CLI as `pretrained=...` in config.model_args (a string or a dict)."""
-    config = results.get("config") or {}
+    config = results.get("config")
+    config = config if isinstance(config, dict) else {}
     args = config.get("model_args")
     if isinstance(args, dict) and args.get("pretrained"):
         return str(args["pretrained"])
@@ -304,11 +355,13 @@ def find_lm_eval_results(run_dir: str | os.PathLike, eval_dir: str | os.PathLike
     """The newest lm-eval results JSON (`results*.json` holding a "results" mapping) for this run's final model, with
     its path under "_path".
 
-    With `eval_dir` (a folder or a file) that is where results are read. Otherwise: under run_dir (lm-eval writes
-    `OUTPUT/<model name>/results_<timestamp>.json`, so a few folders deep; checkpoint-N folders skipped), and in the
-    run's sibling folders (`runs/demo/eval` next to `runs/demo/pretrain`, as eval_harness.py is used in the demo) —
-    a sibling's file counts only when it names this run directory as the model it scored, and no file that names
-    another model (a checkpoint, the SFT model) is taken for this one.
+    With `eval_dir` (a folder or a file) that is where results are read, and all it holds must be: a results file
+    there that is not lm-eval's (lm_eval_problem), or no scores at all, is one EduGPTError. Otherwise: under run_dir
+    (lm-eval writes `OUTPUT/<model name>/results_<timestamp>.json`, so a few folders deep; checkpoint-N folders
+    skipped), and in the run's sibling folders (`runs/demo/eval` next to `runs/demo/pretrain`, as eval_harness.py is
+    used in the demo) — a sibling's file counts only when it names this run directory as the model it scored, and no
+    file that names another model (a checkpoint, the SFT model) is taken for this one; a broken file found by this
+    search is passed over.
     """
     run_dir = Path(run_dir)
     if eval_dir is not None:
@@ -326,14 +379,20 @@ def find_lm_eval_results(run_dir: str | os.PathLike, eval_dir: str | os.PathLike
                 candidates += [(p, True) for p in sibling.rglob("results*.json")
                                if len(p.relative_to(sibling).parts) <= 3]
     best = None
-    for path, must_match in sorted(candidates, key=lambda c: c[0].stat().st_mtime):
+    for path, must_match in sorted(candidates, key=lambda c: _mtime(c[0])):
+        # What --eval_dir names must be lm-eval results; an unrelated broken file found near the run is not this
+        # card's problem, and is passed over.
         try:
             data = read_json(path, what="lm-eval results")
         except EduGPTError:
             if eval_dir is not None:
                 raise
-            continue  # an unrelated broken file somewhere near the run is not this card's problem
-        if not (isinstance(data, dict) and isinstance(data.get("results"), dict) and data["results"]):
+            continue
+        problem = lm_eval_problem(data) if data is not None else None
+        if problem is not None and eval_dir is not None:
+            raise EduGPTError(f"lm-eval results {path} {problem}; pass the results_<time>.json that eval_harness.py "
+                              "(or lm_eval) wrote, or its folder.")
+        if data is None or problem is not None or not data["results"]:
             continue
         reference = evaluated_model(data) if eval_dir is None else None
         if reference is not None and not _same_model(reference, run_dir):
@@ -341,7 +400,42 @@ def find_lm_eval_results(run_dir: str | os.PathLike, eval_dir: str | os.PathLike
         if reference is None and must_match:
             continue
         best = {**data, "_path": path}
+    if best is None and eval_dir is not None:
+        raise EduGPTError(f"eval results folder {eval_dir} holds no lm-eval scores (a results*.json with a task in "
+                          "\"results\"); pass the --output_dir of eval_harness.py (or lm_eval's --output_path).")
     return best
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # a dangling link: read_json finds nothing there
+        return 0.0
+
+
+# The sections of an lm-eval results JSON the card reads, each an object (of objects, for the per-task ones).
+LM_EVAL_SECTIONS = {"config": False, "n-shot": False, "n-samples": True, "configs": True, "results": True}
+
+
+def lm_eval_problem(data: Any) -> str | None:
+    """Why `data` is not an lm-eval results JSON the card can read ("holds an array, not ..."), None when it is one:
+    an object with a "results" object, and "config", "n-shot", "n-samples", "configs" objects where present (the
+    per-task entries of results, n-samples and configs objects too)."""
+    if not isinstance(data, dict):
+        return f"holds {json_kind(data)}, not an lm-eval results object"
+    if "results" not in data:
+        return 'has no "results"'
+    for section, per_task in LM_EVAL_SECTIONS.items():
+        value = data.get(section)
+        if value is None and section != "results":
+            continue
+        if not isinstance(value, dict):
+            return f"has {json_kind(value)} as {section!r}, not an object"
+        if per_task:
+            for task, entry in value.items():
+                if not isinstance(entry, dict):
+                    return f"has {json_kind(entry)} as {section!r} of task {task!r}, not an object"
+    return None
 
 
 def config_value(run_config: dict | None, *keys: str) -> Any:

@@ -299,3 +299,61 @@ def test_template_ships_as_package_data():
     patterns = json.loads(re.search(r"^edugpt = (\[.*\])$", section, re.MULTILINE).group(1))
     relative = TEMPLATE.relative_to(ROOT / "edugpt").as_posix()
     assert TEMPLATE.is_file() and any(fnmatch.fnmatch(relative, pattern) for pattern in patterns)
+
+
+# --- damaged inputs: refused in one line where the card reads them, passed over where it only searches ---------------
+
+
+def test_lm_eval_results_named_with_eval_dir_must_be_lm_evals_but_a_broken_one_found_nearby_is_passed_over(
+        run_dir, tmp_path):
+    results = next((run_dir / "eval").rglob("results*.json"))
+    broken = results.with_name("results_2099-01-01T00-00-00.json")  # the newest: searched first
+    for content in ("[1, 2, 3]", '{"results": {"hellaswag": {"acc,none": 0.3}}, "config": 5}'):
+        broken.write_text(content)
+        assert build_model_card(run_dir).data.eval_results  # found by searching: the good file is used
+        with pytest.raises(EduGPTError, match=r"lm-eval results .*results_2099.* (holds an array|has a number as "
+                                              r"'config'), not an (lm-eval results )?object"):
+            build_model_card(run_dir, eval_dir=broken)
+        with pytest.raises(EduGPTError, match="lm-eval results"):
+            build_model_card(run_dir, eval_dir=run_dir / "eval")  # a folder named with --eval_dir: all of it
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EduGPTError, match="holds no lm-eval scores"):
+        build_model_card(run_dir, eval_dir=tmp_path / "empty")
+
+
+def test_a_card_path_held_by_a_link_is_refused_and_the_link_left_alone(run_dir, tmp_path):
+    target = tmp_path / "my-notes.md"
+    target.write_text("a user's notes\n")
+    (run_dir / "README.md").symlink_to(target)
+    with pytest.raises(EduGPTError, match="README.md is not a regular file"):
+        write_model_card(run_dir)
+    assert (run_dir / "README.md").is_symlink() and target.read_text() == "a user's notes\n"
+
+
+RUN_CONFIG_DAMAGE = {"training": [1], "model": "x", "script": 5, "edugpt": "pretrain"}
+MANIFEST_DAMAGE = {"source": 5, "splits": {"train": [1]}, "seq_len": "long", "tokenizer": [],
+                   "split_rule": "sha256"}
+
+
+@pytest.mark.parametrize("file, key, value", [("run_config.json", k, v) for k, v in RUN_CONFIG_DAMAGE.items()]
+                         + [("data_manifest.json", k, v) for k, v in MANIFEST_DAMAGE.items()])
+def test_a_record_file_with_a_wrong_type_is_one_error_naming_the_key(run_dir, file, key, value):
+    content = json.loads((run_dir / file).read_text())
+    content[key] = value
+    (run_dir / file).write_text(json.dumps(content))
+    with pytest.raises(EduGPTError, match=rf"{file} (has \S+ \S+ as |: )'{key}"):
+        write_model_card(run_dir)
+    assert not (run_dir / "README.md").exists()
+
+
+def test_values_of_unexpected_types_in_the_record_files_still_make_a_card(run_dir):
+    """Where a value is only shown (a recipe value, a count's display), any JSON value is shown, not a crash."""
+    config = json.loads((run_dir / "run_config.json").read_text())
+    config["training"]["max_steps"] = "four"
+    config["script"]["hellaswag_limit"] = "all"
+    (run_dir / "run_config.json").write_text(json.dumps(config))
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": "5", "loss": 1.0}) + "\n")  # no integer step: not a record
+        f.write(json.dumps({"step": 6, "tokens": "many", "eval_loss": 2.0}) + "\n")
+    text = build_model_card(run_dir).text
+    assert "| max_steps | four |" in text and "first all items" in text and "| 6 | many |" in text
