@@ -104,13 +104,17 @@ def read_json(path: str | os.PathLike, *, what: str = "file", follow_symlinks: b
     except OSError as err:
         kind = "a symlink" if err.errno == errno.ELOOP else os.strerror(err.errno)
         raise EduGPTError(f"{what} {path} cannot be read ({kind}); fix or delete it.") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise EduGPTError(f"{what} {path} is not a regular file (a folder?); fix or delete it.")
-        try:
-            return json.loads(f.read().decode("utf-8"))
-        except (ValueError, UnicodeDecodeError, RecursionError) as err:
-            raise EduGPTError(f"{what} {path} is not valid JSON ({str(err)[:200]}); fix or delete it.") from None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+    finally:
+        os.close(fd)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise EduGPTError(f"{what} {path} is not valid JSON ({str(err)[:200]}); fix or delete it.") from None
 
 
 def require_new_dir(path: str | os.PathLike, flag: str) -> Path:
