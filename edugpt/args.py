@@ -282,7 +282,8 @@ class PublishArguments:
             raise EduGPTError("pass one of --hub_model_id (a run directory, to a model repo) and --hub_dataset_id (a "
                               "prepared dataset, to a dataset repo).")
         if self.hub_dataset_id is not None:
-            run_only = [f"--{name}" for name in ("branches", "include_optimizer", "eval_dir") if getattr(self, name)]
+            run_only = [f"--{name}" for name in ("branches", "include_optimizer", "eval_dir", "space")
+                        if getattr(self, name, None)]
             if run_only:
                 raise EduGPTError(f"{', '.join(run_only)} describe a training run; a dataset repo has none: drop "
                                   f"{'it' if len(run_only) == 1 else 'them'} with --hub_dataset_id.")
