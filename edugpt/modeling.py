@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -34,9 +35,12 @@ PIPELINE_MAX_NEW_TOKENS = 256
 
 
 def gpt2_config(model_args):
-    """A `GPT2Config` for a from-scratch GPT-2 of the shape in `model_args` (an `edugpt.args.ModelArguments`)."""
+    """The `GPT2Config` of the run: a from-scratch GPT-2 of the shape in `model_args` (an `edugpt.args.ModelArguments`),
+    or, with `model_args.model_name_or_path`, the config of the model to continue (`base_model_config`)."""
     from transformers import GPT2Config
 
+    if model_args.model_name_or_path:
+        return base_model_config(model_args)
     return GPT2Config(
         n_layer=model_args.n_layer,
         n_head=model_args.n_head,
@@ -50,6 +54,102 @@ def gpt2_config(model_args):
         eos_token_id=GPT2_EOS_ID,
         attn_implementation=model_args.attn_implementation,
     )
+
+
+def base_model_config(model_args):
+    """The config of the GPT-2 to continue pretraining (`model_args.model_name_or_path` at `model_revision`): a local
+    folder checked whole first (edugpt.chat.require_saved_model), or a Hub model (the HF cache when the Hub is offline).
+    The recipe's shape keys must agree with it; those left unset take its values, written into `model_args` so that
+    run_config.json records the shape trained. The recipe's dropout and attention implementation apply."""
+    from transformers import AutoConfig
+
+    from edugpt.chat import require_saved_model
+    from edugpt.net import hub_available, looks_like_hub_id, missing_local_path
+
+    name, revision = model_args.model_name_or_path, model_args.model_revision
+    fix = "pass a run folder of train_hf.py, one of its checkpoint-N folders or a Hub model id."
+    overrides = {"resid_pdrop": model_args.dropout, "embd_pdrop": model_args.dropout, "attn_pdrop": model_args.dropout,
+                 "attn_implementation": model_args.attn_implementation}
+    if Path(name).is_dir():
+        if revision not in (None, "main"):
+            raise EduGPTError(f"--model_revision {revision} selects a branch of a Hub model, but --model_name_or_path "
+                              f"{name!r} is a local folder; drop --model_revision or pass the Hub id.")
+        with _quiet_transformers():
+            require_saved_model(Path(name), name, fix)
+            config = AutoConfig.from_pretrained(name, **overrides)
+    elif Path(name).exists() or not looks_like_hub_id(name):
+        what = "is a file" if Path(name).exists() else "does not exist"
+        raise EduGPTError(f"--model_name_or_path {name!r} {what}; {fix}")
+    else:
+        online = hub_available()
+        try:
+            with _quiet_transformers():
+                config = AutoConfig.from_pretrained(name, revision=revision, local_files_only=not online, **overrides)
+        except OSError as err:  # no such repo or revision, gated, not in the cache offline
+            if not online:
+                raise EduGPTError(f"{missing_local_path(name, '--model_name_or_path')}, and the HF cache holds no "
+                                  f"revision {revision!r} of it; {fix}") from None
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+            raise EduGPTError(f"--model_name_or_path {name!r} at revision {revision!r} could not be loaded from the "
+                              f"Hub ({reason}); check the id and the revision (a published run's are step-N), or "
+                              f"{fix}") from None
+    if config.model_type != "gpt2":
+        raise EduGPTError(f"--model_name_or_path {name!r} is a {config.model_type!r} model; train_hf.py continues "
+                          f"GPT-2 models only (model_type gpt2); {fix}")
+    differences = []
+    for key in SHAPE_KEYS:
+        if getattr(model_args, key) is None:
+            setattr(model_args, key, getattr(config, key))
+        elif getattr(model_args, key) != getattr(config, key):
+            differences.append(f"{key} {getattr(model_args, key)} in the recipe, {getattr(config, key)} in the model")
+    if differences:
+        raise EduGPTError(
+            f"the recipe's model shape disagrees with --model_name_or_path {name!r} ({'; '.join(differences)}); the "
+            "shape is the model's: drop these keys from the recipe and command line, or set them to the model's values."
+        )
+    return config
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' INFO lines off for a while: the config is read here to be checked, and the model's own load
+    prints it once more (a run would otherwise show it three times, and a refusal would bury its one line)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(max(level, hf_logging.WARNING))
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def require_data_fits(manifest: dict, config, name: str) -> None:
+    """Raise unless the prepared data (its manifest) fits the model to continue: every token id has an embedding row
+    and every block fits the position embedding."""
+    vocab = (manifest.get("tokenizer") or {}).get("vocab_size")
+    seq_len = manifest.get("seq_len")
+    if not isinstance(vocab, int) or vocab > config.vocab_size:
+        raise EduGPTError(f"the data was tokenized with a {vocab}-token vocabulary but --model_name_or_path {name!r} "
+                          f"has {config.vocab_size} embedding rows; prepare the data with that model's tokenizer.")
+    if not isinstance(seq_len, int) or seq_len > config.n_positions:
+        raise EduGPTError(f"the data's blocks are {seq_len} tokens but --model_name_or_path {name!r} covers "
+                          f"{config.n_positions} positions; re-prepare with --seq_len {config.n_positions} or less.")
+
+
+def load_gpt2(model_args, config):
+    """The GPT-2 a run starts from: `model_args.model_name_or_path`'s weights (in fp32, as a from-scratch model:
+    mixed precision keeps fp32 master weights) with `config`, else a from-scratch one (`new_gpt2`)."""
+    if not model_args.model_name_or_path:
+        return new_gpt2(config)
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from edugpt.net import hub_available
+
+    name = model_args.model_name_or_path
+    hub = {} if Path(name).is_dir() else {"revision": model_args.model_revision, "local_files_only": not hub_available()}
+    return name_causal_lm_loss(GPT2LMHeadModel.from_pretrained(name, config=config, dtype=torch.float32, **hub))
 
 
 def new_gpt2(config):
