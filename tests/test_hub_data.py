@@ -289,3 +289,39 @@ def test_train_hf_with_an_uncached_hub_dataset_offline_is_one_line_and_writes_no
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(error_lines(proc.stderr)) == 1 and "is not in the Hugging Face cache" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+@pytest.mark.slow
+def test_two_processes_train_from_one_fetch_and_a_failed_fetch_ends_both(data_dir, tmp_path, monkeypatch):
+    """accelerate launch, 2 processes (DDP over gloo): the first fetches and verifies while the other waits at the
+    barrier, then finds the copy in the cache; when the first cannot fetch, both end with an error, neither hangs."""
+    from test_distributed import Launch  # before HfApi is patched: it imports transformers' hub module
+
+    hub = FakeHub()
+    monkeypatch.setattr("huggingface_hub.HfApi", hub)
+    monkeypatch.setattr("edugpt.hub_data._dataset_push_ready", lambda repo_id: repo_id)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "publisher-cache"))
+    publish_dataset(data_dir, REPO)
+    commit = hub.uploads[-1]["oid"]
+    cache = tmp_path / "cache"
+    hub.save_to_cache(cache, REPO, revision=commit)
+    args = ["--per_device_train_batch_size", "2", "--tokens_per_step", "256", "--max_steps", "2", "--save_steps", "2",
+            "--eval_steps", "2", "--sample_steps", "0", "--hellaswag_steps", "0"]
+    runs = {name: tmp_path / name for name in ("ok", "uncached")}
+    launches = {
+        "ok": Launch("cpu_ddp_2proc.yaml", [*TINY, "--dataset_dir", f"hf://datasets/{REPO}@{commit}", "--output_dir",
+                                            str(runs["ok"]), *args], tmp_path / "ok.log", {"HF_HUB_CACHE": str(cache)}),
+        "uncached": Launch("cpu_ddp_2proc.yaml", [*TINY, "--dataset_dir", f"hf://datasets/{REPO}@v2", "--output_dir",
+                                                  str(runs["uncached"]), *args], tmp_path / "uncached.log",
+                           {"HF_HUB_CACHE": str(cache)}),
+    }
+    outcome = {name: (launch.proc.wait(timeout=600), launch.wait()) for name, launch in launches.items()}
+    code, log = outcome["ok"]
+    assert code == 0, log[-3000:]
+    steps = [r["step"] for r in map(json.loads, (runs["ok"] / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == [1, 2]
+    assert json.loads((runs["ok"] / "data_manifest.json").read_text())["content"] == \
+        json.loads((data_dir / MANIFEST).read_text())["content"]
+    code, log = outcome["uncached"]
+    assert code != 0 and "is not in the Hugging Face cache" in log, log[-3000:]
+    assert "the first process on this machine could not fetch" in log and not runs["uncached"].exists()
