@@ -7,46 +7,75 @@
         --hellaswag_file edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl   # CPU, offline
 
 `--model` is a checkpoint directory written by train_hf.py or finetune/*.py (output_dir or output_dir/checkpoint-N)
-or a Hub id (`--revision` picks a branch such as step-5000). `--model_args`, `--num_fewshot` and
-`--apply_chat_template` are lm_eval's own options, passed through unchanged. `--tasks` takes any lm-eval task names,
-comma-separated. With `--hellaswag_file` (a jsonl in HellaSwag's schema), `hellaswag` means lm-eval's hellaswag task
-definition over that file (`hellaswag_local`, edugpt/tasks/), so it runs offline. The shipped smoke file is generated
-from Python's documentation and is NOT HellaSwag: its numbers only show that the pipeline works.
+or a Hub id (`--revision` picks a branch such as step-5000). Every other option is lm_eval's own: the parser is
+`lm-eval run`'s (edugpt.evaluation.eval_parser), so `--model_args`, `--num_fewshot`, `--apply_chat_template`,
+`--include_path`, `--gen_kwargs`, `--seed`, `--metadata`, `--system_instruction`, `--wandb_args`, `--trackio_args`,
+`--hf_hub_log_args`, `--config` (a YAML of option: value lines) ... mean what they mean to lm_eval, and lm-eval's own
+EvaluatorConfig checks them. `--tasks` takes any lm-eval task names. With `--hellaswag_file` (a jsonl in HellaSwag's
+schema), `hellaswag` means lm-eval's hellaswag task definition over that file (`hellaswag_local`, edugpt/tasks/), so
+it runs offline. The shipped smoke file is generated from Python's documentation and is NOT HellaSwag: its numbers
+only show that the pipeline works.
 
-Output is lm-eval's standard layout, written by its EvaluationTracker as `lm_eval --output_path` writes it:
-OUTPUT_DIR/<model name>/results_<timestamp>.json, and with --log_samples samples_<task>_<timestamp>.jsonl (every
-item's prompt, log-likelihoods and scores). The table printed at the end is lm-eval's own (`make_table`). The same
-numbers come from lm-eval's CLI:
+Output is lm-eval's standard layout, written by its EvaluationTracker as `lm_eval --output_path` writes it
+(`--output_dir` is the same option): OUTPUT_DIR/<model name>/results_<timestamp>.json, and with --log_samples
+samples_<task>_<timestamp>.jsonl (every item's prompt, log-likelihoods and scores). The table printed at the end is
+lm-eval's own (`make_table`). The same numbers come from lm-eval's CLI:
     lm_eval --model hf --model_args pretrained=runs/demo/pretrain --include_path edugpt/tasks --tasks hellaswag_local
 """
 
 from __future__ import annotations
 
-from edugpt.args import EvalArguments
-from edugpt.cli import parse_config, run, setup_logging
+import json
+import os
+
+from edugpt.cli import run, setup_logging
 
 
 def main(argv=None) -> None:
-    (args,) = parse_config([EvalArguments], argv)
-    setup_logging()
-    from lm_eval.loggers import EvaluationTracker
-
-    from edugpt.evaluation import check_output_path, evaluate_checkpoint, results_tables, save_results
-
-    check_output_path(args.output_dir, args.model)
-    tracker = EvaluationTracker(output_path=args.output_dir)
-    batch_size = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
-    results = evaluate_checkpoint(
-        args.model, args.task_list, limit=args.limit, batch_size=batch_size, hellaswag_file=args.hellaswag_file,
-        device=args.device, log_samples=args.log_samples, model_args=args.model_args, revision=args.revision,
-        num_fewshot=args.num_fewshot, apply_chat_template=args.apply_chat_template, evaluation_tracker=tracker,
+    from edugpt.evaluation import (
+        check_output_path,
+        evaluate_checkpoint,
+        evaluator_config,
+        log_to_loggers,
+        parse_eval_args,
+        result_loggers,
+        results_tables,
+        save_results,
+        simple_evaluate_options,
     )
+
+    args = parse_eval_args(argv)
+    setup_logging()
+    config = evaluator_config(args)  # lm-eval's own checks of its options
+    check_output_path(config.output_path, args.model)
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.utils import handle_non_serializable
+
+    loggers = result_loggers(config)
+    token = {"token": os.environ["HF_TOKEN"]} if os.environ.get("HF_TOKEN") else {}
+    tracker = EvaluationTracker(**{**config.hf_hub_log_args, **token, "output_path": config.output_path})
+    results = evaluate_checkpoint(
+        args.model, config.tasks, limit=config.limit, batch_size=config.batch_size, hellaswag_file=args.hellaswag_file,
+        device=config.device, log_samples=config.log_samples, model_args=config.model_args, revision=args.revision,
+        num_fewshot=config.num_fewshot, apply_chat_template=config.apply_chat_template, evaluation_tracker=tracker,
+        include_path=config.include_path, metadata=config.metadata, **simple_evaluate_options(config),
+    )
+    if results is None:  # not the main process of a multi-process evaluation
+        return
+    if config.show_config:
+        print(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
+    log_to_loggers(loggers, {k: v for k, v in results.items() if k != "samples"}, results.get("samples"))
     path = save_results(results, tracker)
+    if tracker.push_results_to_hub or tracker.push_samples_to_hub:
+        tracker.recreate_metadata_card()
     if path is not None:
         print(f"lm-eval results written to {path}")
     # lm_eval's own summary line and table(s)
-    print(f"\nhf ({results['config']['model_args']}), limit: {args.limit}, num_fewshot: {args.num_fewshot}, "
-          f"batch_size: {args.batch_size}" + (f", hellaswag_file: {args.hellaswag_file}" if args.hellaswag_file else ""))
+    batch_sizes = ",".join(map(str, results["config"]["batch_sizes"]))
+    print(f"\nhf ({results['config']['model_args']}), gen_kwargs: ({config.gen_kwargs}), limit: {config.limit}, "
+          f"num_fewshot: {config.num_fewshot}, batch_size: {config.batch_size}"
+          + (f" ({batch_sizes})" if batch_sizes else "")
+          + (f", hellaswag_file: {args.hellaswag_file}" if args.hellaswag_file else ""))
     print(results_tables(results))
 
 

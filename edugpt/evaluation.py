@@ -17,8 +17,10 @@ Offline, HellaSwag comes from a local jsonl file in HellaSwag's schema through t
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
+import difflib
 import errno
 import logging
 import os
@@ -38,6 +40,8 @@ TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 LOCAL_HELLASWAG_TASK = "hellaswag_local"
 LOCAL_HELLASWAG_YAML = TASKS_DIR / f"{LOCAL_HELLASWAG_TASK}.yaml"
 HELLASWAG = "hellaswag"
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------------- tasks
@@ -65,20 +69,26 @@ def task_specs(tasks: list[str], hellaswag_file: str | None = None) -> list[str 
     return specs
 
 
-def task_manager(names: list[str]):
-    """lm-eval's TaskManager over edugpt/tasks, plus lm-eval's own ~thousands of task YAMLs only when a task needs
-    them: indexing those takes ~10 s on a small CPU, which the local HellaSwag task does not have to pay."""
+def task_manager(names: list[str], include_path: str | None = None, metadata: dict | None = None):
+    """lm-eval's TaskManager over edugpt/tasks and the user's `include_path` (lm_eval --include_path), plus lm-eval's
+    own ~thousands of task YAMLs only when a task is not found there: indexing those takes ~10 s on a small CPU,
+    which the local HellaSwag task does not have to pay. `metadata` goes to every task, as lm_eval --metadata."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=any(n != LOCAL_HELLASWAG_TASK for n in names))
+    paths = [str(TASKS_DIR), *([include_path] if include_path else [])]
+    manager = TaskManager(include_path=paths, include_defaults=False, metadata=metadata)
+    if all(manager.match_tasks([name]) for name in names):
+        return manager
+    return TaskManager(include_path=paths, metadata=metadata)
 
 
-def checked_task_manager(specs: list[str | dict]):
-    """The TaskManager for `specs`, after checking that every task name is one lm-eval or edugpt/tasks defines."""
-    names = [s if isinstance(s, str) else s["task"] for s in specs]
-    manager = task_manager(names)
+def checked_task_manager(specs: list[str | dict], include_path: str | None = None, metadata: dict | None = None):
+    """The TaskManager for `specs`, after checking that every task name is one lm-eval, edugpt/tasks or the
+    include_path defines (a name, group, tag or pattern, as lm_eval matches them)."""
+    names = [s for s in specs if isinstance(s, str) and not s.endswith(".yaml")]
+    manager = task_manager(names, include_path, metadata)
     for name in names:
-        if name not in manager.all_tasks and not Path(name).is_file():
+        if not manager.match_tasks([name]):
             raise EduGPTError(
                 f"unknown lm-eval task {name!r}; run `lm_eval ls tasks` for the names (offline, use "
                 f"--tasks hellaswag with --hellaswag_file, or {LOCAL_HELLASWAG_TASK})."
@@ -86,8 +96,29 @@ def checked_task_manager(specs: list[str | dict]):
     return manager
 
 
+def expand_task_specs(specs: list[str | dict], manager) -> list[str | dict]:
+    """What lm_eval's CLI hands `simple_evaluate` for `specs`: a pattern (`mmlu_*`) as the task names it matches, a
+    task YAML file (or glob of them) as its config, a config as is."""
+    import glob
+
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    expanded: list[str | dict] = []
+    for spec in specs:
+        if isinstance(spec, dict):
+            found = [spec]
+        elif spec.endswith(".yaml"):
+            found = [load_yaml(path, resolve_func=True) for path in sorted(glob.glob(str(Path(spec).absolute())))]
+            if not found:
+                raise EduGPTError(f"task file {spec} does not exist; pass a task YAML file or an lm-eval task name.")
+        else:
+            found = manager.match_tasks([spec])
+        expanded += [task for task in found if task not in expanded]
+    return expanded
+
+
 def offline_data_error(specs: list[str | dict], err: Exception) -> EduGPTError:
-    names = ", ".join(s if isinstance(s, str) else s["task"] for s in specs)
+    names = ", ".join(s if isinstance(s, str) else str(s.get("task") or s.get("group")) for s in specs)
     return EduGPTError(
         f"could not download the data of task(s) {names} ({type(err).__name__}): the Hugging Face Hub is offline or "
         "unreachable; go online, or for HellaSwag pass a local HellaSwag-format jsonl with --hellaswag_file "
@@ -137,29 +168,35 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def model_arguments(model: str, revision: str | None = None, model_args: str | None = None) -> dict:
+def model_arguments(model: str, revision: str | None = None, model_args: str | dict | None = None) -> dict:
     """lm-eval's `--model_args` of its `hf` model: pretrained=`model`, `revision`, then the user's key=value pairs
-    (lm_eval's own syntax, e.g. "dtype=bfloat16,max_length=512"), parsed by lm-eval.
+    (lm_eval's own syntax, e.g. "dtype=bfloat16,max_length=512", parsed by lm-eval; or a mapping, as lm_eval's JSON
+    form and a recipe give them).
 
     lm-eval keeps the spaces of "dtype=bfloat16, max_length=512" in the key (" max_length"), which then fails inside
     `from_pretrained`; here a key is stripped, as it was meant. An item without `=` or a key given twice (lm-eval
     keeps the last silently) is refused."""
     from lm_eval.utils import simple_parse_args_string
 
-    items = [item for item in (model_args or "").split(",") if item.strip()]
-    pairs = []
-    for item in items:
-        key, equals, value = item.partition("=")
-        if not equals or not key.strip():
-            raise EduGPTError(f"--model_args item {item.strip()!r} is not key=value; pass lm-eval's form, e.g. "
-                              "--model_args dtype=bfloat16,max_length=512.")
-        pairs.append((key.strip(), value))
+    if isinstance(model_args, dict):
+        pairs = [(str(key).strip(), value) for key, value in model_args.items()]
+    else:
+        pairs = []
+        for item in (item for item in (model_args or "").split(",") if item.strip()):
+            key, equals, value = item.partition("=")
+            if not equals or not key.strip():
+                raise EduGPTError(f"--model_args item {item.strip()!r} is not key=value; pass lm-eval's form, e.g. "
+                                  "--model_args dtype=bfloat16,max_length=512.")
+            pairs.append((key.strip(), value))
     keys = [key for key, _ in pairs]
     if "pretrained" in keys:
         raise EduGPTError("--model_args names pretrained=, which --model already sets; pass the model with --model.")
     if repeated := sorted({key for key in keys if keys.count(key) > 1}):
         raise EduGPTError(f"--model_args names {', '.join(repeated)} more than once; keep one value.")
-    extra = simple_parse_args_string(",".join(f"{key}={value}" for key, value in pairs))
+    if isinstance(model_args, dict):
+        extra = dict(pairs)
+    else:
+        extra = simple_parse_args_string(",".join(f"{key}={value}" for key, value in pairs))
     if revision and "revision" in extra and extra["revision"] != revision:
         raise EduGPTError(f"--revision {revision} and revision={extra['revision']} in --model_args disagree; pass one.")
     return {"pretrained": model, **({"revision": revision} if revision else {}), **extra}
@@ -178,33 +215,40 @@ def evaluate_checkpoint(
     model: str,
     tasks: list[str],
     *,
-    limit: int | None = None,
+    limit: int | float | None = None,
     batch_size: int | str = 16,
     hellaswag_file: str | None = None,
     device: str | None = None,
     log_samples: bool = False,
-    model_args: str | None = None,
+    model_args: str | dict | None = None,
     revision: str | None = None,
     num_fewshot: int | None = None,
-    apply_chat_template: bool = False,
+    apply_chat_template: bool | str = False,
     evaluation_tracker=None,
+    include_path: str | None = None,
+    metadata: dict | None = None,
+    **options,
 ) -> dict:
     """lm-eval's `simple_evaluate` on its `hf` model, exactly as `lm_eval --model hf --model_args pretrained=MODEL,...`
     runs it, for a checkpoint dir or Hub id; returns lm-eval's results dict. `evaluation_tracker` (lm-eval's
-    `EvaluationTracker`) records the run's settings for `save_results`."""
+    `EvaluationTracker`) records the run's settings for `save_results`. `include_path` and `metadata` are lm_eval's
+    (its tasks see the model arguments merged with `metadata`, as lm_eval's CLI passes them); `options` are more
+    `simple_evaluate` arguments (gen_kwargs, seeds, system_instruction ...)."""
     from lm_eval import simple_evaluate
 
     check_model_source(model)
     arguments = model_arguments(model, revision, model_args)
     if apply_chat_template:
         require_chat_model(model, revision)
-    specs = task_specs(tasks, hellaswag_file)
-    manager = checked_task_manager(specs)
+    metadata = {**arguments, **(metadata or {})}
+    manager = checked_task_manager(task_specs(tasks, hellaswag_file), include_path, metadata)
+    specs = expand_task_specs(task_specs(tasks, hellaswag_file), manager)
     try:
         return simple_evaluate(
             model="hf", model_args=arguments, tasks=specs, num_fewshot=num_fewshot, batch_size=batch_size,
             device=device or default_device(), limit=limit, log_samples=log_samples,
             apply_chat_template=apply_chat_template, evaluation_tracker=evaluation_tracker, task_manager=manager,
+            metadata=metadata, **options,
         )
     except ConnectionError as err:  # a task's dataset (or a Hub model) had to come from the Hub
         if hub_available():
@@ -223,6 +267,256 @@ def evaluate_checkpoint(
 def _first_line(err: Exception) -> str:
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+# eval_harness.py's own options, which lm-eval's EvaluatorConfig does not have.
+EDUGPT_OPTIONS = ("revision", "hellaswag_file")
+DEFAULT_TASKS = ["hellaswag"]
+DEFAULT_BATCH_SIZE = "16"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one EduGPTError line (not the usage and SystemExit)."""
+
+    def error(self, message):
+        raise EduGPTError(f"{message}; see --help.")
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    """`lm-eval run`'s own parser (lm_eval._cli.run.Run, lm-eval 0.4.13), so that eval_harness.py takes every option
+    of the installed lm-eval as `lm_eval` takes it (--include_path, --gen_kwargs, --seed, --metadata,
+    --system_instruction, --wandb_args, --trackio_args, --hf_hub_log_args ... and those of later releases), with
+    edugpt's changes:
+
+    --model/-M        a checkpoint folder or Hub id, loaded by lm-eval's `hf` model (lm_eval --model hf
+                      --model_args pretrained=...); lm-eval's other model types do not load these checkpoints
+    --model_args/-a   lm-eval's `key=value,...` or JSON, checked (`model_arguments`)
+    --output_dir      the same option as --output_path/-o
+    --revision, --hellaswag_file   edugpt's
+    --tasks defaults to hellaswag and --batch_size to 16 (lm_eval: none and 1); no option may be abbreviated.
+    """
+    from lm_eval._cli.run import Run
+
+    root = OneLineParser(prog="eval_harness.py")
+    parser = Run.create(root.add_subparsers(parser_class=OneLineParser))._parser  # lm-eval keeps its parser there
+    parser.prog = "eval_harness.py"
+    parser.usage = "%(prog)s --model RUN [--tasks TASK ...] [--output_dir DIR] [lm_eval run's options]"
+    parser.description = "lm_eval run on an edugpt checkpoint folder or Hub model, with lm_eval's own options."
+    parser.epilog = None
+    parser.allow_abbrev = False  # argparse would take `--hub_to=...` as whichever option it abbreviates
+    _replace_option(parser, "--model", "-M", default=None, metavar="RUN",
+                    help="Checkpoint directory (config.json, weights, tokenizer) or Hub model id; lm-eval's hf model "
+                         "loads it.")
+    _replace_option(parser, "--model_args", "-a", nargs="+", action="extend", default=None, metavar="<arg>",
+                    help="More arguments of lm-eval's hf model: 'dtype=bfloat16,max_length=512' (or `key=val` "
+                         "`key2=val2`, or JSON); pretrained= comes from --model.")
+    _replace_option(parser, "--output_path", "--output_dir", "-o", default=None, metavar="<path>",
+                    help="lm-eval's results layout goes here: <model name>/results_<time>.json (and "
+                         "samples_<task>_<time>.jsonl). New files per evaluation; nothing is overwritten.")
+    ours = parser.add_argument_group("edugpt")
+    ours.add_argument("--revision", default=None, metavar="<branch>",
+                      help="Branch, tag or commit of a Hub model, e.g. step-5000 (publish.py --branches).")
+    ours.add_argument("--hellaswag_file", default=None, metavar="<path>",
+                      help="Local HellaSwag-schema jsonl: `hellaswag` then runs on it, offline.")
+    parser.set_defaults(batch_size=DEFAULT_BATCH_SIZE)
+    return parser
+
+
+def _replace_option(parser: argparse.ArgumentParser, *option_strings: str, **kwargs) -> None:
+    """Define one of lm-eval's options anew, in its own --help group (argparse's "resolve" drops the old one)."""
+    old = parser._option_string_actions[option_strings[0]]
+    group = next(g for g in parser._action_groups if old in g._group_actions)
+    group.conflict_handler = "resolve"
+    group.add_argument(*option_strings, **kwargs)
+
+
+def parse_eval_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """eval_harness.py's options: the command line over the `--config` recipe (lm_eval's YAML of option: value
+    lines) over the defaults, as lm_eval merges them; --model_args checked and merged with --revision
+    (`model_arguments`). Every mistake is one EduGPTError line."""
+    import sys
+
+    parser = eval_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(parser, argv)
+    if args.config:
+        given = _given_options(parser, argv)
+        recipe = _recipe_values(parser, args.config)
+        for name, value in recipe.items():
+            if name not in given:
+                setattr(args, name, value)
+    if not args.model:
+        raise EduGPTError("the following arguments are required: --model (a checkpoint folder or Hub model id); "
+                          "see --help.")
+    args.tasks = args.tasks or DEFAULT_TASKS
+    args.model_args = model_arguments(args.model, args.revision, _model_args_value(args.model_args))
+    batch_size = str(args.batch_size)
+    if not (batch_size.startswith("auto") or batch_size.isdigit() and int(batch_size) > 0):
+        raise EduGPTError(f"--batch_size must be a positive integer or 'auto', got {args.batch_size!r}.")
+    args.batch_size = int(batch_size) if batch_size.isdigit() else batch_size
+    if args.limit is not None:
+        if args.limit <= 0:
+            raise EduGPTError(f"--limit must be a number of items (or a fraction of them) above 0, got {args.limit}.")
+        args.limit = int(args.limit) if args.limit >= 1 and args.limit == int(args.limit) else args.limit
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise EduGPTError(f"--num_fewshot must be 0 or more, got {args.num_fewshot}.")
+    return args
+
+
+def _parse(parser: argparse.ArgumentParser, tokens: list[str]) -> argparse.Namespace:
+    args, unknown = parser.parse_known_args(tokens)
+    if unknown:
+        flags = [s.partition("=")[0] for s in unknown if s.startswith("-")]
+        if not flags:
+            raise EduGPTError(f"unexpected argument {unknown[0]!r}: every value follows its --option; see --help.")
+        options = [o for o in parser._option_string_actions if o.startswith("--") and o not in ("--help", "--config")]
+        close = difflib.get_close_matches(flags[0].replace("-", "_").lstrip("_"),
+                                          [o.lstrip("-") for o in options], n=3)
+        hint = f" (did you mean {' or '.join('--' + c for c in close)}?)" if close else ""
+        raise EduGPTError(f"unknown option {flags[0]}{hint}; see --help for the options.")
+    return args
+
+
+def _given_options(parser: argparse.ArgumentParser, tokens: list[str]) -> set[str]:
+    """The destinations of the options written on the command line (they override the recipe's)."""
+    given = set()
+    for token in tokens:
+        action = parser._option_string_actions.get(token.partition("=")[0])
+        if action is None and token.startswith("-") and not token.startswith("--"):
+            action = parser._option_string_actions.get(token[:2])  # -L10, -sw
+        if action is not None:
+            given.add(action.dest)
+    return given
+
+
+def _recipe_values(parser: argparse.ArgumentParser, path: str) -> dict:
+    """The options a `--config` YAML sets, parsed by the same parser as the command line (so `limit: ten` is the
+    same error as `--limit ten`); an unknown key is one line with the closest names."""
+    import json
+
+    from edugpt.cli import _key_line, _read_recipe
+
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
+    tokens: list[str] = []
+    for key, value in _read_recipe(path).items():
+        where = f"config file {path!r}{_key_line(path, key)}"
+        action = actions.get(key)
+        if action is None:
+            close = difflib.get_close_matches(str(key), sorted(actions), n=3)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise EduGPTError(f"{where}: unknown key {key!r}{hint}; see --help for the options.")
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        if value is None or value is False and (action.nargs == 0 or action.type is str):
+            continue
+        if value is True and action.nargs in (0, "?"):
+            tokens.append(flag)
+        elif isinstance(value, dict):
+            tokens += [flag, json.dumps(value)]
+        elif isinstance(value, list) and action.nargs in ("+", "*"):
+            tokens += [flag, *map(str, value)]
+        elif isinstance(value, (list, dict)) or action.nargs == 0:
+            raise EduGPTError(f"{where}: {key} takes {'true or false' if action.nargs == 0 else 'one value'}, got "
+                              f"{value!r:.80}; write `{key}: VALUE`.")
+        else:
+            tokens += [flag, str(value)]
+    try:
+        values = vars(_parse(parser, tokens))
+    except EduGPTError as err:
+        raise EduGPTError(f"config file {path!r}: {err}") from None
+    return {actions[key].dest: values[actions[key].dest] for key in _read_recipe(path) if key in actions}
+
+
+def _model_args_value(values: list[str] | None) -> str | dict | None:
+    """--model_args as given: lm-eval's `key=value,...` items (joined), or one JSON object."""
+    import json
+
+    if not values:
+        return None
+    if values[0].lstrip().startswith("{"):
+        if len(values) > 1:
+            raise EduGPTError("--model_args takes one JSON object or key=value items, not both.")
+        try:
+            mapping = json.loads(values[0])
+        except ValueError as err:
+            raise EduGPTError(f"--model_args is not valid JSON ({err}); write it as '{{\"dtype\": \"bfloat16\"}}' "
+                              "or dtype=bfloat16.") from None
+        if not isinstance(mapping, dict):
+            raise EduGPTError("--model_args JSON must be an object, e.g. '{\"dtype\": \"bfloat16\"}'.")
+        return mapping
+    return ",".join(values)
+
+
+def evaluator_config(args: argparse.Namespace):
+    """lm-eval's own `EvaluatorConfig` of the parsed options, built as lm_eval's CLI builds it (its checks and
+    normalising: seeds, metadata, fewshot_as_multiturn, samples, trust_remote_code), on its hf model. Its
+    `model_args` are the user's (pretrained and revision come from --model and --revision)."""
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    values = {key: value for key, value in vars(args).items() if key not in (*EDUGPT_OPTIONS, "config", "func")}
+    extra = {key: value for key, value in args.model_args.items()
+             if key != "pretrained" and not (key == "revision" and args.revision)}
+    values.update(model="hf", model_args=extra)
+    try:
+        return EvaluatorConfig.from_cli(argparse.Namespace(**values))
+    except (ValueError, TypeError) as err:
+        raise EduGPTError(f"{_first_line(err).rstrip('.')}; see --help.") from None
+
+
+def simple_evaluate_options(config) -> dict:
+    """The `simple_evaluate` arguments that lm_eval's CLI derives from its config, beyond those `evaluate_checkpoint`
+    sets itself. Taken by name, so an option a later lm-eval adds under its `simple_evaluate` name comes along."""
+    import inspect
+
+    from lm_eval import simple_evaluate
+
+    own = {"model", "model_args", "tasks", "num_fewshot", "batch_size", "device", "limit", "log_samples",
+           "apply_chat_template", "evaluation_tracker", "task_manager", "metadata", "cache_requests"}
+    names = set(inspect.signature(simple_evaluate).parameters) - own
+    options = {name: getattr(config, name) for name in sorted(names) if hasattr(config, name)}
+    cache = config.cache_requests or {}
+    options.update(cache_requests=cache.get("cache_requests", False),
+                   rewrite_requests_cache=cache.get("rewrite_requests_cache", False),
+                   delete_requests_cache=cache.get("delete_requests_cache", False))
+    if config.seed:
+        options.update(random_seed=config.seed[0], numpy_random_seed=config.seed[1],
+                       torch_random_seed=config.seed[2], fewshot_random_seed=config.seed[3])
+    return options
+
+
+def result_loggers(config) -> list:
+    """lm-eval's own WandbLogger / TrackioLogger for --wandb_args / --trackio_args, started before the evaluation as
+    lm_eval's CLI starts them."""
+    from lm_eval.loggers import TrackioLogger, WandbLogger
+
+    loggers = []
+    try:
+        if config.wandb_args:
+            loggers.append(WandbLogger(config.wandb_args, config.wandb_config_args))
+        if config.trackio_args:
+            loggers.append(TrackioLogger(config.trackio_args))
+    except ImportError as err:
+        raise EduGPTError(f"{_first_line(err)}") from None
+    return loggers
+
+
+def log_to_loggers(loggers: list, results: dict, samples: dict | None) -> None:
+    """The results (and with --log_samples every item) to lm-eval's loggers, then each run finished, as lm_eval
+    does; a logger's failure is logged, not raised (lm_eval's behaviour), the results are still written."""
+    for result_logger in loggers:
+        try:
+            result_logger.post_init(results)
+            result_logger.log_eval_result()
+            if samples is not None:
+                result_logger.log_eval_samples(samples)
+        except Exception as err:  # noqa: BLE001 - lm_eval's CLI logs and goes on
+            logger.warning("logging the results to %s failed: %s", type(result_logger).__name__, err)
+        finally:
+            run = getattr(result_logger, "run", None)
+            if hasattr(result_logger, "finish"):
+                result_logger.finish()
+            elif run is not None:
+                run.finish()
 
 
 # ---------------------------------------------------------------------------------------------------------- output
@@ -401,7 +695,6 @@ def results_tables(results: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- in-loop scoring
-logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager

@@ -233,3 +233,61 @@ def test_a_hellaswag_file_that_is_not_whole_utf8_jsonl_is_one_line_naming_it(tin
     last = hellaswag.read_bytes().count(b"\n") + 1  # the cut line
     assert code == 2 and f"HellaSwag file {hellaswag} {message.format(last=last)}" in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_lm_evals_own_options_work_include_path_metadata_seed_gen_kwargs_config_and_trackio(tiny_model_dir, tmp_path):
+    """eval_harness.py parses with `lm-eval run`'s own parser: --include_path, --metadata, --seed, --gen_kwargs, a
+    --config YAML (the command line overrides it, as lm_eval does) and the tracker options, which it refused with
+    "unknown option" before, reach lm-eval and show in its results (and trackio's local database)."""
+    pytest.importorskip("trackio")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    local_task = ROOT / "edugpt/tasks/hellaswag_local.yaml"
+    (tasks / "my_task.yaml").write_text(f"include: {local_task}\ntask: my_hellaswag\n")
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text("tasks: [my_hellaswag]\nlimit: 5\nbatch_size: 2\nnum_fewshot: 0\n")
+    out = tmp_path / "eval"
+    env = {"TRACKIO_DIR": str(tmp_path / "trackio")}
+    metadata = json.dumps({"hellaswag_file": str(SMOKE_FILE), "max_items": 20})  # read by the task's loader
+    proc = run_script("eval_harness.py", "--model", tiny_model_dir, "--config", recipe, "--include_path", tasks,
+                      "--metadata", metadata, "--seed", "7", "--gen_kwargs", "temperature=0", "--limit", "3",
+                      "--trackio_args", "project=edugpt-eval", "name=tiny", "--output_dir", out, env=env, check=True)
+    [results_path], _ = results_files(out)
+    results = json.loads(results_path.read_text())
+    assert results["n-samples"]["my_hellaswag"] == {"original": 20, "effective": 3}  # --metadata's file, cut to 20
+    config = results["config"]
+    assert config["limit"] == 3 and config["batch_size"] == 2 and results["n-shot"]["my_hellaswag"] == 0
+    assert [config[f"{k}_seed"] for k in ("random", "numpy", "torch", "fewshot")] == [7, 7, 7, 7]
+    assert config["gen_kwargs"] == {"temperature": 0}
+    assert "limit: 3" in proc.stdout
+
+    script = ("import json; from trackio.sqlite_storage import SQLiteStorage; "
+              "print(json.dumps(SQLiteStorage.get_logs('edugpt-eval', 'tiny')))")
+    import os
+    import subprocess
+    import sys
+
+    logs = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=120, check=True)
+    logged = json.loads(logs.stdout.strip().splitlines()[-1])
+    assert any(r.get("my_hellaswag/acc") == results["results"]["my_hellaswag"]["acc,none"] for r in logged), logged
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seed", "1,2,3,4,5"], "--seed"),
+    (["--log_samples"], "--output_path"),  # lm-eval's own check, through its EvaluatorConfig
+    (["--gen_kwargs", "temperature"], "expected `key=value`"),
+    (["--limit", "0"], "--limit must be"),
+    (["--model_args", '{"dtype": '], "--model_args is not valid JSON"),
+    (["--tasks", "hellaswag", "--include_pat", "x"], "did you mean --include_path"),
+])
+def test_a_bad_lm_eval_option_is_one_line_before_anything_loads(tiny_model_dir, tmp_path, capsys, argv, message):
+    code, _, line = run_eval_harness(["--model", str(tiny_model_dir), *argv], capsys)
+    assert code == 2 and message in line, line
+
+
+def test_a_recipe_key_lm_eval_does_not_know_is_one_line_with_the_closest_names(tiny_model_dir, tmp_path, capsys):
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text("tasks: hellaswag\nnum_fewshots: 0\n")
+    code, _, line = run_eval_harness(["--model", str(tiny_model_dir), "--config", str(recipe)], capsys)
+    assert code == 2 and "line 2: unknown key 'num_fewshots' (did you mean num_fewshot" in line, line
