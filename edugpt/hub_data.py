@@ -308,6 +308,9 @@ def publish_dataset(dataset_dir: str | os.PathLike, hub_dataset_id: str, *, dry_
         hub_dataset_id = _dataset_push_ready(hub_dataset_id)  # before any work: no token / no network fails at once
     plan = plan_dataset(dataset_dir, hub_dataset_id, license=license)
     upload = plan.uploads[0]
+    if dry_run is not None and upload.source in Path(os.path.abspath(dry_run)).resolve().parents:
+        raise EduGPTError(f"--dry_run {str(dry_run)!r} lies inside the dataset {str(dataset_dir)!r}, which must hold "
+                          "only what prepare_data.py wrote; pass a folder outside it.")
     splits = plan.manifest["splits"]
     print(f"dataset {plan.repo_id}: {len(upload.files) + 1} files, {upload.total_bytes() / 1e6:.1f} MB from "
           f"{upload.source} (" + ", ".join(f"{name} {s['blocks']:,} blocks" for name, s in splits.items()) + ")")

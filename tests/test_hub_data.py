@@ -149,8 +149,14 @@ def test_a_token_in_the_dataset_stops_the_dry_run_and_the_upload(tmp_path, hub, 
         publish_dataset(dataset, REPO)
     assert FAKE_TOKEN not in str(caught.value)
     assert hub.uploads == [] and _snapshot(dataset) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "hf-cache"] or \
-        sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # the staging folder is gone
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".data.upload")]  # the staging folder is gone
+
+
+def test_a_dry_run_folder_inside_the_dataset_is_refused(dataset, monkeypatch, capsys):
+    before = _snapshot(dataset)
+    code, out, err = publish(monkeypatch, capsys, dataset, "--hub_dataset_id", REPO, "--dry_run", dataset / "plan")
+    assert code == 2 and len(error_lines(err)) == 1 and "lies inside the dataset" in err, err
+    assert _snapshot(dataset) == before
 
 
 def test_publish_is_one_commit_to_a_dataset_repo_and_a_republish_deletes_only_what_was_recorded(dataset, hub):
