@@ -1,4 +1,4 @@
-"""Pretrain a GPT-2 from scratch on a prepared dataset with Hugging Face Trainer + accelerate.
+"""Pretrain a GPT-2 from scratch (or continue a saved one) on a prepared dataset with Hugging Face Trainer + accelerate.
 
 One GPU (GH200/H100/H200), the 16-layer, 1024-wide model ("270M") on FineWeb-Edu sample-10BT:
     accelerate launch --config_file accelerate_config.yaml train_hf.py --config configs/gpt2_270m.yaml
@@ -11,6 +11,11 @@ CPU-sized (2 cores, ~1-2 minutes), on the embedded offline corpus:
 Two CPU processes (DDP over gloo), at the one-process global batch:
     accelerate launch --config_file configs/accelerate/cpu_ddp_2proc.yaml train_hf.py --config configs/smoke.yaml \\
         --per_device_train_batch_size 4 --tokens_per_step 1024
+Continue pretraining from existing weights: a run folder, one of its checkpoint-N folders, or a Hub model at a revision
+(a published run's step-N branch, openai-community/gpt2). The shape comes from the model (recipe shape keys that
+disagree are an error); the card names it as base_model:
+    python train_hf.py --config configs/smoke.yaml --model_name_or_path runs/smoke --output_dir runs/smoke-more
+    python train_hf.py --config RECIPE --model_name_or_path you/edugpt-270m --model_revision step-5000
 
 Any key of the recipe can be overridden on the command line (`--max_steps 50 --learning_rate 1e-3`); unknown keys
 are an error. Running the same command again resumes from the newest valid checkpoint in output_dir, bit-exact, and

@@ -63,8 +63,9 @@ class ModelArguments:
         for name, default in DEFAULT_SHAPE.items():
             if getattr(self, name) is None and not self.model_name_or_path:  # with a model: its value (gpt2_config)
                 setattr(self, name, default)
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise EduGPTError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):  # a YAML list or dict gets here too
+                raise EduGPTError(f"{name} must be a positive integer, got {value!r}.")
         if self.n_embd is not None and self.n_head is not None and self.n_embd % self.n_head:
             raise EduGPTError(
                 f"n_embd ({self.n_embd}) is not divisible by n_head ({self.n_head}); pick an n_head that divides "
@@ -72,6 +73,9 @@ class ModelArguments:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise EduGPTError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.model_revision not in (None, "main") and not self.model_name_or_path:
+            raise EduGPTError(f"model_revision {self.model_revision!r} picks a branch of the Hub model to continue; "
+                              "pass --model_name_or_path too, or drop model_revision to train from scratch.")
 
 
 @dataclass

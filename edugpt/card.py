@@ -77,7 +77,7 @@ class RunFacts:
     samples_md: str | None
     images: list[str]  # paths relative to run_dir, e.g. "images/train-loss.png"
     lm_eval: dict | None
-    base_model: str | None  # a finetune's base as recorded (run_config's model_name_or_path) or passed: id or path
+    base_model: str | None  # the base (of a finetune, or train_hf.py --model_name_or_path) as recorded or passed
     base_hub_id: str | None = None  # the base model on the Hub: base_model itself, or where its local run was published
     base_summary: str | None = None  # for an unpublished local edugpt run: the first sentence of its own card
 
@@ -124,7 +124,7 @@ def collect_run_facts(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | 
     images_dir = run_dir / rundir.IMAGES
     kind = run_kind(run_config, records, from_trainer_state)
     base_model = base_model or rundir.config_value(run_config, "base_model", "model_name_or_path")
-    base_hub_id, base_summary = base_model_facts(base_model) if kind != "pretrain" and not summary_only else (None, None)
+    base_hub_id, base_summary = base_model_facts(base_model) if not summary_only else (None, None)
     return RunFacts(
         run_dir=run_dir,
         kind=kind,
@@ -304,7 +304,9 @@ def model_sentence(facts: RunFacts) -> str:
     }[facts.kind]
     dataset = f" on {dataset_phrase(facts.manifest)}" if facts.manifest else ""
     base_model = facts.base_hub_id or facts.base_model
-    base = f", starting from `{base_model}`" if base_model and facts.finetune else ""
+    if base_model and not facts.finetune:  # train_hf.py --model_name_or_path
+        what = "further pretrained"
+    base = f", starting from `{base_model}`" if base_model else ""
     tokens = final_tokens(facts.records)
     seen = f", {human(tokens['tokens'])} tokens seen" if tokens else ""
     return (f"A {size}GPT-2-architecture causal language model ({shape}) {what}{dataset}{base}{seen}, with the GPT-2 "
@@ -578,7 +580,7 @@ def card_metadata(facts: RunFacts, title: str, scores: list[dict], license: str)
         library_name="transformers",
         pipeline_tag="text-generation",
         datasets=datasets,
-        base_model=facts.base_hub_id if facts.finetune else None,
+        base_model=facts.base_hub_id,
         tags=tags,
         model_name=title if eval_results else None,  # only used as the model-index's name
         eval_results=eval_results or None,

@@ -104,6 +104,22 @@ def test_a_recipe_shape_key_that_disagrees_with_the_model_is_one_error_naming_bo
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(("recipe", "argv", "message"), [
+    ("max_steps: 1\n", ["--model_revision", "step-2"], "model_revision 'step-2' picks a branch .* --model_name_or_path"),
+    ("n_layer: [2]\n", [], r"n_layer must be a positive integer, got \[2\]"),  # None-able now: still checked
+])
+def test_model_arguments_that_cannot_work_are_one_error_at_parse_time(recipe, argv, message, tmp_path):
+    from transformers import TrainingArguments
+
+    from edugpt.args import DataArguments, ModelArguments, RunArguments, ScriptArguments
+    from edugpt.cli import parse_config
+
+    (tmp_path / "recipe.yaml").write_text(recipe)
+    with pytest.raises(EduGPTError, match=message):
+        parse_config([ModelArguments, DataArguments, ScriptArguments, RunArguments, TrainingArguments],
+                     ["--config", str(tmp_path / "recipe.yaml"), *argv, "--use_cpu", "true"])
+
+
 @pytest.mark.parametrize(("shape", "message"), [
     ({"n_positions": 32}, "the data's blocks are 64 tokens but .* covers 32 positions"),
     ({"vocab_size": 1000}, "tokenized with a 50257-token vocabulary but .* has 1000 embedding rows"),
