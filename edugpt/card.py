@@ -31,6 +31,7 @@ from edugpt import rundir
 from edugpt.args import DEFAULT_LICENSE, CardArguments
 from edugpt.errors import EduGPTError
 from edugpt.modeling import saved_parameter_counts
+from edugpt.record import RECORD, Record
 from edugpt.safefs import atomic_write_text, read_json
 
 TEMPLATE = Path(__file__).with_name("templates") / "model_card.md.jinja"
@@ -681,6 +682,9 @@ def require_card_writable(path: Path) -> None:
     if path.is_symlink() or os.path.lexists(path) and not path.is_file():
         raise EduGPTError(f"{path} is not a regular file (a folder or a link) and the model card goes there; move it "
                           "away, then run the same command again.")
+    if os.path.lexists(path) and Record.load(path.parent).role(path.name) is None:
+        raise EduGPTError(f"{path} was not written by edugpt (it is not in the run's record {RECORD}, or it was edited "
+                          "since): it is not replaced; move it away (or rename it), then run the same command again.")
     if not os.access(path.parent, os.W_OK | os.X_OK):  # EROFS too: access() reports a read-only filesystem
         raise EduGPTError(f"run directory {path.parent} is not writable (a read-only filesystem, or no permission); "
                           "the model card README.md goes there: make it writable, or copy the run elsewhere.")

@@ -278,6 +278,9 @@ class TrainingRun:
             self._refuse_deleting_inputs(explicit, self.settings.get("base_model"))
             self._remove_previous_run()
             holds_run = False
+        from edugpt.card import require_card_writable
+
+        require_card_writable(self.output_dir / CARD)  # a README.md of someone else's is refused now, not at the end
 
         decision = Decision()
         if explicit is not None:

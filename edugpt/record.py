@@ -27,6 +27,8 @@ the card is not recorded, and so neither deleted nor uploaded until the next car
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -290,6 +292,26 @@ def find_root(path: str | os.PathLike, depth: int = 3) -> Path | None:
     return None
 
 
+@contextlib.contextmanager
+def _updating(root: Path):
+    """Hold the right to change `root`'s record: this process's lock, and an flock on the run directory itself, so
+    that `python -m edugpt.card` or publish.py beside a training job never loses an entry the other one just added
+    (read, change, replace). Where the filesystem has no flock on folders (some NFS setups) only the first holds."""
+    with _lock:
+        try:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            fd = None
+        try:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)  # releases the flock
+
+
 def note_written(path: str | os.PathLike, role: str = "record", *, appends: bool = False,
                  root: str | os.PathLike | None = None) -> None:
     """Record that edugpt just wrote `path`, in the record of the run directory it lies in (`root`, or the nearest
@@ -297,31 +319,21 @@ def note_written(path: str | os.PathLike, role: str = "record", *, appends: bool
     root = Path(root) if root is not None else find_root(path)
     if root is None:
         return
-    with _lock:
-        record = Record.load(root)
-        if record.add(path, role, appends=appends):
-            record.save()
+    update(root, lambda record: record.add(path, role, appends=appends))
 
 
 def start(root: str | os.PathLike) -> Record:
     """Make `root` a recorded run directory (its record is created if absent) and return the record."""
-    with _lock:
-        record = Record.load(root)
-        if not Record.exists(root):
-            record.save()
-        return record
+    return update(root, lambda record: None)
 
 
 def note_tree(folder: str | os.PathLike, role: str, root: str | os.PathLike) -> None:
-    with _lock:
-        record = Record.load(root)
-        record.add_tree(folder, role)
-        record.save()
+    update(root, lambda record: record.add_tree(folder, role))
 
 
 def update(root: str | os.PathLike, change) -> Record:
-    """Load the record of `root`, apply `change(record)`, save it; returns the record."""
-    with _lock:
+    """Load the record of `root`, apply `change(record)`, save it (only if it changed); returns the record."""
+    with _updating(Path(root)):
         record = Record.load(root)
         change(record)
         record.save()

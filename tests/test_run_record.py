@@ -246,3 +246,15 @@ def test_a_finished_run_records_each_file_it_wrote_in_its_role(baseline):
         <= {rel for rel, role in roles.items() if role == "record"}
     assert set(real.files()) == {k for k, v in real.entries.items() if v["type"] == "file"}  # all still as written
     assert "checkpoint-2" not in roles  # rotated away by save_total_limit: gone from the record too
+
+
+def test_the_card_never_replaces_a_readme_the_run_did_not_write(run_dir):
+    from edugpt.card import write_model_card
+
+    (run_dir / "README.md").write_text("# My own notes on this run\n")
+    with pytest.raises(EduGPTError, match="README.md was not written by edugpt"):
+        write_model_card(run_dir)
+    assert (run_dir / "README.md").read_text() == "# My own notes on this run\n"
+    (run_dir / "README.md").unlink()
+    write_model_card(run_dir)  # the card it writes is recorded, so it may replace it next time
+    assert "edugpt" in write_model_card(run_dir).read_text()
