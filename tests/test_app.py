@@ -384,7 +384,7 @@ def test_the_page_in_chromium_draws_the_run_to_its_last_step_follows_it_and_chat
     sft_before = snapshot(sft)
     last_step = max(r["step"] for r in rundir.read_metrics(pretrain))
 
-    recorder = Recorder()
+    recorder, browser_proxy = Recorder(), Recorder()  # the page's process; the browser (which chatters on its own)
     proxy = f"http://127.0.0.1:{recorder.port}"
     env = {**os.environ, "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
@@ -396,9 +396,10 @@ def test_the_page_in_chromium_draws_the_run_to_its_last_step_follows_it_and_chat
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1000",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--proxy-server={proxy}",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--proxy-server=http://127.0.0.1:{browser_proxy.port}",
                  "--proxy-bypass-list=127.0.0.1;localhost"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     driver = None
     try:
         url = None
@@ -439,11 +440,17 @@ def test_the_page_in_chromium_draws_the_run_to_its_last_step_follows_it_and_chat
 
         assert wait.until(reply)
         assert "What is the capital of France?" in driver.find_element(By.ID, "chat-1").text
+        events = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]
+        page_root = url.rstrip("/")
+        requested = {e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"
+                     and e["params"].get("documentURL", "").startswith(page_root)}  # not the browser's own pages
+        outside = {u for u in requested if not u.startswith((page_root, "data:", "blob:"))}
+        assert requested and not outside, outside  # fonts and scripts come from the page's own server
     finally:
         if driver is not None:
             driver.quit()
         page.terminate()
         page.wait(timeout=30)
     assert snapshot(sft) == sft_before  # the page only read the run
-    assert recorder.seen == []  # neither the page's process nor the browser reached for the internet
+    assert recorder.seen == []  # the page's process reached for nothing outside (no Hub, no analytics)
     assert time.time() - started < 240
