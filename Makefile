@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast lint bench clean-venv
+.PHONY: install browser demo test test-fast lint bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -19,6 +19,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The browser of tests/test_app.py: Debian's chromium and its driver, only when missing (apt needs root, as CI is).
+# Without apt (another distribution, no root) this says so and the browser test is skipped with that reason.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  chromium chromium-driver >/dev/null; } || echo "note: chromium and chromium-driver could not be installed \
+	(apt-get install chromium chromium-driver); the browser test will be skipped"
+
 demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
@@ -26,7 +34,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: lint
+test: lint browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest $(PYTEST_ARGS)
 
 # The quick loop while editing: everything but the tests marked slow (real training runs and subprocesses).

@@ -47,3 +47,6 @@ echo "   metrics:              $RUN_DIR/pretrain/metrics.jsonl"
 echo "   lm-eval results:      $RUN_DIR/eval"
 echo "   SFT / DPO models:     $RUN_DIR/sft  $RUN_DIR/dpo  (cards: README.md in each)"
 echo "   publish dry run:      $RUN_DIR/publish-dry-run"
+echo
+echo "   Open the page on these runs (curves, samples, chat side by side; needs pip install -e \".[app]\"):"
+echo "     python -m edugpt.app $RUN_DIR/pretrain $RUN_DIR/sft $RUN_DIR/dpo"
