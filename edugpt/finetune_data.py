@@ -31,6 +31,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from edugpt.corpus import require_json_lines
 from edugpt.errors import EduGPTError
 from edugpt.net import hub_available, hub_offline_requested, looks_like_hub_id, missing_local_path
 
@@ -46,6 +47,8 @@ FORMATS = {
     "`chosen` + `rejected` as full conversations sharing their first turns (the prompt is extracted)",
 }
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# What each line of a local .jsonl must be, said when one is not.
+JSONL_ROW = "one JSON object (one row of the dataset)"
 
 
 def load_stage_splits(script_args, training_args, stage: str, dataset_args=None):
@@ -99,9 +102,14 @@ def load_raw(name: str, config: str | None = None, split: str = "train"):
                 f"{name!r} is a single local file, which has no {split!r} split; set eval_strategy: no, or put the "
                 "rows in a dataset folder with one file per split (train.jsonl, test.jsonl)."
             )
+        require_json_lines([str(path)], row=JSONL_ROW)  # `datasets` segfaults on a file that starts with `null`
         return _loaded(lambda: load_dataset("json", data_files=str(path), split="train"), name)
     if path is not None and path.is_dir():
         saved = (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()  # save_to_disk
+        if not saved:
+            # the .jsonl files `load_dataset` reads from a folder (it skips hidden ones and `__pycache__`-like ones)
+            require_json_lines(sorted(str(f) for f in path.rglob("*.jsonl") if f.is_file() and not any(
+                part.startswith((".", "__")) for part in f.relative_to(path).parts)), row=JSONL_ROW)
         loaded = _loaded(lambda: load_from_disk(str(path)) if saved else load_dataset(str(path), config), name)
         if hasattr(loaded, "keys"):  # a DatasetDict
             if split not in loaded:

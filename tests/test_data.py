@@ -287,6 +287,68 @@ def test_missing_text_column_names_the_columns(tmp_path):
     assert_refused(tmp_path, r"no 'text' column \(columns: id, content, url\)", path)
 
 
+@pytest.mark.parametrize(("line", "says"), [(b"null", "is a JSON null, not an object"),
+                                            (b'["a", "list"]', "is a JSON list, not an object"),
+                                            (b"  42 ", "is a JSON int, not an object")])
+def test_a_jsonl_line_that_is_not_an_object_is_refused_by_file_and_line(tmp_path, line, says):
+    """`datasets` 5.2 reads a `null` line after good rows as one more (empty) row, and segfaults on a file that starts
+    with `null`: a line that is not an object is refused, naming its line, before `datasets` reads the file."""
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"id": "a", "text": "A document."}\n\n' + line + b'\n{"id": "b", "text": "More."}\n')
+    assert_refused(tmp_path, f"c.jsonl:3 {says}", path)
+
+
+def test_a_dangling_symlink_among_the_input_files_is_refused_naming_it(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_jsonl(folder / "part-00.jsonl", corpus_rows(20, 0))
+    (folder / "part-01.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    assert_refused(tmp_path, r"part-01.jsonl' is a symbolic link to .*gone.jsonl', which does not exist", folder)
+
+
+def _damaged_copy(tmp_path, name, damage):
+    from edugpt.data import write_prepared
+
+    rng = np.random.default_rng(0)
+    root = write_prepared(tmp_path / name, {"train": rng.integers(0, 50257, (6, 16), dtype=np.uint16),
+                                            "validation": rng.integers(0, 50257, (2, 16), dtype=np.uint16)})
+    damage(root)
+    return root
+
+
+def _cut_arrow(root):
+    arrow = next((root / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:arrow.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(("damage", "named"), [
+    (lambda root: (root / "train" / "state.json").write_bytes(b""), "train/state.json is not valid JSON"),
+    (lambda root: (root / "dataset_dict.json").write_text('{"splits": "train"}'), "dataset_dict.json is not the one"),
+    (lambda root: (root / "validation" / "dataset_info.json").write_text("[1]"), "validation/dataset_info.json is not"),
+    (_cut_arrow, r"train/data-00000.arrow cannot be read"),
+], ids=["state_json_empty", "dataset_dict_wrong_type", "dataset_info_a_list", "arrow_cut_short"])
+def test_a_damaged_file_of_a_prepared_dataset_is_named_by_verify_and_by_training(tmp_path, damage, named):
+    from transformers import GPT2Config
+
+    from edugpt.pretrain import load_prepared
+
+    root = _damaged_copy(tmp_path, "data", damage)
+    with pytest.raises(EduGPTError, match=f"failed verification: {named}"):
+        verify(root)
+    with pytest.raises(EduGPTError, match=f"the prepared dataset '{root}' is damaged \\({named}.*--verify {root}"):
+        load_prepared(root, GPT2Config(n_positions=16))
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [("seq_len", "16", 'seq_len is "16", not an integer >= 2'),
+                                                    ("files", {"train/state.json": "big"}, "files is"),
+                                                    ("content", {"train": 5}, "content.train is 5, not an object")])
+def test_a_manifest_value_of_another_type_is_one_line_naming_the_key(tmp_path, key, value, says):
+    root = _damaged_copy(tmp_path, "data", lambda root: (root / MANIFEST).write_text(json.dumps(
+        {**json.loads((root / MANIFEST).read_text()), key: value})))
+    with pytest.raises(EduGPTError, match=f"failed verification: manifest.json: {says}"):
+        verify(root)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
 def test_val_fraction_outside_open_interval(tmp_path, fraction):
     with pytest.raises(EduGPTError, match="--val_fraction must be between 0 and 1"):
