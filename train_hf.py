@@ -5,6 +5,9 @@ One GPU (GH200/H100/H200), the 16-layer, 1024-wide model ("270M") on FineWeb-Edu
 Several GPUs or nodes, no code change (DDP or FSDP2; the recipe's tokens_per_step keeps ~0.5M tokens per step, the
 gradient accumulation follows the GPU count; N nodes under Slurm: scripts/slurm_train.sbatch):
     accelerate launch --config_file configs/accelerate/ddp_8gpu.yaml train_hf.py --config configs/gpt2_270m.yaml
+Before launching: `--dry_run` prints the plan (parameters, FLOPs, the batch split of this launch, steps and epochs,
+peak memory per GPU and the cards it fits, time and cost on common GPUs, checkpoint disk) and writes nothing; the
+recipes for 24 GB and 40-48 GB cards are configs/gpt2_270m_24gb.yaml and configs/gpt2_270m_48gb.yaml.
 CPU-sized (2 cores, ~1-2 minutes), on the embedded offline corpus:
     python prepare_data.py --dataset embedded --output_dir runs/data --seq_len 128
     python train_hf.py --config configs/smoke.yaml --dataset_dir runs/data --output_dir runs/smoke
@@ -39,13 +42,16 @@ from transformers import TrainingArguments
 
 from edugpt.args import DataArguments, ModelArguments, RunArguments, ScriptArguments
 from edugpt.cli import parse_config, run, setup_logging
+from edugpt.plan import dry_run_argv, show_pretraining_plan
 from edugpt.pretrain import pretrain
 
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, script_args, run_args, training_args = parse_config(
-        [ModelArguments, DataArguments, ScriptArguments, RunArguments, TrainingArguments], argv
+        [ModelArguments, DataArguments, ScriptArguments, RunArguments, TrainingArguments], dry_run_argv(argv)
     )
+    if run_args.dry_run:  # the plan, then exit: nothing written, no model built, no GPU used (edugpt.plan)
+        return show_pretraining_plan(model_args, data_args, run_args, training_args, argv)
     setup_logging(training_args.process_index)
     pretrain(model_args, data_args, script_args, run_args, training_args)
 

@@ -189,6 +189,13 @@ class RunArguments:
                           "end), so save_total_limit cannot delete a step before it is on the Hub. Load one with "
                           "from_pretrained(NAME, revision='step-N')."},
     )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Print the plan and exit: parameters, FLOPs per token, the global batch of this launch, "
+                          "steps/tokens/epochs, peak memory per GPU (with and without activation checkpointing) and "
+                          "the cards it fits, time and cost on common GPUs, checkpoint disk (edugpt.plan). Writes "
+                          "nothing, builds no model, uses no GPU."},
+    )
 
 
 @dataclass

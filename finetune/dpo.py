@@ -27,13 +27,16 @@ from trl import DatasetMixtureConfig, DPOConfig, DPOTrainer, ModelConfig, Script
 from edugpt.args import RunArguments
 from edugpt.cli import parse_config, run
 from edugpt.finetune import finetune
+from edugpt.plan import dry_run_argv, show_finetune_plan
 
 
 def main(argv: list[str] | None = None) -> None:
     # TRL's own `trl dpo` parses these four (the `datasets:` mixture included); RunArguments is edugpt's lifecycle.
     script_args, training_args, model_args, dataset_args, run_args = parse_config(
-        [ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig, RunArguments], argv
+        [ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig, RunArguments], dry_run_argv(argv)
     )
+    if run_args.dry_run:  # the plan, then exit: nothing written, no model loaded, no GPU used (edugpt.plan)
+        return show_finetune_plan("dpo", script_args, training_args, model_args, run_args, argv)
     finetune("dpo", DPOTrainer, script_args, training_args, model_args, run_args, dataset_args)
 
 

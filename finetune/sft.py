@@ -35,13 +35,16 @@ from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, S
 from edugpt.args import RunArguments
 from edugpt.cli import parse_config, run
 from edugpt.finetune import finetune
+from edugpt.plan import dry_run_argv, show_finetune_plan
 
 
 def main(argv: list[str] | None = None) -> None:
     # TRL's own `trl sft` parses these four (the `datasets:` mixture included); RunArguments is edugpt's lifecycle.
     script_args, training_args, model_args, dataset_args, run_args = parse_config(
-        [ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig, RunArguments], argv
+        [ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig, RunArguments], dry_run_argv(argv)
     )
+    if run_args.dry_run:  # the plan, then exit: nothing written, no model loaded, no GPU used (edugpt.plan)
+        return show_finetune_plan("sft", script_args, training_args, model_args, run_args, argv)
     finetune("sft", SFTTrainer, script_args, training_args, model_args, run_args, dataset_args)
 
 

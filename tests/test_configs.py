@@ -20,7 +20,7 @@ from conftest import ROOT
 from edugpt.errors import EduGPTError
 
 # Which entry point reads which recipe (its docstring's launch command). A new YAML must be added here.
-SCRIPTS = {"smoke.yaml": "train_hf.py", "gpt2_270m.yaml": "train_hf.py", "sft*.yaml": "finetune/sft.py",
+SCRIPTS = {"smoke.yaml": "train_hf.py", "gpt2_270m*.yaml": "train_hf.py", "sft*.yaml": "finetune/sft.py",
            "dpo*.yaml": "finetune/dpo.py"}
 RECIPES = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
 ACCELERATE_CONFIGS = ["accelerate_config.yaml"] + sorted(
