@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from edugpt.checkpoints import (
 from edugpt.errors import EduGPTError
 from edugpt.rundir import (
     CARD,
+    DATA_MANIFEST,
     KINDS,
     LOCK,
     MARKER,
@@ -174,7 +176,9 @@ class TrainingRun:
         # This attempt found output_dir absent (created: True) or holding nothing: a refusal leaves it that way.
         self._fresh = self._created = False
         self._entries_before: dict[str, tuple[int, int]] = {}  # top-level entries at the start: never ours to remove
-        self._previous_run_config: bytes | None = None  # run_config.json before this attempt, kept on rank 0
+        # The files an attempt rewrites before it trains, as they were (rank 0): a refusal puts them back.
+        self._before: dict[str, bytes | None] = {}
+        self._progressed = False  # this attempt trained a step (or finished): nothing is put back then
         self._protect_token()
         self._check_hub_options()
 
@@ -234,12 +238,17 @@ class TrainingRun:
         self.lock.release()
 
     def abandon(self) -> None:
-        """The attempt failed before it saved anything: in an output_dir that held nothing before it, remove what it
-        wrote (run_config.json, data_manifest.json, ... as its record lists them), the record and the lock, and the
-        folder itself if this attempt created it — a refused run leaves no trace. Anywhere else only the lock is let
-        go. Then release the lock."""
+        """The attempt failed before it trained a step: leave output_dir as it found it. In a folder that held nothing
+        before, remove what the attempt wrote (run_config.json, data_manifest.json, ... as its record lists them),
+        the record and the lock, and the folder itself if this attempt created it. In an earlier run's folder, put
+        back the files the attempt rewrote before training (run_config.json, the data manifest, the final model's
+        marker, the record). Then release the lock."""
         try:
-            if self.is_main and self._fresh and self.lock.held and not recorded_checkpoints(self.output_dir):
+            if not (self.is_main and self.lock.held) or self._progressed:
+                return
+            if not self._fresh:
+                self._put_back()
+            elif not recorded_checkpoints(self.output_dir):
                 record.Record.load(self.output_dir).remove_written(keep=(LOCK,))
                 if set(os.listdir(self.output_dir)) <= {LOCK, record.RECORD}:
                     for name in (record.RECORD, LOCK):  # the lock goes last, while still held
@@ -250,6 +259,14 @@ class TrainingRun:
                             os.rmdir(self.output_dir)
         finally:
             self.lock.release()
+
+    def _put_back(self) -> None:
+        for name, content in self._before.items():  # the record last: it describes the others
+            path = self.output_dir / name
+            if content is not None:
+                atomic_write_bytes(path, content, role=None, mode=0o600 if name == record.RECORD else 0o644)
+            elif name != record.RECORD and record.Record.load(self.output_dir).matches(name):
+                os.unlink(path)
 
     @property
     def source(self) -> Path | None:
@@ -307,16 +324,17 @@ class TrainingRun:
                               "option out to start from step 0, or pass a checkpoint-N folder.")
 
         if needs_training(decision):
+            self._before = {name: _read_own(self.output_dir / name)
+                            for name in (RUN_CONFIG, DATA_MANIFEST, MARKER, record.RECORD)}
             # A final model from before (now to be superseded) loses its marker, so a kill from here on leaves it
             # visibly unfinished instead of "already finished".
-            (self.output_dir / MARKER).unlink(missing_ok=True)
+            if record.Record.load(self.output_dir).matches(MARKER):
+                (self.output_dir / MARKER).unlink()
             config = {**run_config, "edugpt": {"kind": self.kind, "version": __version__},
                       "resumed_from": str(decision.checkpoint) if decision.checkpoint else None}
             if decision.changes:
                 config["resumed_with_changes"] = {k: {"checkpoint": old, "now": new}
                                                   for k, (old, new) in decision.changes.items()}
-            previous = self.output_dir / RUN_CONFIG
-            self._previous_run_config = previous.read_bytes() if previous.is_file() else None
             write_run_config(self.output_dir, config)
         return decision
 
@@ -418,9 +436,7 @@ class TrainingRun:
         saved, checkpoint = self.decision.checkpoint_layout, self.decision.checkpoint
         if checkpoint is None or not saved:
             return
-        if problem := layout_problem(saved, layout):
-            if self.is_main and self._previous_run_config is not None:  # refused: the folder stays as it was
-                atomic_write_bytes(self.output_dir / RUN_CONFIG, self._previous_run_config)
+        if problem := layout_problem(saved, layout):  # refused: abandon() puts the folder back as it was
             raise EduGPTError(
                 f"cannot resume from {checkpoint}: {problem}. Trainer stores sharded (FSDP) and unsharded runs' model "
                 "and optimizer state in different files, so one cannot continue the other; launch with the kind of "
@@ -467,9 +483,12 @@ class TrainingRun:
                         if not self._fell_back(err):
                             raise
                         trainer = self.sigterm = self.guard = None  # a fresh Trainer resumes from the fallback
+                self._progressed = True
                 if finished:
                     self.finish(trainer)
             except Exception as err:
+                start = checkpoint_step(self.decision.checkpoint) if self.decision.checkpoint else 0
+                self._progressed = trainer is not None and trainer.state.global_step > start
                 if (failure := self._write_failure(trainer, err)) is None:
                     raise
                 raise failure from None
@@ -637,6 +656,16 @@ def _reached_end(checkpoint: Path) -> bool:
         return state["max_steps"] > 0 and state["global_step"] >= state["max_steps"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def _read_own(path: Path) -> bytes | None:
+    """The bytes of a regular file of the run (None if absent or not a regular file; a link is not followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read() if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
 
 
 def _copy_nofollow(source: Path, target: Path) -> None:
