@@ -186,7 +186,8 @@ def _recipe_parser_class():
                     raise EduGPTError(f"{where}: unknown key {key!r}{self.suggestion(key)}; see --help for the options.")
                 if action.nargs == "+" and value is not None and not isinstance(value, list):
                     config[key] = [value]  # `sample_prompts: "a prompt"` is one prompt, not one per character
-                elif action.nargs is None and action.type in (int, float) and isinstance(value, (list, dict)):
+                elif (action.nargs is None and getattr(action.type, "__name__", None) in ("int", "float")
+                      and isinstance(value, (list, dict))):  # TRL wraps Optional[int] in a parser named "int"
                     raise EduGPTError(f"{where}: {key} takes one {action.type.__name__}, got a "
                                       f"{type(value).__name__}; write `{key}: NUMBER`.")
             return super().set_defaults_with_config(**config)

@@ -132,6 +132,9 @@ def test_values_trainer_only_fails_on_later_are_refused_at_parse_time(classes, f
 def test_yaml_value_of_the_wrong_shape(tmp_path):
     with pytest.raises(EduGPTError, match=r"line 1: learning_rate takes one float, got a list"):
         parse_config(TRAIN, ["--config", recipe(tmp_path, "learning_rate: [0.001]\n"), *CPU])
+    # an optional number too (TRL's parser wraps Optional[int] in a function of its own)
+    with pytest.raises(EduGPTError, match=r"line 1: hellaswag_limit takes one int, got a list"):
+        parse_config(TRAIN, ["--config", recipe(tmp_path, "hellaswag_limit: [1, 2]\n"), *CPU])
 
 
 def test_report_to_a_backend_that_is_unknown_or_not_installed():
