@@ -341,12 +341,13 @@ def format_plan(plan: Plan) -> str:
                      f"{fit_verdict(needed[True], capacity):>18}")
     lines.append("")
     if plan.tokens is None:
-        lines.append("time         unknown until the number of steps is (set max_steps, or prepare the data)")
+        lines.append("time         unknown without a number of steps: set max_steps (pretraining: or prepare the data)")
     else:
         lines.append(f"time and cost of {_count(plan.tokens)} tokens on {plan.processes} GPU(s) "
                      f"({'with' if plan.checkpointing else 'without'} activation checkpointing):")
         for row in plan.gpus:
-            cost = f"${row['cost']:,.0f} at ${row['price']:.2f}/GPU-hour" if row["cost"] is not None else ""
+            cost = "" if row["cost"] is None else f"${row['cost']:,.{0 if row['cost'] >= 10 else 2}f}"
+            cost += f" at ${row['price']:.2f}/GPU-hour" if cost else ""
             lines.append(f"  {row['gpu']:10} {row['peak'] / 1e12:6.0f} TFLOP/s bf16 x {row['mfu']:.0%} MFU "
                          f"({row['source']}): {_count(row['tokens_per_second'] * plan.processes)} tokens/s, "
                          f"{_hours(row['hours'])}, {cost}".rstrip(", "))
@@ -369,6 +370,8 @@ def format_plan(plan: Plan) -> str:
 def _hours(hours: float | None) -> str:
     if hours is None:
         return "?"
+    if hours < 1:
+        return f"{hours * 60:.0f} min"
     return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
 
 
@@ -447,9 +450,9 @@ def pretraining_plan(model_args, data_args, training_args, command: str) -> Plan
     else:
         seq_len = data_args.seq_len or config.n_positions
         where = data_args.dataset_dir or "no dataset_dir"
-        state = ("is fetched when the run starts (not by --dry_run)" if str(where).startswith("hf://")
-                 else "is not prepared yet (prepare_data.py writes it)")
-        data_lines.append(f"{where} {state}: blocks of {seq_len} tokens assumed, steps from max_steps")
+        state = ("fetched when the run starts, not by --dry_run" if str(where).startswith("hf://")
+                 else "not prepared yet (prepare_data.py writes it)")
+        data_lines.append(f"{where}: {state}; blocks of {seq_len} tokens assumed")
     apply_tokens_per_step(data_args.tokens_per_step, training_args, seq_len)  # the run's rule: may refuse the split
     blocks = global_batch_blocks(training_args)
     processes, _ = _launch(training_args)

@@ -187,6 +187,7 @@ def test_the_80gb_micro_batch_leaves_no_headroom_on_a_40gb_card():
 # --- --dry_run -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_plan_and_writes_nothing(data_dir, tmp_path):
     """A subprocess with its own HF cache: the plan on stdout, exit 0, no output_dir, the data and the cache as they
     were. The batch, steps and epochs come from the prepared data's manifest and the run's tokens_per_step rule."""
@@ -214,7 +215,7 @@ def test_dry_run_plans_a_recipe_whose_data_is_not_prepared_yet(tmp_path, capsys)
     load_train_main()(["--config", "configs/gpt2_270m_24gb.yaml", "--dataset_dir", str(tmp_path / "none"),
                        "--output_dir", str(output_dir), "--dry_run"])
     out = capsys.readouterr().out
-    assert "is not prepared yet (prepare_data.py writes it)" in out
+    assert f"{tmp_path / 'none'}: not prepared yet (prepare_data.py writes it)" in out
     assert "19,073 steps x 524,288 tokens = 10B tokens" in out
     assert "1 process(es) x 4 blocks x 128 accumulation steps x 1024 tokens" in out
     assert "activation checkpointing                   off (this run)" in out
@@ -241,6 +242,7 @@ def test_dry_run_refuses_an_output_dir_holding_someone_elses_files(data_dir, tmp
     assert tree(output_dir) == {"notes.txt": b"mine"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_finetune_dry_run_prints_the_plan_and_writes_nothing(stage, tiny_model_dir, tmp_path):
     output_dir = tmp_path / "run"
@@ -265,3 +267,20 @@ def test_dry_run_is_an_option_of_every_training_entry_point(script, capsys):
         module.main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert exit_.value.code == 0 and "--dry_run" in help_text and "Print the plan and exit" in help_text
+
+
+@pytest.mark.slow
+def test_dry_run_under_a_two_process_launch_plans_that_launch_and_prints_it_once(tmp_path):
+    """`accelerate launch` (2 CPU processes over gloo, the shipped config): the batch splits over both processes, the
+    per-process memory holds DDP's gradient buckets, and only the main process prints."""
+    output_dir = tmp_path / "run"
+    launcher = Path(sys.executable).with_name("accelerate")
+    proc = subprocess.run(
+        [str(launcher), "launch", "--config_file", "configs/accelerate/cpu_ddp_2proc.yaml", "train_hf.py",
+         "--config", "configs/smoke.yaml", "--dataset_dir", str(tmp_path / "none"), "--output_dir", str(output_dir),
+         "--per_device_train_batch_size", "4", "--tokens_per_step", "1024", "--dry_run"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Plan of train_hf.py") == 1
+    assert "1,024 tokens per optimizer step = 2 process(es) x 4 blocks x 1 accumulation steps x 128 tokens" in proc.stdout
+    assert "DDP gradient buckets" in proc.stdout and not output_dir.exists()
