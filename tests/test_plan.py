@@ -20,6 +20,17 @@ RECIPES = ROOT / "configs"
 RECIPE_CARDS = {"gpt2_270m.yaml": "80 GB", "gpt2_270m_48gb.yaml": "40 GB", "gpt2_270m_24gb.yaml": "24 GB"}
 
 
+@pytest.fixture(autouse=True)
+def transformers_verbosity():
+    """A dry run quiets transformers' logging for the rest of its process (the plan is the output); here that process
+    is pytest's, so the level is put back after each test."""
+    import transformers
+
+    level = transformers.utils.logging.get_verbosity()
+    yield
+    transformers.utils.logging.set_verbosity(level)
+
+
 def tree(path: Path) -> dict:
     """Every file under `path` with its bytes ({} for a path that does not exist)."""
     files = sorted(path.rglob("*")) if path.exists() else []
