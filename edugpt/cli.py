@@ -30,15 +30,45 @@ def run(main: Callable[[], Any]) -> None:
 
 
 def setup_logging(process_index: int = 0) -> None:
-    """The one logging setup of every entry point: INFO on the main process, warnings only on the others (so N ranks
-    do not print N copies), the same format everywhere. transformers' and datasets' own loggers follow."""
+    """The one logging setup of every entry point: our INFO records on the main process, warnings only on the others
+    (so N ranks do not print N copies), the same format everywhere. transformers and datasets print their warnings,
+    as under `trl sft` (TRL's scripts leave transformers at WARNING); TrainingArguments' `--log_level info` brings
+    transformers' INFO records back (Trainer applies it), but never the loggers that dump whole config objects
+    (`QUIET_AT_INFO`). Warns once about a launch that started fewer processes than it asked for (`launch_problem`)."""
     import datasets
     import transformers
 
     level = logging.INFO if process_index == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(logging.WARNING)
     datasets.utils.logging.set_verbosity(logging.WARNING if process_index == 0 else logging.ERROR)
+    for name in QUIET_AT_INFO:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if process_index == 0 and (problem := launch_problem(os.environ)):
+        logging.getLogger(__name__).warning(problem)
+
+
+# transformers loggers whose INFO records print a whole GPT2Config / GenerationConfig (30-60 lines each) every time a
+# config is built, loaded or saved: 7 dumps at the start of a run, more at each checkpoint. Their warnings still show.
+QUIET_AT_INFO = ("transformers.configuration_utils", "transformers.generation.configuration_utils")
+# Environment variables that tell a process how many processes share its job: torchrun's (what accelerate launch uses
+# for several GPUs, or with a config file) and MPI's (accelerate's multi-CPU mode runs through mpirun).
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
+
+
+def launch_problem(environ) -> str | None:
+    """What this process can tell of an `accelerate launch` that asked for several processes and started only this
+    one: `accelerate launch --cpu --num_processes 2` (or --num_processes 2 without GPUs) runs its "simple" launcher,
+    whose multi-CPU mode needs mpirun; it starts ONE process and says nothing (accelerate 1.15). That launcher exports
+    MASTER_ADDR/MASTER_PORT when more than one process was asked for, and accelerate's settings (ACCELERATE_*), but no
+    world size, which every launcher that really starts several processes sets."""
+    launched_by_accelerate = "ACCELERATE_MIXED_PRECISION" in environ
+    asked_for_several = "MASTER_ADDR" in environ and "MASTER_PORT" in environ
+    if not (launched_by_accelerate and asked_for_several) or any(name in environ for name in WORLD_SIZE_VARIABLES):
+        return None
+    return ("accelerate launch was asked for more than one process but started only this one (its --cpu "
+            "--num_processes N mode needs mpirun): this run uses 1 process. For N processes on CPUs launch with a "
+            "config file that uses torchrun, e.g. accelerate launch --config_file configs/accelerate/cpu_ddp_2proc.yaml")
 
 
 def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:

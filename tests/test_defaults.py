@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,63 @@ def test_every_saved_model_and_checkpoint_generates_with_the_pipeline_defaults(d
         for folder in folders:
             ids = generate_with_pipeline_defaults(folder)
             assert len(ids) <= positions, folder
+
+
+# --- a launch that starts fewer processes than it asked for -----------------------------------------------------------
+
+ACCELERATE_SIMPLE_LAUNCH = {"ACCELERATE_USE_CPU": "True", "ACCELERATE_MIXED_PRECISION": "no",
+                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+def test_a_launch_asking_for_several_processes_that_started_one_is_told_from_its_environment():
+    """What accelerate launch's simple launcher exports (accelerate 1.15, measured): MASTER_ADDR/PORT only when more
+    than one process was asked for, never a world size; torchrun and mpirun set one."""
+    from edugpt.cli import launch_problem
+
+    assert "started only this one" in launch_problem(ACCELERATE_SIMPLE_LAUNCH)
+    one = {k: v for k, v in ACCELERATE_SIMPLE_LAUNCH.items() if not k.startswith("MASTER_")}
+    assert launch_problem(one) is None  # --num_processes 1
+    for started in ({"WORLD_SIZE": "2", "RANK": "0"}, {"OMPI_COMM_WORLD_SIZE": "2"}, {"PMI_SIZE": "2"}):
+        assert launch_problem({**ACCELERATE_SIMPLE_LAUNCH, **started}) is None
+    assert launch_problem({"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"}) is None  # python train_hf.py on Slurm
+
+
+def accelerate_launch(*launch_args: str, tmp_path) -> object:
+    """`accelerate launch LAUNCH_ARGS train_hf.py` on data that does not exist: the launcher starts its processes,
+    each sets up logging and then stops on the missing data with one `error:` line, in seconds. (Pass --quiet to
+    accelerate's simple launcher, or it repeats the process's stderr in a traceback of its own.)"""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate), "launch", *launch_args, str(ROOT / "train_hf.py"), "--config", "configs/smoke.yaml",
+               "--dataset_dir", str(tmp_path / "no-data"), "--output_dir", str(tmp_path / "out")]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": f"{accelerate.parent}:{os.environ['PATH']}"})
+
+
+def errors(proc) -> int:
+    return sum(line.startswith("error: dataset_dir") for line in proc.stderr.splitlines())
+
+
+@pytest.mark.slow
+def test_accelerate_launch_cpu_num_processes_2_warns_that_it_runs_one_process(tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts ONE process and says nothing (its multi-CPU mode needs
+    mpirun); the run now says so and names the config that does start two. The same launch with one process, and the
+    torchrun config that starts two, say nothing."""
+    two = accelerate_launch("--quiet", "--cpu", "--num_processes", "2", tmp_path=tmp_path)
+    assert errors(two) == 1, two.stderr[-3000:]  # one process ran
+    assert "accelerate launch was asked for more than one process but started only this one" in two.stderr
+    assert "configs/accelerate/cpu_ddp_2proc.yaml" in two.stderr
+    one = accelerate_launch("--quiet", "--cpu", "--num_processes", "1", tmp_path=tmp_path)
+    assert errors(one) == 1 and "started only this one" not in one.stderr, one.stderr[-3000:]
+    with socket.socket() as probe:  # a free port: other tests may be running torchrun on accelerate's 29500
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    torchrun = accelerate_launch("--config_file", "configs/accelerate/cpu_ddp_2proc.yaml", "--main_process_port", port,
+                                 tmp_path=tmp_path)
+    assert errors(torchrun) == 2, torchrun.stderr[-3000:]  # two processes ran
+    assert "started only this one" not in torchrun.stderr

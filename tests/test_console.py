@@ -1,0 +1,61 @@
+"""What a run prints: our one-line records and the libraries' warnings, not their INFO dumps of config objects."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_script
+
+
+def test_config_objects_are_not_dumped_even_when_transformers_logs_info(tmp_path, capfd):
+    """transformers printed the whole GenerationConfig / GPT2Config (30-60 lines each) at INFO every time one was
+    built, saved or loaded: 4 + 3 times before the first step. `--log_level info` (Trainer sets transformers'
+    verbosity from it) brings transformers' INFO records back, never those dumps."""
+    from transformers import AutoConfig, GenerationConfig, GPT2Config
+    from transformers.utils import logging as hf_logging
+
+    from edugpt.cli import setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging()
+        hf_logging.set_verbosity_info()  # what Trainer does with --log_level info
+        GPT2Config(n_layer=1).save_pretrained(tmp_path)
+        GenerationConfig(max_new_tokens=5).save_pretrained(tmp_path)
+        AutoConfig.from_pretrained(tmp_path)
+        GenerationConfig.from_pretrained(tmp_path)
+    finally:
+        hf_logging.set_verbosity_warning()
+        root.handlers[:], root.level = handlers, level
+    err = capfd.readouterr().err
+    assert "GPT2Config {" not in err and "GenerationConfig {" not in err, err
+
+
+@pytest.mark.slow
+def test_sft_prints_no_more_than_trl_sft_plus_our_one_line_records(tiny_model_dir, tmp_path):
+    """The same recipe and model through finetune/sft.py and TRL's own `trl sft` (both --disable_tqdm true, each with
+    a fresh datasets cache so both draw the same map bars). Measured: ours 16 lines, trl sft 21 (6 of them
+    accelerate's notice about launch defaults); ours printed 205 before, with 6 config dumps."""
+    import subprocess
+    import sys
+
+    common = ["--config", "configs/sft_smoke.yaml", "--model_name_or_path", str(tiny_model_dir), "--max_steps", "2",
+              "--logging_steps", "1", "--disable_tqdm", "true"]
+    ours = run_script("finetune/sft.py", *common, "--output_dir", tmp_path / "ours",
+                      env={"HF_DATASETS_CACHE": str(tmp_path / "cache-ours")}, check=True, timeout=300)
+    trl_cli = Path(sys.executable).with_name("trl")
+    trl = subprocess.run([str(trl_cli), "sft", *common, "--output_dir", str(tmp_path / "trl")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache-trl"),
+                              "PATH": f"{trl_cli.parent}:{os.environ['PATH']}"})
+    assert trl.returncode == 0, trl.stderr[-3000:]
+    lines = (ours.stdout + ours.stderr).splitlines()
+    records = [line for line in lines if " INFO edugpt." in line or " WARNING edugpt." in line]
+    assert len(lines) - len(records) <= len((trl.stdout + trl.stderr).splitlines()), "\n".join(lines)
+    assert len(records) <= 3, records  # the data, the final model (and at most one warning)
+    assert not [line for line in lines if "Config {" in line]
