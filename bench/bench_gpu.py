@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -163,12 +164,33 @@ def main() -> None:
         print(f"\nlargest micro-batch that fits (of {args.batch_sizes}): {largest} x 1024 tokens")
     if len(rows) == 2:
         print(f"ratio compiled/eager tokens/s: {rows[1][1]['tokens_per_second'] / rows[0][1]['tokens_per_second']:.2f}x")
+    if not args.tiny and rows and rows[-1][1]["mfu"] is not None:
+        record_mfu(device, rows[-1][1]["mfu"], f"bench/bench_gpu.py, torch_compile {rows[-1][0]}, "
+                   f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}")
     if not args.tiny and torch.cuda.device_count() >= 2:
         print("\nin-loop HellaSwag, 2 GPUs vs 1 (bench/bench_eval_sharding.py):", flush=True)
         import subprocess
 
         subprocess.run([sys.executable, str(ROOT / "bench" / "bench_eval_sharding.py"), "--gpu", "--shape", "270m",
                         "--limit", "1000", "--batch_size", "32"], check=True)
+
+
+def record_mfu(device: str, mfu: float, how: str) -> None:
+    """Write the measured MFU into bench/mfu.json under the GPU's short name (edugpt.modeling's table), where the
+    training plan (`--dry_run`, edugpt/plan.py) takes it instead of its assumed figure."""
+    import json
+
+    from edugpt.modeling import PEAK_BF16_FLOPS
+
+    name = next((key for key, _ in PEAK_BF16_FLOPS if key.lower() in device.lower()), None)
+    if name is None:
+        print(f"(no short name for {device!r} in edugpt.modeling.PEAK_BF16_FLOPS: bench/mfu.json not written)")
+        return
+    path = ROOT / "bench" / "mfu.json"
+    measured = json.loads(path.read_text()) if path.exists() else {}
+    measured[name] = {"mfu": round(mfu, 4), "measured": f"{device}: {how}"}
+    path.write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
+    print(f"measured MFU written to {path} for {name}: the training plan uses it from now on")
 
 
 if __name__ == "__main__":

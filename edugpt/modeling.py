@@ -25,6 +25,9 @@ PEAK_BF16_FLOPS = (
     ("L40S", 362e12),
     ("L40", 181e12),
     ("L4", 121e12),
+    ("RTX 4090", 165.2e12),  # dense bf16 with fp32 accumulation (NVIDIA Ada whitepaper)
+    ("RTX 3090", 71e12),
+    ("A6000", 154.8e12),  # RTX A6000
 )
 # The keys that must agree between a checkpoint and the model a run builds, or the weights cannot be loaded.
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")

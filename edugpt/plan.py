@@ -57,9 +57,6 @@ PRICED_GPUS = (
     ("L40S", "L40S", 0.90),
     ("RTX 4090", "RTX 4090", 0.40),
 )
-# Dense bf16 peak of the cards edugpt.modeling.PEAK_BF16_FLOPS (which MFU logging reads) does not list yet: the RTX
-# 4090's 165.2 TFLOP/s with fp32 accumulation (NVIDIA Ada whitepaper).
-EXTRA_PEAK_FLOPS = {"RTX 4090": 165.2e12}
 # No GPU has run bench/bench_gpu.py yet (bench/RESULTS.md): nanoGPT-style GPT-2 training with torch.compile and flash
 # attention reports 40-50% on A100/H100. A measured figure in MEASURED_MFU replaces it for that GPU.
 ASSUMED_MFU = 0.40
@@ -261,7 +258,7 @@ def gpu_rows(flops_per_token: float, tokens: int | None, processes: int, checkpo
 
     rows = []
     for name, label, price in PRICED_GPUS:
-        peak = peak_flops(name) or EXTRA_PEAK_FLOPS[name]
+        peak = peak_flops(name)
         mfu, source = measured.get(name, (ASSUMED_MFU, "assumed"))
         effective = mfu * (CHECKPOINTING_SPEED if checkpointing else 1.0)
         per_gpu = effective * peak / flops_per_token
