@@ -353,7 +353,7 @@ def _same_model(reference: str, run_dir: Path) -> bool:
 
 def find_lm_eval_results(run_dir: str | os.PathLike, eval_dir: str | os.PathLike | None = None) -> dict | None:
     """The newest lm-eval results JSON (`results*.json` holding a "results" mapping) for this run's final model, with
-    its path under "_path".
+    its path under "_path"; one that scored every item wins over newer ones run with --limit (`_scored_every_item`).
 
     With `eval_dir` (a folder or a file) that is where results are read, and all it holds must be: a results file
     there that is not lm-eval's (lm_eval_problem), or no scores at all, is one EduGPTError. Otherwise: under run_dir
@@ -399,11 +399,20 @@ def find_lm_eval_results(run_dir: str | os.PathLike, eval_dir: str | os.PathLike
             continue
         if reference is None and must_match:
             continue
-        best = {**data, "_path": path}
+        if best is None or _scored_every_item(data) or not _scored_every_item(best):  # newest, complete ones first
+            best = {**data, "_path": path}
     if best is None and eval_dir is not None:
         raise EduGPTError(f"eval results folder {eval_dir} holds no lm-eval scores (a results*.json with a task in "
                           "\"results\"); pass the --output_dir of eval_harness.py (or lm_eval's --output_path).")
     return best
+
+
+def _scored_every_item(data: dict) -> bool:
+    """Whether lm-eval scored every item of every task (no --limit, no --samples subset): a quick `--limit 10` check
+    run after a full evaluation must not replace its numbers on the card."""
+    counts = data.get("n-samples") or {}
+    return (data.get("config") or {}).get("limit") is None and all(
+        isinstance(n, dict) and n.get("effective") == n.get("original") for n in counts.values())
 
 
 def _mtime(path: Path) -> float:

@@ -151,3 +151,34 @@ def test_accelerate_launch_cpu_num_processes_2_warns_that_it_runs_one_process(tm
                                  tmp_path=tmp_path)
     assert errors(torchrun) == 2, torchrun.stderr[-3000:]  # two processes ran
     assert "started only this one" not in torchrun.stderr
+
+
+# --- the model card's lm-eval numbers ---------------------------------------------------------------------------------
+
+def test_the_card_takes_a_complete_lm_eval_run_over_a_newer_limited_one(run_dir):
+    """run_dir holds a `--limit 500` evaluation. A complete one, then a newer `--limit 10` check: the card keeps the
+    complete numbers (it took the newest file); the newest complete run wins among complete ones."""
+    import json
+    import os
+
+    from edugpt.card import build_model_card
+    from edugpt.rundir import find_lm_eval_results
+
+    [limited_500] = (run_dir / "eval").rglob("results_*.json")
+    base = json.loads(limited_500.read_text())
+
+    def results(name: str, acc_norm: float, effective: int | None, age: int) -> Path:
+        data = {**base, "results": {"hellaswag": {**base["results"]["hellaswag"], "acc_norm,none": acc_norm}},
+                "n-samples": {"hellaswag": {"original": 10042, "effective": effective or 10042}},
+                "config": {**base["config"], "limit": effective}}
+        path = limited_500.with_name(f"results_{name}.json")
+        path.write_text(json.dumps(data))
+        os.utime(path, (limited_500.stat().st_mtime + age,) * 2)
+        return path
+
+    full = results("2026-11-26T10-00-00", 0.3141, None, age=10)
+    results("2026-11-26T11-00-00", 0.5, 10, age=20)  # a quick check afterwards
+    assert find_lm_eval_results(run_dir)["_path"] == full
+    assert "0.3141" in build_model_card(run_dir).text
+    newer_full = results("2026-11-26T12-00-00", 0.3000, None, age=30)
+    assert find_lm_eval_results(run_dir)["_path"] == newer_full
