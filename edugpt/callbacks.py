@@ -15,6 +15,7 @@ import signal
 import time
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import TrainerCallback
 
 from edugpt.errors import EduGPTError
@@ -131,6 +132,9 @@ class SamplesCallback(TrainerCallback):
         self.samples_path = Path(samples_path)
         self.metrics = metrics
         self._last_step = None
+        self.rows: list[list] = []  # [step, prompt, text] of every sample so far: the trackers' table
+        self.trackers: list = []  # Trainer's tracker callbacks (install_callbacks fills it)
+        self.args = None
 
     def encode(self, prompt: str):
         """The prompt's ids as ordinary text (a literal "<|endoftext|>" in it is text, not the end of a document)."""
@@ -168,7 +172,9 @@ class SamplesCallback(TrainerCallback):
             text = self.generate(model, prompt)  # every rank generates: an FSDP-sharded model needs all of them
             if not _is_main(state):
                 continue
-            logger.info("sample at step %d: %s", state.global_step, text)
+            with logging_redirect_tqdm():  # through tqdm.write: the progress bar stays whole
+                logger.info("sample at step %d: %s", state.global_step, one_line(text))
+            self.rows.append([state.global_step, prompt, text])
             if not os.path.lexists(self.samples_path):
                 self.samples_path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(self.samples_path, SAMPLES_HEADER, role=None)
@@ -177,8 +183,11 @@ class SamplesCallback(TrainerCallback):
                 f.write(f"| {state.global_step} | {markdown_cell(text)} |\n")
             self.metrics.append({"step": state.global_step, "tokens": state.num_input_tokens_seen,
                                  "sample/prompt": prompt, "sample/text": text})
+        if _is_main(state):
+            send_samples_to_trackers(self.trackers, self.rows, self.args, state)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.args = args
         if state.global_step == 0:
             if _is_main(state) and os.path.lexists(self.samples_path):
                 if Record.load(self.samples_path.parent).role(self.samples_path.name) is None:
@@ -197,6 +206,43 @@ class SamplesCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if state.global_step >= state.max_steps:  # finished, not preempted or stopped on a NaN
             self.sample(state, model)
+
+
+def one_line(text: str) -> str:
+    """`text` on one console line: each line break shown as "⏎"."""
+    return " ⏎ ".join(line.strip() for line in text.strip().splitlines())
+
+
+def tracker_callbacks(trainer) -> list:
+    """Trainer's `report_to` callbacks (tensorboard, wandb, trackio, mlflow ...), in their order."""
+    return [callback for callback in trainer.callback_handler.callbacks
+            if type(callback).__module__.startswith("transformers.integrations")]
+
+
+def send_samples_to_trackers(trackers: list, rows: list[list], args, state) -> None:
+    """The samples so far as text where a tracker shows text: tensorboard's text plugin (a Markdown table per step),
+    a wandb Table, a trackio Table (both of every sample so far: a logged table replaces the one shown, as TRL's
+    LogCompletionsCallback does). Sent through each tracker callback's own `on_log`, so it lands in its run at this
+    step, under train/samples."""
+    from transformers.integrations import TensorBoardCallback, TrackioCallback, WandbCallback
+
+    columns = ["step", "prompt", "text"]
+    for tracker in trackers:
+        if isinstance(tracker, TensorBoardCallback):
+            now = [row for row in rows if row[0] == state.global_step]
+            value = "| prompt | text |\n|---|---|\n" + "".join(
+                f"| {markdown_cell(prompt)} | {markdown_cell(text)} |\n" for _, prompt, text in now)
+        elif isinstance(tracker, WandbCallback):
+            import wandb
+
+            value = wandb.Table(columns=columns, data=[list(row) for row in rows])
+        elif isinstance(tracker, TrackioCallback):
+            import trackio
+
+            value = trackio.Table(columns=columns, data=[list(row) for row in rows])
+        else:
+            continue  # mlflow, comet ... log numbers only
+        tracker.on_log(args, state, None, logs={"samples": value})
 
 
 def markdown_cell(text: str) -> str:
@@ -478,9 +524,30 @@ def _decayed_parameters(model) -> set[int] | None:
     return {id(p) for name, p in model.named_parameters() if name in names}
 
 
+# In-loop evaluation scores (HellaSwagCallback) that the trackers file under eval/, beside eval/loss: Trainer's tracker
+# callbacks put every key without the "eval_" prefix under train/ (transformers.integrations' rewrite_logs).
+IN_LOOP_EVAL_KEYS = ("hellaswag/acc", "hellaswag/acc_norm")
+
+
+class TrackerEvalNames(TrainerCallback):
+    """Around Trainer's tracker callbacks (tensorboard, wandb, trackio ...), which see one shared `logs` dict: the
+    one before them gives the in-loop evaluation scores Trainer's "eval_" prefix, the one after them (`restore`)
+    takes it off again, so that the console, metrics.jsonl and the plots keep their names."""
+
+    def __init__(self, restore: bool = False):
+        self.restore = restore
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in IN_LOOP_EVAL_KEYS if logs else ():
+            old, new = (f"eval_{key}", key) if self.restore else (key, f"eval_{key}")
+            if old in logs:
+                logs[new] = logs.pop(old)
+
+
 def install_callbacks(trainer, *callbacks) -> None:
     """Add `callbacks` to `trainer`. What adds numbers to log records (a ThroughputCallback, a skipping
-    NonFiniteLossCallback's counter) goes first, the step clock last (see module docstring)."""
+    NonFiniteLossCallback's counter) goes first, the step clock last (see module docstring). The trackers get the
+    in-loop scores under eval/ (TrackerEvalNames) and the samples as text (SamplesCallback)."""
     front = []
     for callback in callbacks:
         if isinstance(callback, ThroughputCallback):
@@ -494,6 +561,14 @@ def install_callbacks(trainer, *callbacks) -> None:
     for callback in callbacks:
         if isinstance(callback, ThroughputCallback):
             trainer.add_callback(callback.clock)
+    trackers = tracker_callbacks(trainer)
+    if trackers:
+        order = trainer.callback_handler.callbacks
+        order.insert(order.index(trackers[-1]) + 1, TrackerEvalNames(restore=True))
+        order.insert(order.index(trackers[0]), TrackerEvalNames())
+    for callback in callbacks:
+        if isinstance(callback, SamplesCallback):
+            callback.trackers = trackers
 
 
 class HubPushCallback(TrainerCallback):

@@ -358,3 +358,37 @@ def test_resume_with_another_optimizer_trains_on_with_fresh_optimizer_state(tiny
     assert trainer.state.global_step == 4 and type(trainer.optimizer.optimizer).__name__ == "Adafactor"
     assert all("exp_avg_sq_row" in state or "exp_avg_sq" in state for state in trainer.optimizer.state.values())
     assert not any("exp_avg" in state for state in trainer.optimizer.state.values())
+
+
+def test_a_multi_line_sample_is_one_console_line_written_around_the_progress_bar(gpt2_tokenizer, args, tmp_path,
+                                                                                   capsys):
+    """A sample's line breaks printed as they are broke Trainer's progress bar across several lines, and a log line
+    was glued to the bar; the console now gets one line, written through tqdm (logging_redirect_tqdm: the bar is
+    cleared first and drawn again after), while samples.md and metrics.jsonl keep the text as generated."""
+    import logging
+    import sys
+
+    from tqdm.auto import tqdm
+
+    class TwoLines(cb.SamplesCallback):
+        def generate(self, model, prompt):
+            return f"{prompt}\nsecond line\n\nthird"
+
+    metrics = MetricsLog(tmp_path / "metrics.jsonl")
+    callback = TwoLines(gpt2_tokenizer, ["Once upon a time"], 5, 4, 0, 0, tmp_path / "samples.md", metrics)
+    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stderr)  # the console handler setup_logging installs
+    console.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    saved = root.handlers[:], root.level
+    root.handlers[:], root.level = [console], logging.INFO
+    bar = tqdm(total=10, file=sys.stderr)
+    try:
+        bar.update(3)
+        callback.on_train_begin(args, state_at(0), TrainerControl(), model=None)
+    finally:
+        bar.close()
+        root.handlers[:], root.level = saved
+    err = capsys.readouterr().err
+    assert "\redugpt.callbacks: sample at step 0: Once upon a time ⏎ second line ⏎  ⏎ third\n" in err, repr(err)
+    assert "]edugpt" not in err  # not glued to the bar
+    assert metrics.read()[0]["sample/text"] == "Once upon a time\nsecond line\n\nthird"
