@@ -693,6 +693,7 @@ class HubPusher:
                               commit_message=staged.message, delete_patterns=staged.delete_patterns)
         except Exception as err:
             raise PushError(self.repo_id, f"{type(err).__name__}: {scrub(str(err))}") from None
+        logger.info("pushed %s to %s", staged.branch, self.repo_id)  # one line per branch pushed (a failure: _failed)
         if staged.branch.startswith("step-"):  # a staged copy left by an earlier attempt is now on the Hub
             for step, folder in _staged_steps(self.run_dir):
                 if f"step-{step}" == staged.branch and folder != staged.folder:

@@ -59,3 +59,36 @@ def test_sft_prints_no_more_than_trl_sft_plus_our_one_line_records(tiny_model_di
     assert len(lines) - len(records) <= len((trl.stdout + trl.stderr).splitlines()), "\n".join(lines)
     assert len(records) <= 3, records  # the data, the final model (and at most one warning)
     assert not [line for line in lines if "Config {" in line]
+
+
+def test_each_branch_pushed_and_each_failed_push_is_one_log_line(data_dir, tmp_path, monkeypatch):
+    """--hub_step_branches pushed step-N in the background without a word when it worked; now one line per branch
+    pushed, and one per failed attempt (the Hub here is the suite's fake, failing step-2)."""
+    from conftest import FakeHub, load_train_main, tiny_args
+    from edugpt.errors import EduGPTError
+
+    hub = FakeHub(fail_on_branch="step-2")
+    monkeypatch.setattr("transformers.trainer.hf_api", hub)
+    monkeypatch.setattr("huggingface_hub.HfApi", hub)
+    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)
+    monkeypatch.setenv("HF_TOKEN", "unused")
+    args = tiny_args(data_dir, tmp_path / "run", "--max_steps", "3", "--save_steps", "1", "--sample_steps", "0",
+                     "--eval_strategy", "no", "--push_to_hub", "true", "--hub_model_id", "someone/edugpt-tiny",
+                     "--hub_step_branches", "true", "--hub_strategy", "end")
+    records: list[logging.LogRecord] = []
+    collect = logging.Handler(logging.INFO)  # on the logger itself: setup_logging replaces the root's handlers
+    collect.emit = records.append
+    logging.getLogger("edugpt.hub").addHandler(collect)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        with pytest.raises(EduGPTError, match="step-2"):
+            load_train_main()(args)
+    finally:
+        logging.getLogger("edugpt.hub").removeHandler(collect)
+        root.handlers[:], root.level = saved
+    lines = [r.getMessage() for r in records]
+    pushed = sorted(line for line in lines if line.startswith("pushed "))
+    assert pushed == [f"pushed {branch} to someone/edugpt-tiny" for branch in ("main", "step-1", "step-3")], lines
+    failed = [line for line in lines if line.startswith("pushing step-2 to someone/edugpt-tiny failed")]
+    assert len(failed) == hub.failed.count("step-2") >= 2, lines
