@@ -467,10 +467,20 @@ def tokenized_batches(raw, *, has_id: bool, args: PrepareDataArguments, salt: st
         yield from tqdm(tokenized.with_format("arrow").iter(batch_size=MAP_BATCH_SIZE), desc="pack",
                         total=-(-len(tokenized) // MAP_BATCH_SIZE), unit="batch")
         return
+    rows = stream_rows(raw, args.max_docs)
     for batch in tqdm(raw.select_columns(columns).iter(batch_size=MAP_BATCH_SIZE), desc="stream+tokenize",
-                      unit="batch"):
+                      unit="batch", total=None if rows is None else -(-rows // MAP_BATCH_SIZE)):
         out = tokenize_batch(batch[TEXT_COLUMN], batch.get(ID_COLUMN), **kwargs)
         yield pa.table(out, schema=features.arrow_schema)
+
+
+def stream_rows(stream, max_docs: int | None) -> int | None:
+    """The documents a streamed source yields, when it can be told: the Hub's row count of the split (its dataset
+    info, read with the stream), at most `max_docs`; None if neither is known. Gives the stream's bar a total and an
+    ETA."""
+    splits = getattr(stream.info, "splits", None) or {}
+    known = splits["train"].num_examples if "train" in splits and splits["train"].num_examples else None
+    return min(filter(None, (known, max_docs)), default=None)
 
 
 def tokenized_features():

@@ -92,3 +92,25 @@ def test_each_branch_pushed_and_each_failed_push_is_one_log_line(data_dir, tmp_p
     assert pushed == [f"pushed {branch} to someone/edugpt-tiny" for branch in ("main", "step-1", "step-3")], lines
     failed = [line for line in lines if line.startswith("pushing step-2 to someone/edugpt-tiny failed")]
     assert len(failed) == hub.failed.count("step-2") >= 2, lines
+
+
+@pytest.mark.parametrize(("hub_rows", "max_docs", "batches"), [(2500, None, 3), (2500, 1200, 2), (None, 1200, 2)])
+def test_the_streamed_prepare_bar_has_a_total_and_an_eta(tmp_path, capsys, hub_rows, max_docs, batches):
+    """A streamed Hub dataset's bar counted batches with no end ("51 batch [00:20, 2.5 batch/s]"). Its total now comes
+    from the Hub's row count (the dataset info the stream carries, as Hub READMEs declare it) and --max_docs."""
+    import datasets
+
+    from edugpt.args import PrepareDataArguments
+    from edugpt.data import tokenized_batches
+
+    texts = [f"document {i} about the Python interpreter" for i in range(hub_rows or max_docs)]
+    stream = datasets.Dataset.from_dict({"text": texts}).to_iterable_dataset()
+    if hub_rows:
+        stream.info.splits = datasets.SplitDict({"train": datasets.SplitInfo("train", num_examples=hub_rows)})
+    if max_docs:
+        stream = stream.take(max_docs)
+    args = PrepareDataArguments(dataset="you/corpus", output_dir=str(tmp_path / "out"), seq_len=64, num_proc=1,
+                                max_docs=max_docs)
+    assert len(list(tokenized_batches(stream, has_id=False, args=args))) == batches
+    bar = capsys.readouterr().err.split("\r")[-1]
+    assert f"{batches}/{batches} [" in bar and "<00:00" in bar, bar  # done/total [elapsed<remaining
