@@ -152,7 +152,8 @@ def load_gpt2(model_args, config):
 
     name = model_args.model_name_or_path
     hub = {} if Path(name).is_dir() else {"revision": model_args.model_revision, "local_files_only": not hub_available()}
-    return name_causal_lm_loss(GPT2LMHeadModel.from_pretrained(name, config=config, dtype=torch.float32, **hub))
+    model = GPT2LMHeadModel.from_pretrained(name, config=config, dtype=torch.float32, **hub)
+    return fit_generation_to_context(name_causal_lm_loss(model))
 
 
 def new_gpt2(config):
