@@ -24,6 +24,21 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _no_logging_into_closed_streams():
+    """An entry point run in this process sets up logging (cli.setup_logging: basicConfig(force=True)) on the
+    sys.stderr of that moment, which is pytest's capture of one test: drop such handlers once that stream is closed,
+    or a later test's logging prints '--- Logging error ---' with a traceback."""
+    import logging
+
+    yield
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in list(getattr(logger, "handlers", [])):
+            stream = getattr(handler, "stream", None)
+            if stream is not None and getattr(stream, "closed", False):
+                logger.removeHandler(handler)
+
+
 def run_script(script: str, *args: str, timeout: float = 600, env: dict | None = None, check: bool = False):
     """Run one of the project's entry points (`prepare_data.py`, `train_hf.py`, ...) as a user would, offline."""
     full_env = {**os.environ, **(env or {})}
