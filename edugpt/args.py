@@ -7,7 +7,8 @@ entry point parses its dataclasses with `edugpt.cli.parse_config` (YAML recipe +
 - train_hf.py: ModelArguments, DataArguments, ScriptArguments, RunArguments + TrainingArguments
 - finetune/sft.py, finetune/dpo.py: RunArguments + TRL's ScriptArguments, SFTConfig/DPOConfig, ModelConfig
 - prepare_data.py: PrepareDataArguments + edugpt.prepare_parallel's ExecutorArguments
-- eval_harness.py: EvalArguments; publish.py: PublishArguments; python -m edugpt.card: CardArguments
+- eval_harness.py: lm-eval's own parser (edugpt.evaluation)
+- publish.py: PublishArguments; python -m edugpt.card: CardArguments
 """
 
 from __future__ import annotations
@@ -196,65 +197,6 @@ class RunArguments:
                           "the cards it fits, time and cost on common GPUs, checkpoint disk (edugpt.plan). Writes "
                           "nothing, builds no model, uses no GPU."},
     )
-
-
-@dataclass
-class EvalArguments:
-    """eval_harness.py: lm-eval on a checkpoint folder or Hub id, with lm_eval's own option names where it has them."""
-
-    model: str = field(metadata={"help": "Checkpoint directory (config.json, weights, tokenizer) or Hub model id."})
-    tasks: str = field(default="hellaswag", metadata={"help": "Comma-separated lm-eval task names."})
-    model_args: str | None = field(
-        default=None,
-        metadata={"help": "More arguments of lm-eval's hf model, as lm_eval --model_args: 'dtype=bfloat16,"
-                          "max_length=512' (pretrained= comes from --model)."},
-    )
-    revision: str | None = field(
-        default=None, metadata={"help": "Branch, tag or commit of a Hub model, e.g. step-5000 (publish.py --branches)."}
-    )
-    num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples per prompt (default: the task's)."})
-    apply_chat_template: bool = field(
-        default=False,
-        metadata={"help": "Render prompts with the model's chat template (SFT/DPO models), as lm_eval "
-                          "--apply_chat_template; few-shot examples become turns."},
-    )
-    limit: int | None = field(default=None, metadata={"help": "Score only the first N items of each task."})
-    batch_size: str = field(default="16", metadata={"help": "Batch size, or 'auto' (lm-eval finds the largest)."})
-    output_dir: str | None = field(
-        default=None,
-        metadata={"aliases": ["--output_path"],
-                  "help": "lm-eval's results layout goes here, as lm_eval --output_path: <model name>/results_<time>.json "
-                          "(and samples_<task>_<time>.jsonl). New files per evaluation; nothing is overwritten."},
-    )
-    hellaswag_file: str | None = field(
-        default=None, metadata={"help": "Local HellaSwag-schema jsonl: `hellaswag` then runs on it, offline."}
-    )
-    device: str | None = field(default=None, metadata={"help": "cuda, cuda:1, cpu ... (default: cuda if present)."})
-    log_samples: bool = field(
-        default=False, metadata={"help": "Also write every item's scores (samples_<task>_<time>.jsonl), as lm_eval does."}
-    )
-
-    def __post_init__(self):
-        # A recipe's value reaches a text option as YAML typed it (argparse converts only strings): `batch_size: 32`
-        # means "32"; a list or a mapping (`tasks: {a: 1}`) is a mistake, said here rather than crashing later.
-        for name in ("model", "tasks", "model_args", "revision", "batch_size", "output_dir", "hellaswag_file", "device"):
-            value = getattr(self, name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                setattr(self, name, str(value))
-            elif value is not None and not isinstance(value, str):
-                raise EduGPTError(f"{name} takes one value, got a {type(value).__name__} ({value!r:.80}); write "
-                                  f"`{name}: VALUE` in the recipe (tasks: comma-separated, `tasks: hellaswag,arc_easy`).")
-        self.task_list = [name.strip() for name in self.tasks.split(",") if name.strip()]
-        if not self.task_list:
-            raise EduGPTError("--tasks is empty; pass lm-eval task names, e.g. --tasks hellaswag.")
-        if self.limit is not None and self.limit < 1:
-            raise EduGPTError(f"--limit must be a positive number of items, got {self.limit}.")
-        if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise EduGPTError(f"--num_fewshot must be 0 or more, got {self.num_fewshot}.")
-        if not (self.batch_size.startswith("auto") or self.batch_size.isdigit() and int(self.batch_size) > 0):
-            raise EduGPTError(f"--batch_size must be a positive integer or 'auto', got {self.batch_size!r}.")
-        if self.log_samples and not self.output_dir:
-            raise EduGPTError("--log_samples writes files: pass --output_dir (lm_eval's --output_path) too.")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from trl import DPOConfig, ModelConfig, SFTConfig
 from trl import ScriptArguments as TrlScriptArguments
 
 from conftest import FAKE_TOKEN, ROOT, run_script
-from edugpt.args import DataArguments, EvalArguments, ModelArguments, PublishArguments, RunArguments, ScriptArguments
+from edugpt.args import CardArguments, DataArguments, ModelArguments, PublishArguments, RunArguments, ScriptArguments
 from edugpt.cli import parse_config
 from edugpt.errors import EduGPTError
 
@@ -83,8 +83,8 @@ def test_command_line_typo_is_one_line_with_did_you_mean():
     # argparse's own errors become the same one line instead of the ~170-option usage and SystemExit
     with pytest.raises(EduGPTError, match=r"^argument --learning_rate/--learning-rate: invalid float value: 'abc'"):
         parse_config(TRAIN, ["--learning_rate", "abc", *CPU])
-    with pytest.raises(EduGPTError, match="the following arguments are required: --model"):
-        parse_config([EvalArguments], [])
+    with pytest.raises(EduGPTError, match="the following arguments are required: --run_dir"):
+        parse_config([CardArguments], [])
 
 
 @pytest.mark.parametrize(("classes", "argv", "flag"), [
@@ -166,7 +166,7 @@ def test_sample_prompts_string_is_one_prompt(tmp_path):
         ScriptArguments(sample_prompts=["fine", ""])
 
 
-@pytest.mark.parametrize("classes", [TRAIN, SFT, DPO, [EvalArguments]], ids=["train_hf", "sft", "dpo", "eval_harness"])
+@pytest.mark.parametrize("classes", [TRAIN, SFT, DPO, [CardArguments]], ids=["train_hf", "sft", "dpo", "card"])
 def test_help_mentions_config_and_groups_options_by_dataclass(classes, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_config(classes, ["--help"])
