@@ -67,7 +67,7 @@ from edugpt.rundir import (
     save_file_role,
     write_run_config,
 )
-from edugpt.safefs import DirLock, atomic_write_bytes, ensure_dir, no_space_reason
+from edugpt.safefs import DirLock, atomic_write_bytes, ensure_dir, no_space_reason, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +259,13 @@ class TrainingRun:
                             os.rmdir(self.output_dir)
         finally:
             self.lock.release()
+
+    def _start_step(self) -> int:
+        """The step this attempt starts from: its checkpoint's (by trainer_state.json: an explicit checkpoint folder
+        may have any name), else 0."""
+        checkpoint = self.decision.checkpoint
+        state = read_json(checkpoint / TRAINER_STATE, what="Trainer state") if checkpoint else None
+        return state["global_step"] if isinstance(state, dict) and isinstance(state.get("global_step"), int) else 0
 
     def _put_back(self) -> None:
         for name, content in self._before.items():  # the record last: it describes the others
@@ -487,8 +494,7 @@ class TrainingRun:
                 if finished:
                     self.finish(trainer)
             except Exception as err:
-                start = checkpoint_step(self.decision.checkpoint) if self.decision.checkpoint else 0
-                self._progressed = trainer is not None and trainer.state.global_step > start
+                self._progressed = trainer is not None and trainer.state.global_step > self._start_step()
                 if (failure := self._write_failure(trainer, err)) is None:
                     raise
                 raise failure from None
