@@ -238,17 +238,19 @@ class TrainingRun:
         self.lock.release()
 
     def abandon(self) -> None:
-        """The attempt failed before it trained a step: leave output_dir as it found it. In a folder that held nothing
-        before, remove what the attempt wrote (run_config.json, data_manifest.json, ... as its record lists them),
-        the record and the lock, and the folder itself if this attempt created it. In an earlier run's folder, put
-        back the files the attempt rewrote before training (run_config.json, the data manifest, the final model's
-        marker, the record). Then release the lock."""
+        """The attempt failed: leave output_dir as it found it where nothing is lost by doing so. In a folder that held
+        nothing before, when no checkpoint was saved (nothing to resume from), remove what the attempt wrote
+        (run_config.json, data_manifest.json, logs ... as its record lists them), the record and the lock, and the
+        folder itself if this attempt created it. In an earlier run's folder, when no step was trained, put back the
+        files the attempt rewrote before training (run_config.json, the data manifest, the final model's marker, the
+        record). Then release the lock."""
         try:
-            if not (self.is_main and self.lock.held) or self._progressed:
+            if not (self.is_main and self.lock.held):
                 return
             if not self._fresh:
-                self._put_back()
-            elif not recorded_checkpoints(self.output_dir):
+                if not self._progressed:
+                    self._put_back()
+            elif not recorded_checkpoints(self.output_dir):  # nothing to resume from: nothing worth keeping
                 record.Record.load(self.output_dir).remove_written(keep=(LOCK,))
                 if set(os.listdir(self.output_dir)) <= {LOCK, record.RECORD}:
                     for name in (record.RECORD, LOCK):  # the lock goes last, while still held
