@@ -647,13 +647,18 @@ def check_not_input(out: Path, source: Source) -> None:
     replace, mix into or delete the corpus it reads."""
     if source.kind != "local":
         return
-    target = out.resolve()
     for path in [Path(source.dataset), *map(Path, source.files)]:
-        given = path.resolve()
-        if target == given or given in target.parents or target in given.parents:
-            relation = "is" if target == given else "lies inside" if given in target.parents else "holds"
+        if relation := overlap(out, path):
             raise EduGPTError(f"--output_dir {str(out)!r} {relation} the input {str(path)!r}; write the prepared "
                               "dataset to a folder outside the input.")
+
+
+def overlap(path: Path, other: Path) -> str | None:
+    """How `path` stands to `other`, symlinks resolved: "is", "lies inside", "holds", or None when apart."""
+    path, other = path.resolve(), other.resolve()
+    if path == other:
+        return "is"
+    return "lies inside" if other in path.parents else "holds" if path in other.parents else None
 
 
 def lock_path(out: Path) -> Path:
@@ -722,9 +727,7 @@ def check_cache_dir(out: Path, cache_dir: str | None) -> None:
     import datasets
 
     cache = Path(cache_dir or datasets.config.HF_DATASETS_CACHE).expanduser().resolve()
-    target = out.resolve()
-    if cache == target or target in cache.parents or cache in target.parents:
-        relation = "is" if cache == target else "lies inside" if target in cache.parents else "holds"
+    if relation := overlap(cache, out):
         raise EduGPTError(f"the datasets cache {str(cache)!r} {relation} --output_dir {str(out)!r}; pass a "
                           "--cache_dir outside the prepared dataset (and the dataset outside the cache).")
 
