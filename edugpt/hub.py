@@ -667,7 +667,7 @@ class HubPusher:
             except OSError:
                 return
             if self._staging_root == self.run_dir / STAGING:
-                update(self.run_dir, lambda run: run.forget(STAGING))
+                update(self.run_dir, lambda run: run.forget(self.run_dir / STAGING))
             self._staging_root = None
 
     # ---- uploading

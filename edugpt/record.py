@@ -108,17 +108,12 @@ class Record:
 
     # ----------------------------------------------------------------------------------------------------- writing
     def rel(self, path: str | os.PathLike) -> str | None:
-        """`path` relative to the root, as recorded (posix); None when it is not inside the root."""
-        path = Path(path)
-        if not path.is_absolute():
-            path = self.root / path
+        """`path` (absolute, or relative to the working directory like every path the run is given) relative to the
+        root, as recorded (posix); None when it is not inside the root."""
         try:
-            rel = Path(os.path.normpath(path)).relative_to(os.path.normpath(self.root.absolute()))
+            rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(self.root))
         except ValueError:
-            try:
-                rel = Path(os.path.normpath(path.absolute())).relative_to(os.path.normpath(self.root.absolute()))
-            except ValueError:
-                return None
+            return None
         text = rel.as_posix()
         return text if _safe_rel(text) else None
 

@@ -258,3 +258,18 @@ def test_the_card_never_replaces_a_readme_the_run_did_not_write(run_dir):
     (run_dir / "README.md").unlink()
     write_model_card(run_dir)  # the card it writes is recorded, so it may replace it next time
     assert "edugpt" in write_model_card(run_dir).read_text()
+
+
+def test_a_run_directory_given_as_a_relative_path_is_recorded(tmp_path, monkeypatch):
+    """`--output_dir runs/x` (as the demo and most users pass it): what is written there is recorded under its name."""
+    from edugpt.safefs import atomic_write_text
+
+    monkeypatch.chdir(tmp_path)
+    Path("runs/x").mkdir(parents=True)
+    record.start("runs/x")
+    atomic_write_text("runs/x/run_config.json", "{}")
+    (tmp_path / "runs" / "x" / "images").mkdir()
+    atomic_write_text(Path("runs/x/images/train-loss.png"), "png")
+    found = record.Record.load("runs/x")
+    assert found.files() == ["images/train-loss.png", "run_config.json"]
+    assert record.Record.load(tmp_path / "runs" / "x").files() == found.files()
