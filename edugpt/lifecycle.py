@@ -179,6 +179,7 @@ class TrainingRun:
         # The files an attempt rewrites before it trains, as they were (rank 0): a refusal puts them back.
         self._before: dict[str, bytes | None] = {}
         self._progressed = False  # this attempt trained a step (or finished): nothing is put back then
+        self._saving_final = False  # the final model is being (or was) saved: never removed, whatever fails after
         self._protect_token()
         self._check_hub_options()
 
@@ -239,7 +240,7 @@ class TrainingRun:
 
     def abandon(self) -> None:
         """The attempt failed: leave output_dir as it found it where nothing is lost by doing so. In a folder that held
-        nothing before, when no checkpoint was saved (nothing to resume from), remove what the attempt wrote
+        nothing before, when neither a checkpoint nor the final model was saved (nothing to keep), remove what it wrote
         (run_config.json, data_manifest.json, logs ... as its record lists them), the record and the lock, and the
         folder itself if this attempt created it. In an earlier run's folder, when no step was trained, put back the
         files the attempt rewrote before training (run_config.json, the data manifest, the final model's marker, the
@@ -250,7 +251,7 @@ class TrainingRun:
             if not self._fresh:
                 if not self._progressed:
                     self._put_back()
-            elif not recorded_checkpoints(self.output_dir):  # nothing to resume from: nothing worth keeping
+            elif not self._saving_final and not recorded_checkpoints(self.output_dir):  # nothing worth keeping
                 record.Record.load(self.output_dir).remove_written(keep=(LOCK,))
                 if set(os.listdir(self.output_dir)) <= {LOCK, record.RECORD}:
                     for name in (record.RECORD, LOCK):  # the lock goes last, while still held
@@ -568,6 +569,7 @@ class TrainingRun:
             "eval_loss" in entry and entry["step"] == state.global_step for entry in state.log_history
         ):
             trainer.evaluate()  # the final validation loss, for the card's table and the plot
+        self._saving_final = True
         before = entries(self.output_dir)
         # _internal_call: with push_to_hub, Trainer.save_model would also push ("Model save"); the push below is the one.
         trainer.save_model(str(self.output_dir), _internal_call=True)
