@@ -8,11 +8,11 @@
 
 `--model` is a checkpoint directory written by train_hf.py or finetune/*.py (output_dir or output_dir/checkpoint-N)
 or a Hub id (`--revision` picks a branch such as step-5000). Every other option is lm_eval's own: the parser is
-`lm-eval run`'s (edugpt.evaluation.eval_parser), so `--model_args`, `--num_fewshot`, `--apply_chat_template`,
+`lm-eval run`'s (edugpt.eval.harness.eval_parser), so `--model_args`, `--num_fewshot`, `--apply_chat_template`,
 `--include_path`, `--gen_kwargs`, `--seed`, `--metadata`, `--system_instruction`, `--wandb_args`, `--trackio_args`,
 `--hf_hub_log_args`, `--config` (a YAML of option: value lines) ... mean what they mean to lm_eval, and lm-eval's own
 EvaluatorConfig checks them. `--tasks` takes any lm-eval task names. With `--hellaswag_file` (a jsonl in HellaSwag's
-schema), `hellaswag` means lm-eval's hellaswag task definition over that file (`hellaswag_local`, edugpt/tasks/), so
+schema), `hellaswag` means lm-eval's hellaswag task definition over that file (`hellaswag_local`, edugpt/eval/tasks/), so
 it runs offline. The shipped smoke file is generated from Python's documentation and is NOT HellaSwag: its numbers
 only show that the pipeline works.
 
@@ -20,7 +20,7 @@ Output is lm-eval's standard layout, written by its EvaluationTracker as `lm_eva
 (`--output_dir` is the same option): OUTPUT_DIR/<model name>/results_<timestamp>.json, and with --log_samples
 samples_<task>_<timestamp>.jsonl (every item's prompt, log-likelihoods and scores). The table printed at the end is
 lm-eval's own (`make_table`). The same numbers come from lm-eval's CLI:
-    lm_eval --model hf --model_args pretrained=runs/demo/pretrain --include_path edugpt/tasks --tasks hellaswag_local
+    lm_eval --model hf --model_args pretrained=runs/demo/pretrain --include_path edugpt/eval/tasks --tasks hellaswag_local
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from __future__ import annotations
 import json
 import os
 
-from edugpt.cli import run, setup_logging
+from edugpt.config.cli import run, setup_logging
 
 
 def main(argv=None) -> None:
-    from edugpt.evaluation import (
+    from edugpt.eval.harness import (
         check_output_path,
         evaluate_checkpoint,
         evaluator_config,

@@ -10,7 +10,7 @@ tokenized with datasets.map on all cores; sample-100BT and full are streamed thr
 
 At full scale, datatrove tasks (each streams its share of the parquet files straight from the Hub or a folder):
 resumable (re-run the same command after a crash: only unfinished tasks run again) and the same dataset on any
-executor. See edugpt/prepare_parallel.py for how it works and README.md for the Slurm and Ray routes.
+executor. See edugpt/corpus/datatrove.py for how it works and README.md for the Slurm and Ray routes.
     python prepare_data.py --subset sample-100BT --output_dir data/prepared/edu100B --executor local --tasks 512 --workers 64
     python prepare_data.py --subset full --output_dir /shared/edu-full --executor slurm --tasks 4096 --slurm_partition cpu
     RAY_ADDRESS=head:6379 python prepare_data.py --subset sample-350BT --output_dir /shared/edu350B \\
@@ -24,15 +24,15 @@ and exit non-zero if anything is off:
     python prepare_data.py --verify runs/data
 
 Arguments may also come from a YAML recipe: `--config recipe.yaml` (CLI flags override it).
-Output layout and manifest keys: see `edugpt/data.py` and the data contract.
+Output layout and manifest keys: see `edugpt/corpus/prepare.py` and the data contract.
 """
 
 from __future__ import annotations
 
-from edugpt.args import PrepareDataArguments
-from edugpt.cli import parse_config, run, setup_logging
-from edugpt.data import prepare, verify
-from edugpt.prepare_parallel import ExecutorArguments, prepare_parallel
+from edugpt.config.arguments import PrepareDataArguments
+from edugpt.config.cli import parse_config, run, setup_logging
+from edugpt.corpus.datatrove import ExecutorArguments, prepare_parallel
+from edugpt.corpus.prepare import prepare, verify
 
 
 def main(argv=None) -> None:

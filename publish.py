@@ -9,10 +9,10 @@
 Only the model's files and the run's record go up, never a symlink (nothing outside RUN_DIR is read) or a hidden
 file; optimizer, scheduler, RNG and trainer state stay local unless --include_optimizer. Every byte is scanned for a
 token first; the token is never uploaded or printed; a failed push changes nothing in RUN_DIR. Training scripts push
-with --push_to_hub (and --hub_step_branches) through the same code, edugpt/hub.py; this command is for a run that
+with --push_to_hub (and --hub_step_branches) through the same code, edugpt/hub/publish.py; this command is for a run that
 already exists, and also pushes step-N branches whose push failed during training.
 
-A prepared dataset (prepare_data.py's --output_dir) goes to a dataset repo the same guarded way (edugpt/hub_data.py):
+A prepared dataset (prepare_data.py's --output_dir) goes to a dataset repo the same guarded way (edugpt/hub/datasets.py):
 exactly the files its manifest records, manifest.json and a dataset card, after `prepare_data.py --verify`'s checks.
     python publish.py data/embedded --hub_dataset_id you/edugpt-embedded --dry_run /tmp/ds-plan   # offline
     python publish.py data/embedded --hub_dataset_id you/edugpt-embedded      # then: train_hf.py --dataset_dir
@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import sys
 
-from edugpt.args import PublishArguments
-from edugpt.cli import parse_config, run, setup_logging
-from edugpt.hub import publish_run
-from edugpt.hub_data import publish_dataset
-from edugpt.space import check_space, publish_space
+from edugpt.app.space import check_space, publish_space
+from edugpt.config.arguments import PublishArguments
+from edugpt.config.cli import parse_config, run, setup_logging
+from edugpt.hub.datasets import publish_dataset
+from edugpt.hub.publish import publish_run
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ does nothing for a finished run; `--resume_from_checkpoint PATH` resumes from th
 output_dir); `--overwrite_output_dir` starts over. Resuming with changed settings (learning rate, schedule, batch,
 data) is refused unless `--resume_with_changes`. SIGTERM saves a checkpoint at the current step and exits 0. A
 NaN/inf loss stops the run with an error, keeping the last good checkpoint (`--nonfinite_loss skip`: drop that
-step's update and train on). See edugpt/lifecycle.py for the rules, edugpt/rundir.py for what output_dir holds:
+step's update and train on). See edugpt/run/lifecycle.py for the rules, edugpt/run/rundir.py for what output_dir holds:
 checkpoint-N/, the final model (`AutoModelForCausalLM.from_pretrained(output_dir)`, `lm_eval --model hf`),
 metrics.jsonl, samples.md, images/, run_config.json, data_manifest.json and README.md, edugpt's model card
-(`python -m edugpt.card DIR` rewrites it).
+(`python -m edugpt.report.card DIR` rewrites it).
 
 `--push_to_hub --hub_model_id NAME` checks the token and the Hub before anything is loaded, then at the end uploads
 output_dir with Trainer's own push (`hub_strategy` honoured), edugpt's card in the same commit. A failed push leaves
@@ -40,17 +40,17 @@ from __future__ import annotations
 
 from transformers import TrainingArguments
 
-from edugpt.args import DataArguments, ModelArguments, RunArguments, ScriptArguments
-from edugpt.cli import parse_config, run, setup_logging
-from edugpt.plan import dry_run_argv, show_pretraining_plan
-from edugpt.pretrain import pretrain
+from edugpt.config.arguments import DataArguments, ModelArguments, RunArguments, ScriptArguments
+from edugpt.config.cli import parse_config, run, setup_logging
+from edugpt.run.plan import dry_run_argv, show_pretraining_plan
+from edugpt.train.pretrain import pretrain
 
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, script_args, run_args, training_args = parse_config(
         [ModelArguments, DataArguments, ScriptArguments, RunArguments, TrainingArguments], dry_run_argv(argv)
     )
-    if run_args.dry_run:  # the plan, then exit: nothing written, no model built, no GPU used (edugpt.plan)
+    if run_args.dry_run:  # the plan, then exit: nothing written, no model built, no GPU used (edugpt.run.plan)
         return show_pretraining_plan(model_args, data_args, run_args, training_args, argv)
     setup_logging(training_args.process_index)
     pretrain(model_args, data_args, script_args, run_args, training_args)

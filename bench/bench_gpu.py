@@ -5,7 +5,7 @@ and the largest micro-batch that fits. One command on a machine with one CUDA GP
     python bench/bench_gpu.py --dataset_dir data/prepared/edu10B --steps 40
     python bench/bench_gpu.py --tiny                    # CPU sanity check of this script (tiny model, no MFU)
 
-The runs are built by `edugpt.pretrain.start` exactly as train_hf.py builds them (same callbacks; tokens/s
+The runs are built by `edugpt.train.pretrain.start` exactly as train_hf.py builds them (same callbacks; tokens/s
 and MFU are the numbers train_hf.py logs, MFU = tokens/s x 6N+12LdT FLOPs/token / peak bf16 FLOP/s of the GPU).
 Evaluation, checkpoints and samples are off; the global batch is cut to `--grad_accum` micro-batches per step so a
 step is short (throughput per token does not depend on it). The first `--warmup` steps (compilation, cache warm-up)
@@ -42,9 +42,9 @@ def build(data_dir: Path, output_dir: Path, overrides: list[str]):
     unlocked again (each measurement trains into a fresh temporary folder)."""
     from transformers import TrainingArguments
 
-    from edugpt.args import DataArguments, ModelArguments, RunArguments, ScriptArguments
-    from edugpt.cli import parse_config
-    from edugpt.pretrain import start
+    from edugpt.config.arguments import DataArguments, ModelArguments, RunArguments, ScriptArguments
+    from edugpt.config.cli import parse_config
+    from edugpt.train.pretrain import start
 
     parsed = parse_config(
         [ModelArguments, DataArguments, ScriptArguments, RunArguments, TrainingArguments],
@@ -176,15 +176,15 @@ def main() -> None:
 
 
 def record_mfu(device: str, mfu: float, how: str) -> None:
-    """Write the measured MFU into bench/mfu.json under the GPU's short name (edugpt.modeling's table), where the
-    training plan (`--dry_run`, edugpt/plan.py) takes it instead of its assumed figure."""
+    """Write the measured MFU into bench/mfu.json under the GPU's short name (edugpt.model.gpt2's table), where the
+    training plan (`--dry_run`, edugpt/run/plan.py) takes it instead of its assumed figure."""
     import json
 
-    from edugpt.modeling import PEAK_BF16_FLOPS
+    from edugpt.model.gpt2 import PEAK_BF16_FLOPS
 
     name = next((key for key, _ in PEAK_BF16_FLOPS if key.lower() in device.lower()), None)
     if name is None:
-        print(f"(no short name for {device!r} in edugpt.modeling.PEAK_BF16_FLOPS: bench/mfu.json not written)")
+        print(f"(no short name for {device!r} in edugpt.model.gpt2.PEAK_BF16_FLOPS: bench/mfu.json not written)")
         return
     path = ROOT / "bench" / "mfu.json"
     measured = json.loads(path.read_text()) if path.exists() else {}

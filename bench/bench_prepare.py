@@ -38,7 +38,7 @@ def corpus_rows(min_mb: float) -> tuple[list[dict], int]:
 
     import pyarrow.parquet as pq
 
-    from edugpt.corpus import EMBEDDED_CORPUS
+    from edugpt.corpus.sources import EMBEDDED_CORPUS
 
     base = pq.read_table(EMBEDDED_CORPUS).to_pylist()
     rows, size, copy = [], 0, 0
@@ -75,7 +75,7 @@ def baseline(corpus: str, out_dir: str, nprocs: int, cache_dir: str) -> None:
     from datasets import load_dataset
     from tqdm import tqdm
 
-    from edugpt.tokenizer import gpt2_tiktoken
+    from edugpt.model.tokenizer import gpt2_tiktoken
 
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)

@@ -5,7 +5,7 @@
 
 Both sides train the same from-scratch GPT-2 (same seed, so the same initial weights) on the same prepared blocks
 with the same collator, AdamW settings, LR schedule and gradient clipping. The Trainer side is built by
-`edugpt.pretrain.start`, exactly as train_hf.py builds it (all callbacks installed: throughput, metrics.jsonl,
+`edugpt.train.pretrain.start`, exactly as train_hf.py builds it (all callbacks installed: throughput, metrics.jsonl,
 checkpoint markers, SIGTERM, non-finite guard, plots; logging every 10 steps); evaluation, checkpoints and samples
 are switched off because they are not step time. Short rounds alternate raw / Trainer so that load from other
 processes on the machine hits both sides alike; every step after `--warmup` is timed (wall clock and this process's
@@ -36,8 +36,8 @@ def make_dataset(path: Path, seq_len: int, blocks: int) -> Path:
     speed)."""
     import numpy as np
 
-    from edugpt.data import write_prepared
-    from edugpt.tokenizer import BUNDLED_GPT2_DIR, gpt2_tiktoken
+    from edugpt.corpus.prepare import write_prepared
+    from edugpt.model.tokenizer import BUNDLED_GPT2_DIR, gpt2_tiktoken
 
     ids = gpt2_tiktoken().encode_ordinary((BUNDLED_GPT2_DIR / "merges.txt").read_text()[:2_000_000])
     tokens = np.resize(np.asarray(ids + [50256], dtype=np.uint16), (blocks + 8) * seq_len).reshape(-1, seq_len)
@@ -47,8 +47,8 @@ def make_dataset(path: Path, seq_len: int, blocks: int) -> Path:
 def parse(argv, data_dir: Path, output_dir: Path, steps: int):
     from transformers import TrainingArguments
 
-    from edugpt.args import DataArguments, ModelArguments, ScriptArguments
-    from edugpt.cli import parse_config
+    from edugpt.config.arguments import DataArguments, ModelArguments, ScriptArguments
+    from edugpt.config.cli import parse_config
 
     return parse_config(
         [ModelArguments, DataArguments, ScriptArguments, TrainingArguments],
@@ -68,8 +68,8 @@ def trainer_round(argv, data_dir: Path, steps: int, warmup: int) -> list[tuple[f
     """Per-step (wall, CPU) seconds after `warmup` steps of a Trainer built as train_hf.py builds it."""
     from transformers import TrainerCallback
 
-    from edugpt.args import RunArguments
-    from edugpt.pretrain import start
+    from edugpt.config.arguments import RunArguments
+    from edugpt.train.pretrain import start
 
     marks = []
 
@@ -92,8 +92,8 @@ def raw_round(argv, data_dir: Path, steps: int, warmup: int) -> list[tuple[float
     import torch
     from transformers import GPT2LMHeadModel, get_scheduler, set_seed
 
-    from edugpt.modeling import gpt2_config
-    from edugpt.pretrain import collate_blocks, load_prepared
+    from edugpt.model.gpt2 import gpt2_config
+    from edugpt.train.pretrain import collate_blocks, load_prepared
 
     with tempfile.TemporaryDirectory() as out:
         model_args, data_args, _, args = parse(argv, data_dir, Path(out), steps)

@@ -17,17 +17,17 @@ trainer_state.json in the output keeps them.
 
 Output: a standard HF model folder (same layout as SFT's, same tokenizer and template) with run_config.json,
 metrics.jsonl (the rewards/* above included) and edugpt's model card; resume, SIGTERM, `--overwrite_output_dir` and
-`--push_to_hub --hub_model_id NAME` as in sft.py (edugpt/lifecycle.py).
+`--push_to_hub --hub_model_id NAME` as in sft.py (edugpt/run/lifecycle.py).
 """
 
 from __future__ import annotations
 
 from trl import DatasetMixtureConfig, DPOConfig, DPOTrainer, ModelConfig, ScriptArguments
 
-from edugpt.args import RunArguments
-from edugpt.cli import parse_config, run
-from edugpt.finetune import finetune
-from edugpt.plan import dry_run_argv, show_finetune_plan
+from edugpt.config.arguments import RunArguments
+from edugpt.config.cli import parse_config, run
+from edugpt.run.plan import dry_run_argv, show_finetune_plan
+from edugpt.train.finetune import finetune
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args, dataset_args, run_args = parse_config(
         [ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig, RunArguments], dry_run_argv(argv)
     )
-    if run_args.dry_run:  # the plan, then exit: nothing written, no model loaded, no GPU used (edugpt.plan)
+    if run_args.dry_run:  # the plan, then exit: nothing written, no model loaded, no GPU used (edugpt.run.plan)
         return show_finetune_plan("dpo", script_args, training_args, model_args, run_args, argv)
     finetune("dpo", DPOTrainer, script_args, training_args, model_args, run_args, dataset_args)
 

@@ -19,10 +19,10 @@ overrides, and an unknown key is an error.
 Output: `output_dir` is a standard HF model folder (config.json, model.safetensors, generation_config.json, tokenizer
 files with chat_template.jinja), so `AutoTokenizer.apply_chat_template`, `pipeline("text-generation")` on a list of
 messages, eval_harness.py and finetune/dpo.py take it as is. The run follows pretraining's lifecycle
-(edugpt/lifecycle.py): checkpoints in output_dir, the same command again resumes from the newest valid one (or does
+(edugpt/run/lifecycle.py): checkpoints in output_dir, the same command again resumes from the newest valid one (or does
 nothing for a finished run), SIGTERM saves a checkpoint and exits 0, `--overwrite_output_dir` starts over. The folder
 also holds run_config.json (every argument used), metrics.jsonl (every log record with its step and tokens seen) and
-README.md, edugpt's model card (`python -m edugpt.card DIR` rewrites it).
+README.md, edugpt's model card (`python -m edugpt.report.card DIR` rewrites it).
 
 `--push_to_hub --hub_model_id NAME` checks the token and the Hub before anything is loaded, then at the end uploads
 the folder with Trainer's own push (`hub_strategy` honoured), edugpt's card in the same commit.
@@ -32,10 +32,10 @@ from __future__ import annotations
 
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
 
-from edugpt.args import RunArguments
-from edugpt.cli import parse_config, run
-from edugpt.finetune import finetune
-from edugpt.plan import dry_run_argv, show_finetune_plan
+from edugpt.config.arguments import RunArguments
+from edugpt.config.cli import parse_config, run
+from edugpt.run.plan import dry_run_argv, show_finetune_plan
+from edugpt.train.finetune import finetune
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args, dataset_args, run_args = parse_config(
         [ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig, RunArguments], dry_run_argv(argv)
     )
-    if run_args.dry_run:  # the plan, then exit: nothing written, no model loaded, no GPU used (edugpt.plan)
+    if run_args.dry_run:  # the plan, then exit: nothing written, no model loaded, no GPU used (edugpt.run.plan)
         return show_finetune_plan("sft", script_args, training_args, model_args, run_args, argv)
     finetune("sft", SFTTrainer, script_args, training_args, model_args, run_args, dataset_args)
 

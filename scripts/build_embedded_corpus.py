@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from edugpt.tokenizer import gpt2_tiktoken
+from edugpt.model.tokenizer import gpt2_tiktoken
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "edugpt" / "assets" / "corpus"
 # Modules with less documentation than this are mostly one-liners ("Common operations on Posix pathnames.").

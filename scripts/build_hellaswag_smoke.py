@@ -21,11 +21,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edugpt.cli import parse_config, run
-from edugpt.corpus import EMBEDDED, load_source, resolve_source
+from edugpt.config.cli import parse_config, run
+from edugpt.corpus.sources import EMBEDDED, load_source, resolve_source
 from edugpt.errors import EduGPTError
-from edugpt.tasks.hellaswag_local import NUM_ENDINGS, SMOKE_FILE, read_hellaswag_jsonl
-from edugpt.tokenizer import gpt2_tiktoken
+from edugpt.eval.tasks.hellaswag_local import NUM_ENDINGS, SMOKE_FILE, read_hellaswag_jsonl
+from edugpt.model.tokenizer import gpt2_tiktoken
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 

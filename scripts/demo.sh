@@ -31,10 +31,10 @@ step "6/8 preference optimisation with TRL DPO (configs/dpo_smoke.yaml)"
 python finetune/dpo.py --config configs/dpo_smoke.yaml --model_name_or_path "$RUN_DIR/sft" --output_dir "$RUN_DIR/dpo"
 
 step "7/8 one chat reply from the base, SFT and DPO models"
-python -m edugpt.chat --compare "$RUN_DIR/pretrain" "$RUN_DIR/sft" "$RUN_DIR/dpo" --message "What is the capital of France?"
+python -m edugpt.model.chat --compare "$RUN_DIR/pretrain" "$RUN_DIR/sft" "$RUN_DIR/dpo" --message "What is the capital of France?"
 
 step "8/8 model card and a publishing dry run (the Hub is not contacted)"
-python -m edugpt.card "$RUN_DIR/pretrain"
+python -m edugpt.report.card "$RUN_DIR/pretrain"
 python publish.py "$RUN_DIR/pretrain" --hub_model_id you/edugpt-demo --branches --dry_run "$RUN_DIR/publish-dry-run"
 
 echo
@@ -49,4 +49,4 @@ echo "   SFT / DPO models:     $RUN_DIR/sft  $RUN_DIR/dpo  (cards: README.md in 
 echo "   publish dry run:      $RUN_DIR/publish-dry-run"
 echo
 echo "   Open the page on these runs (curves, samples, chat side by side; needs pip install -e \".[app]\"):"
-echo "     python -m edugpt.app $RUN_DIR/pretrain $RUN_DIR/sft $RUN_DIR/dpo"
+echo "     python -m edugpt.app.page $RUN_DIR/pretrain $RUN_DIR/sft $RUN_DIR/dpo"

@@ -210,12 +210,12 @@ def _rebind_log_handlers(stream) -> None:
 
 
 def call_in_process(main) -> Outcome:
-    """Run `main()` under `edugpt.cli.run` in this process, as the entry point's `__main__` guard does, with fds 1 and
+    """Run `main()` under `edugpt.config.cli.run` in this process, as the entry point's `__main__` guard does, with fds 1 and
     2 captured (child processes included). An exception other than EduGPTError escapes `run` exactly as it would kill
     the script: its traceback counts as printed."""
     import tempfile
 
-    from edugpt.cli import run
+    from edugpt.config.cli import run
 
     out_stream, err_stream = _stream(1), _stream(2)
     saved_sys = sys.stdout, sys.stderr

@@ -134,7 +134,7 @@ def baseline(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
-    from edugpt.tokenizer import load_tokenizer
+    from edugpt.model.tokenizer import load_tokenizer
 
     return load_tokenizer("gpt2")
 
@@ -158,7 +158,7 @@ FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtokenFAKE12"  # shaped like a real token 
 
 
 class FakeHub:
-    """Stands in for the Hub, which is unreachable here: patch it over `huggingface_hub.HfApi` (edugpt.hub) and
+    """Stands in for the Hub, which is unreachable here: patch it over `huggingface_hub.HfApi` (edugpt.hub.publish) and
     `transformers.trainer.hf_api` (Trainer's own pushes). Selects files as the real `HfApi.upload_folder` does
     (`folder.glob("**/*")` regular files, so a symlinked file's target is read; allow/ignore patterns plus
     huggingface_hub's default ignores; `delete_patterns` deletes matching remote files except .gitattributes and
@@ -347,7 +347,7 @@ class FakeHub:
                                       revision=revision or "main", allow_patterns=allow_patterns))
 
 
-# --- a run directory by the run-directory contract (edugpt.rundir), for the card and publishing tests -----------------
+# --- a run directory by the run-directory contract (edugpt.run.rundir), for the card and publishing tests -----------------
 RESUME_STATE = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin",
                 "edugpt-complete.json")
 FINAL_TRAIN_LOSS = 6.8125
@@ -367,11 +367,11 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def record_as_written(run: Path) -> Path:
-    """Enter what a run writes into `run`'s record (edugpt.record), as training would have while writing it: the
+    """Enter what a run writes into `run`'s record (edugpt.run.record), as training would have while writing it: the
     checkpoints, the final model's files, metrics.jsonl, the other files at the root and images/. (eval/ is written by
     eval_harness.py, not by the run: it stays out.)"""
-    from edugpt import record
-    from edugpt.rundir import CHECKPOINT_RE, save_file_role
+    from edugpt.run import record
+    from edugpt.run.rundir import CHECKPOINT_RE, save_file_role
 
     def enter(found: record.Record) -> None:
         for path in sorted(run.iterdir()):
@@ -393,7 +393,7 @@ def record_as_written(run: Path) -> Path:
 def make_run_dir(root: Path, model_dir: Path, *, steps=(2, 4), lm_eval: bool = True) -> Path:
     """A pretraining run directory as train_hf.py leaves it: final model, checkpoint-N folders with resume state,
     metrics.jsonl, samples.md, run_config.json, data_manifest.json, plots, and an lm-eval results file under eval/."""
-    from edugpt.checkpoints import write_marker
+    from edugpt.run.checkpoints import write_marker
 
     run = root / "run"
     shutil.copytree(model_dir, run)

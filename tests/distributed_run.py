@@ -49,7 +49,7 @@ def rank_and_step(name: str) -> tuple[int, int] | None:
 def with_test_hooks(build_trainer):
     from transformers import TrainerCallback
 
-    from edugpt.evaluation import HellaSwagCallback
+    from edugpt.eval.harness import HellaSwagCallback
 
     sigterm, nan = rank_and_step("EDUGPT_TEST_SIGTERM"), rank_and_step("EDUGPT_TEST_NAN")
     items_path = os.environ.get("EDUGPT_TEST_HELLASWAG_ITEMS")
@@ -90,12 +90,12 @@ def with_test_hooks(build_trainer):
 
 
 def main() -> None:
-    import edugpt.pretrain
-    from edugpt.cli import run
+    import edugpt.train.pretrain
+    from edugpt.config.cli import run
 
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         fsdp_on_cpu()
-    edugpt.pretrain.build_trainer = with_test_hooks(edugpt.pretrain.build_trainer)
+    edugpt.train.pretrain.build_trainer = with_test_hooks(edugpt.train.pretrain.build_trainer)
     spec = importlib.util.spec_from_file_location("train_hf", ROOT / "train_hf.py")
     train_hf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_hf)

@@ -1,4 +1,4 @@
-"""edugpt.app (the web page for run directories) and edugpt.space (the same page as a Hub Space).
+"""edugpt.app.page (the web page for run directories) and edugpt.app.space (the same page as a Hub Space).
 
 Fast tests check the data the page shows (curves, samples, status, the card's numbers), the chat's formatting and
 sampling settings on a real tiny model, the refusals, and the Space's upload against the fake Hub. One slow test
@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_TOKEN, FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, ROOT, FakeHub
-from edugpt import app, rundir
+from edugpt.app import page as app
 from edugpt.errors import EduGPTError
+from edugpt.run import rundir
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -96,7 +97,7 @@ def test_a_folder_that_is_not_a_run_is_one_error_line_and_exit_2(make, tmp_path)
         if make == "broken run_config":
             (target / "run_config.json").write_text("{not json")
     before = snapshot(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "edugpt.app", str(target), "--port", "0"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "edugpt.app.page", str(target), "--port", "0"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -120,8 +121,8 @@ def test_sampling_settings_become_generate_arguments_and_bad_ones_are_one_senten
 @pytest.fixture(scope="module")
 def chat_model(tiny_model_dir, tmp_path_factory):
     """The tiny model saved with edugpt's chat template, as SFT saves it: (folder, model, tokenizer)."""
-    from edugpt.chat import add_chat_template
-    from edugpt.chat import load_model_tokenizer as load
+    from edugpt.model.chat import add_chat_template
+    from edugpt.model.chat import load_model_tokenizer as load
 
     folder = tmp_path_factory.mktemp("chat-model")
     for path in tiny_model_dir.iterdir():
@@ -221,7 +222,7 @@ def test_models_load_from_safetensors_and_never_unpickle_anything(chat_model, tm
 
 # --- the Space ----------------------------------------------------------------------------------------------------
 def space_listing() -> set[str]:
-    from edugpt import space
+    from edugpt.app import space
 
     modules = {f"edugpt/{p.relative_to(space.PACKAGE).as_posix()}" for p in space.package_modules()}
     return {"app.py", "requirements.txt", "README.md", *modules, *(f"edugpt/{rel}" for rel in space.SPACE_DATA)}
@@ -230,11 +231,11 @@ def space_listing() -> set[str]:
 def test_the_space_upload_is_exactly_the_listed_files_in_one_commit_and_holds_no_token(monkeypatch, tmp_path):
     from importlib.metadata import version
 
-    from edugpt import space
+    from edugpt.app import space
 
     hub = FakeHub()
     monkeypatch.setattr("huggingface_hub.HfApi", hub)
-    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)
+    monkeypatch.setattr("edugpt.hub.publish.require_push_ready", lambda repo_id: repo_id)
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     url = space.publish_space("you/edugpt-chat", "you/edugpt-demo")
     assert url == "https://huggingface.co/spaces/you/edugpt-chat"
@@ -250,11 +251,11 @@ def test_the_space_upload_is_exactly_the_listed_files_in_one_commit_and_holds_no
 
 
 def test_a_token_in_a_space_file_stops_the_upload_before_anything_goes_up(monkeypatch, tmp_path):
-    from edugpt import space
+    from edugpt.app import space
 
     hub = FakeHub()
     monkeypatch.setattr("huggingface_hub.HfApi", hub)
-    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)
+    monkeypatch.setattr("edugpt.hub.publish.require_push_ready", lambda repo_id: repo_id)
     monkeypatch.setattr(space, "app_source", lambda model_id: f"TOKEN = {FAKE_TOKEN!r}\n")
     with pytest.raises(EduGPTError, match="contains a Hugging Face access token"):
         space.publish_space("you/edugpt-chat", "you/edugpt-demo")
@@ -267,11 +268,11 @@ def test_a_token_in_a_space_file_stops_the_upload_before_anything_goes_up(monkey
 
 def test_the_staged_space_imports_its_page_from_its_own_files(tmp_path):
     """The Space holds every module the page needs: Python finds edugpt in the Space's folder, not this checkout."""
-    from edugpt import space
+    from edugpt.app import space
 
     staged = Path(space.publish_space("you/edugpt-chat", "you/edugpt-demo", dry_run=tmp_path / "space"))
-    code = ("import edugpt.app, edugpt.chat, edugpt.card, edugpt.cli, edugpt.checkpoints; "
-            "print(edugpt.app.__file__); edugpt.chat.EDUGPT_CHAT_TEMPLATE")
+    code = ("import edugpt.app.page, edugpt.model.chat, edugpt.report.card, edugpt.config.cli, edugpt.run.checkpoints; "
+            "print(edugpt.app.page.__file__); edugpt.model.chat.EDUGPT_CHAT_TEMPLATE")
     proc = subprocess.run([sys.executable, "-c", code], cwd=staged, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": ""})
     assert proc.returncode == 0, proc.stderr
@@ -283,7 +284,7 @@ def test_the_space_page_reads_what_publish_puts_on_the_model_repo(run_dir, tmp_p
     and main, step-2 and step-4 as models (each downloaded only when asked, safetensors only)."""
     from huggingface_hub.utils import filter_repo_objects
 
-    from edugpt.hub import publish_run
+    from edugpt.hub.publish import publish_run
 
     repo = Path(publish_run(run_dir, "you/edugpt-demo", branches=True, dry_run=tmp_path / "repo"))
     downloads = []
@@ -389,7 +390,7 @@ def test_the_page_in_chromium_draws_the_run_to_its_last_step_follows_it_and_chat
     env = {**os.environ, "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     env.pop("HF_HUB_OFFLINE")  # the page itself must not ask the Hub
-    page = subprocess.Popen([sys.executable, "-m", "edugpt.app", str(pretrain), str(sft), "--port", "0",
+    page = subprocess.Popen([sys.executable, "-m", "edugpt.app.page", str(pretrain), str(sft), "--port", "0",
                              "--refresh_seconds", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     options = Options()

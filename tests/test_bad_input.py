@@ -8,7 +8,7 @@ and symlinks (dangling, or to a file outside) where files go, a read-only output
 root, chmod stops nothing) and a full disk (a small tmpfs). Where a mount is not permitted the case is skipped and
 says why.
 
-Entry points run in this process through `edugpt.cli.run`, as their `__main__` guard runs them; an exception that
+Entry points run in this process through `edugpt.config.cli.run`, as their `__main__` guard runs them; an exception that
 escapes it is what would have killed the script with a traceback, and counts as one. The `slow` cases train, spawn
 datatrove workers, or run the scripts as subprocesses to check the real stderr.
 
@@ -61,7 +61,7 @@ def corpus_rows() -> list[dict]:
     """40 documents of the embedded corpus (FineWeb-Edu's schema)."""
     import pyarrow.parquet as pq
 
-    from edugpt.corpus import EMBEDDED_CORPUS
+    from edugpt.corpus.sources import EMBEDDED_CORPUS
 
     return pq.read_table(EMBEDDED_CORPUS, columns=["id", "text"]).slice(0, 40).to_pylist()
 
@@ -89,7 +89,7 @@ def parquet_bytes() -> bytes:
 
 def write_dataset(path: Path) -> Path:
     """A small prepared dataset (prepare_data.py's own writer): 24 train and 4 validation blocks of 64 tokens."""
-    from edugpt.data import write_prepared
+    from edugpt.corpus.prepare import write_prepared
 
     rng = np.random.default_rng(0)
     return write_prepared(path, {"train": rng.integers(0, 50257, (24, 64), dtype=np.uint16),
@@ -103,9 +103,9 @@ def copy_model(src: Path, dest: Path) -> Path:
 
 def plan_for(dataset: Path, out: Path, tasks: int = 2) -> dict:
     """The plan.json a `--executor local --tasks N` run of `dataset` writes."""
-    from edugpt.args import PrepareDataArguments
-    from edugpt.corpus import resolve_source
-    from edugpt.prepare_parallel import ExecutorArguments, make_plan
+    from edugpt.config.arguments import PrepareDataArguments
+    from edugpt.corpus.datatrove import ExecutorArguments, make_plan
+    from edugpt.corpus.sources import resolve_source
 
     args = PrepareDataArguments(dataset=str(dataset), output_dir=str(out), seq_len=64, val_fraction=0.1, num_proc=1)
     source = resolve_source(str(dataset))
@@ -704,7 +704,7 @@ def chat_model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model with edugpt's chat template: a stand-in SFT output, for DPO."""
     from transformers import AutoTokenizer
 
-    from edugpt.chat import add_chat_template
+    from edugpt.model.chat import add_chat_template
 
     path = copy_model(tiny_model_dir, tmp_path_factory.mktemp("chat-model") / "model")
     add_chat_template(AutoTokenizer.from_pretrained(path)).save_pretrained(path)
@@ -879,7 +879,7 @@ def _(ctx):
     return eval_args(ctx, model=model, out=ctx.full_disk("disk", leave=0) / "eval")
 
 
-# ======================================================================================= python -m edugpt.chat --compare
+# ==================================================================================== python -m edugpt.model.chat --compare
 
 @cases("chat", [f"model_{k}" for k in MODEL_BAD] + ["model_chat_template_non_utf8"])
 def _(ctx, name):
@@ -892,7 +892,7 @@ def _(ctx, name):
     return ["--compare", str(model), "--message", "Hi", "--max_new_tokens", "2"]
 
 
-# ===================================================================================================== python -m edugpt.card
+# ============================================================================================= python -m edugpt.report.card
 
 def card_run(ctx) -> Path:
     return make_run_dir(ctx.root, ctx.fixture("tiny_model_dir"))
@@ -1039,10 +1039,10 @@ def entry_main(entry: str):
     if entry == "eval":
         return _load("eval_harness.py", "_eval_harness_script")
     if entry == "chat":
-        from edugpt.chat import main
+        from edugpt.model.chat import main
         return main
     if entry == "card":
-        from edugpt.card import main
+        from edugpt.report.card import main
         return main
     if entry == "publish":
         return _load("publish.py", "_publish_script")
@@ -1090,8 +1090,8 @@ SUBPROCESS_CASES = ["prepare-jsonl_null", "sft-data_null",
                     "verify-doc_ids_garbage", "eval-hellaswag_garbage", "chat-model_config_garbage",
                     "card-run_data_manifest_json_list", "publish-run_config_garbage"]
 SCRIPTS = {"prepare": ["prepare_data.py"], "verify": ["prepare_data.py"], "train": ["train_hf.py"],
-           "sft": ["finetune/sft.py"], "eval": ["eval_harness.py"], "chat": ["-m", "edugpt.chat"],
-           "card": ["-m", "edugpt.card"], "publish": ["publish.py"]}
+           "sft": ["finetune/sft.py"], "eval": ["eval_harness.py"], "chat": ["-m", "edugpt.model.chat"],
+           "card": ["-m", "edugpt.report.card"], "publish": ["publish.py"]}
 
 
 @pytest.mark.slow

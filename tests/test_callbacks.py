@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, TrainingArguments
 
-from edugpt import callbacks as cb
-from edugpt.plots import plot_hellaswag, plot_losses
-from edugpt.rundir import MetricsLog
+from edugpt.report.plots import plot_hellaswag, plot_losses
+from edugpt.run.rundir import MetricsLog
+from edugpt.train import callbacks as cb
 
 
 def state_at(step, tokens=0):
@@ -114,7 +114,7 @@ def test_metrics_jsonl_records_have_step_and_tokens_and_resume_truncates(args, t
 def test_a_fresh_start_in_the_same_output_dir_does_not_append_to_old_records(args, tmp_path):
     """Killed before its first checkpoint, the run starts again at step 0: the old attempt's records must go (the
     file is in the run's record, as every run keeps one: only a metrics.jsonl the run wrote is removed)."""
-    from edugpt import record
+    from edugpt.run import record
 
     record.start(tmp_path)
     metrics = MetricsLog(tmp_path / "metrics.jsonl")
@@ -254,7 +254,7 @@ def nan_train(model, tmp_path, poisoned_steps, max_steps, guard, **training):
 @pytest.mark.parametrize("optim", ["adamw_torch", "adamw_torch_fused"])  # foreach and fused AdamW
 def test_skip_mode_drops_exactly_the_non_finite_step_and_trains_on(tiny_model, tmp_path, caplog, optim):
     guard = cb.NonFiniteLossCallback("skip", max_skipped_steps=2)
-    with caplog.at_level("WARNING", logger="edugpt.callbacks"):
+    with caplog.at_level("WARNING", logger="edugpt.train.callbacks"):
         trainer, snapshots, records = nan_train(tiny_model, tmp_path, {3}, 6, guard, optim=optim, save_strategy="no")
     assert guard.failure is None and guard.skipped_steps == [3] and trainer.state.global_step == 6
     assert "non-finite gradients at step 3: skipped its update" in caplog.text
@@ -286,7 +286,7 @@ def test_a_non_finite_loss_of_a_step_that_was_not_skipped_still_stops(args):
 
 
 def test_nonfinite_loss_option_is_validated():
-    from edugpt.args import ScriptArguments
+    from edugpt.config.arguments import ScriptArguments
     from edugpt.errors import EduGPTError
 
     assert ScriptArguments(nonfinite_loss="skip").max_skipped_steps == 10
@@ -320,7 +320,7 @@ def test_resume_with_changes_puts_every_compared_setting_into_the_optimizer_and_
     weight decay too when the checkpoint had none (its decay group was saved with 0, like the no-decay group)."""
     from transformers.optimization import get_scheduler
 
-    from edugpt.lifecycle import OPTIMIZER_KEYS, SCHEDULE_KEYS
+    from edugpt.run.lifecycle import OPTIMIZER_KEYS, SCHEDULE_KEYS
 
     _resumable_trainer(tiny_model_dir, tmp_path, max_steps=2, learning_rate=1e-3, optim="adamw_torch", weight_decay=0.0,
                        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, lr_scheduler_type="linear",
@@ -352,7 +352,7 @@ def test_resume_with_changes_puts_every_compared_setting_into_the_optimizer_and_
 
 def test_resume_with_another_optimizer_trains_on_with_fresh_optimizer_state(tiny_model_dir, tmp_path, caplog):
     _resumable_trainer(tiny_model_dir, tmp_path, max_steps=2, optim="adamw_torch").train()
-    with caplog.at_level("WARNING", logger="edugpt.callbacks"):
+    with caplog.at_level("WARNING", logger="edugpt.train.callbacks"):
         trainer = _resume_with(tiny_model_dir, tmp_path, max_steps=4, optim="adafactor")  # AdamW's moments: KeyError
     assert "optimizer state is another optimizer's; adafactor starts with fresh state" in caplog.text
     assert trainer.state.global_step == 4 and type(trainer.optimizer.optimizer).__name__ == "Adafactor"
@@ -389,6 +389,6 @@ def test_a_multi_line_sample_is_one_console_line_written_around_the_progress_bar
         bar.close()
         root.handlers[:], root.level = saved
     err = capsys.readouterr().err
-    assert "\redugpt.callbacks: sample at step 0: Once upon a time ⏎ second line ⏎  ⏎ third\n" in err, repr(err)
+    assert "\redugpt.train.callbacks: sample at step 0: Once upon a time ⏎ second line ⏎  ⏎ third\n" in err, repr(err)
     assert "]edugpt" not in err  # not glued to the bar
     assert metrics.read()[0]["sample/text"] == "Once upon a time\nsecond line\n\nthird"

@@ -1,7 +1,7 @@
 """The model card built from a run directory: valid Hub metadata, the run's numbers in the body, absent parts omitted.
 
 `make_run_dir` and the `run_dir` fixture (conftest.py) build a pretraining run directory by the run-directory
-contract (edugpt.rundir).
+contract (edugpt.run.rundir).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from conftest import FAKE_TOKEN, FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, LM_EVAL_ACC_NORM, ROOT
-from edugpt.card import build_model_card, main, write_model_card
 from edugpt.errors import EduGPTError
+from edugpt.report.card import build_model_card, main, write_model_card
 
 
 def _header(card_path: Path) -> dict:
@@ -103,9 +103,9 @@ def test_torn_metrics_line_and_explicit_eval_dir(run_dir, tmp_path):
 def test_a_metrics_line_that_is_not_utf8_is_skipped_like_a_torn_one(run_dir):
     with (run_dir / "metrics.jsonl").open("ab") as f:
         f.write(b'{"step": 5, "loss": 1.0, "note": "\xff\xfe"}\n')  # a damaged disk block, a binary append
-    from edugpt.card import main
+    from edugpt.report.card import main
 
-    main([str(run_dir)])  # python -m edugpt.card RUN_DIR
+    main([str(run_dir)])  # python -m edugpt.report.card RUN_DIR
     card = (run_dir / "README.md").read_text(encoding="utf-8")
     assert f"{FINAL_TRAIN_LOSS:.4f}" in card and "| 5 |" not in card
 
@@ -199,7 +199,7 @@ def test_not_a_run_dir_is_a_user_error(tmp_path):
 
 @pytest.mark.slow
 def test_command_line_regenerates_card(run_dir):
-    proc = subprocess.run([sys.executable, "-m", "edugpt.card", str(run_dir), "--hub_model_id", "someone/x"],
+    proc = subprocess.run([sys.executable, "-m", "edugpt.report.card", str(run_dir), "--hub_model_id", "someone/x"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "README.md" in proc.stdout
@@ -233,7 +233,7 @@ def test_unpublished_local_base_is_described_by_its_own_card_summary(run_dir, tm
 
 
 def test_local_base_pushed_by_training_or_publish_py_is_the_hub_base_model(run_dir, tmp_path, tiny_model_dir):
-    from edugpt.rundir import write_published
+    from edugpt.run.rundir import write_published
 
     finetune = _finetune_of(run_dir, tmp_path, tiny_model_dir)
     config = json.loads((run_dir / "run_config.json").read_text())
@@ -292,7 +292,7 @@ def test_revision_card_links_no_images_and_loads_that_revision(run_dir):
 def test_template_ships_as_package_data():
     import fnmatch
 
-    from edugpt.card import TEMPLATE
+    from edugpt.report.card import TEMPLATE
 
     # pyproject's `[tool.setuptools.package-data]` line for edugpt (tomllib is 3.11+, the project supports 3.10).
     section = (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]

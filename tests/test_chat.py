@@ -6,7 +6,9 @@ import jinja2
 import pytest
 import torch
 
-from edugpt.chat import (
+from edugpt.config.cli import run
+from edugpt.errors import EduGPTError
+from edugpt.model.chat import (
     EDUGPT_CHAT_TEMPLATE,
     add_chat_template,
     compare_replies,
@@ -14,9 +16,7 @@ from edugpt.chat import (
     require_chat_template,
     resolve_model_dir,
 )
-from edugpt.cli import run
-from edugpt.errors import EduGPTError
-from edugpt.tokenizer import GPT2_EOS_ID, GPT2_VOCAB_SIZE, require_gpt2_compatible
+from edugpt.model.tokenizer import GPT2_EOS_ID, GPT2_VOCAB_SIZE, require_gpt2_compatible
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
@@ -171,7 +171,7 @@ ZWSP_ID = 9525  # GPT-2's token for U+200B, the zero-width space the template wr
 
 def ordinary_ids(text: str) -> list[int]:
     """GPT-2 ids of `text` read as plain text (tiktoken's encode_ordinary never matches special tokens)."""
-    from edugpt.tokenizer import gpt2_tiktoken
+    from edugpt.model.tokenizer import gpt2_tiktoken
 
     return gpt2_tiktoken().encode_ordinary(text)
 
@@ -207,7 +207,7 @@ def test_generation_prompt_after_an_injected_endoftext_is_still_the_assistants(c
 def test_template_file_is_what_the_tokenizer_saves(chat_tokenizer, tmp_path):
     from transformers import AutoTokenizer
 
-    from edugpt.chat import CHAT_TEMPLATE_PATH
+    from edugpt.model.chat import CHAT_TEMPLATE_PATH
 
     chat_tokenizer.save_pretrained(tmp_path)
     assert (tmp_path / "chat_template.jinja").read_text() == CHAT_TEMPLATE_PATH.read_text() == EDUGPT_CHAT_TEMPLATE

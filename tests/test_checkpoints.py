@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from edugpt import record
-from edugpt.checkpoints import checkpoint_problem, file_sha256, find_resume_checkpoint, write_marker
-from edugpt.rundir import MARKER, list_checkpoints
+from edugpt.run import record
+from edugpt.run.checkpoints import checkpoint_problem, file_sha256, find_resume_checkpoint, write_marker
+from edugpt.run.rundir import MARKER, list_checkpoints
 
 
 def make_checkpoint(root, step, source, complete=True):
@@ -106,7 +106,7 @@ def test_resume_falls_back_to_previous_with_warning_and_quarantines(run_dir, tin
     weights = run_dir / "checkpoint-6" / "model.safetensors"
     with open(weights, "r+b") as f:
         f.truncate(100)
-    with caplog.at_level(logging.WARNING, logger="edugpt.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="edugpt.run.checkpoints"):
         assert find_resume_checkpoint(run_dir) == run_dir / "checkpoint-4"
     assert "checkpoint-8 is not usable" in caplog.text and "checkpoint-6 is not usable" in caplog.text
     assert "falling back" in caplog.text

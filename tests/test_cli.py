@@ -1,4 +1,4 @@
-"""edugpt.cli.parse_config: YAML recipe + command-line overrides, every mistake one line with the closest valid names,
+"""edugpt.config.cli.parse_config: YAML recipe + command-line overrides, every mistake one line with the closest valid names,
 values Trainer would only fail on later refused at parse time, and a --help that shows --config and groups the options
 by dataclass (issue 11, issue 12)."""
 
@@ -14,8 +14,15 @@ from trl import DPOConfig, ModelConfig, SFTConfig
 from trl import ScriptArguments as TrlScriptArguments
 
 from conftest import FAKE_TOKEN, ROOT, run_script
-from edugpt.args import CardArguments, DataArguments, ModelArguments, PublishArguments, RunArguments, ScriptArguments
-from edugpt.cli import parse_config
+from edugpt.config.arguments import (
+    CardArguments,
+    DataArguments,
+    ModelArguments,
+    PublishArguments,
+    RunArguments,
+    ScriptArguments,
+)
+from edugpt.config.cli import parse_config
 from edugpt.errors import EduGPTError
 
 # The dataclasses each entry point hands parse_config (train_hf.py, finetune/sft.py, finetune/dpo.py, eval_harness.py).

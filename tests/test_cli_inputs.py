@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, load_train_main, tiny_args
 from edugpt.errors import EduGPTError
-from edugpt.pretrain import apply_tokens_per_step
+from edugpt.train.pretrain import apply_tokens_per_step
 
 HELLASWAG = ["--hellaswag_steps", "4", "--hellaswag_limit", "4"]
 
@@ -67,7 +67,7 @@ def test_in_loop_hellaswag_from_an_offline_hub_is_refused_before_the_run_writes_
 
 
 def test_a_non_positive_hellaswag_limit_is_refused_while_parsing():
-    from edugpt.args import ScriptArguments
+    from edugpt.config.arguments import ScriptArguments
 
     with pytest.raises(EduGPTError, match="hellaswag_limit must be a positive number or null, got 0"):
         ScriptArguments(hellaswag_limit=0)

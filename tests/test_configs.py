@@ -1,6 +1,6 @@
 """Every shipped YAML parses with the parser its entry point uses, and a typo'd key fails.
 
-Training recipes (configs/*.yaml) go through `edugpt.cli.parse_config` with the very dataclasses the script passes it,
+Training recipes (configs/*.yaml) go through `edugpt.config.cli.parse_config` with the very dataclasses the script passes it,
 read from the script's own `parse_config([...])` call (the script is loaded with importlib, never imported by another
 script). Accelerate configs (accelerate_config.yaml, configs/accelerate/*.yaml) go through the loader
 `accelerate launch` uses, plus the checks it would only make on a multi-GPU machine.
@@ -61,7 +61,7 @@ def parse_recipe(recipe: str) -> tuple:
 
 
 def parse_config_file(script: str, path: Path) -> tuple:
-    from edugpt.cli import parse_config
+    from edugpt.config.cli import parse_config
 
     return parse_config(parser_classes(script), ["--config", str(path), *cpu_overrides()])
 
@@ -175,7 +175,7 @@ def test_an_fsdp_config_key_accelerate_launch_ignores_is_told_to_the_run(tmp_pat
         "distributed_type: MULTI_GPU", "distributed_type: FSDP")
         + f"fsdp_config:\n  fsdp_version: 2\n  {key}: TRANSFORMER_BASED_WRAP\n")
     probe = tmp_path / "probe.py"
-    probe.write_text("import os\nfrom edugpt.pretrain import fsdp_launch_problem\n"
+    probe.write_text("import os\nfrom edugpt.train.pretrain import fsdp_launch_problem\n"
                      "print('problem:', fsdp_launch_problem(os.environ))\n")
     launcher = Path(sys.executable).with_name("accelerate")
     proc = subprocess.run([str(launcher), "launch", "--config_file", str(config), str(probe)], cwd=ROOT,

@@ -18,7 +18,7 @@ def test_config_objects_are_not_dumped_even_when_transformers_logs_info(tmp_path
     from transformers import AutoConfig, GenerationConfig, GPT2Config
     from transformers.utils import logging as hf_logging
 
-    from edugpt.cli import setup_logging
+    from edugpt.config.cli import setup_logging
 
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -70,7 +70,7 @@ def test_each_branch_pushed_and_each_failed_push_is_one_log_line(data_dir, tmp_p
     hub = FakeHub(fail_on_branch="step-2")
     monkeypatch.setattr("transformers.trainer.hf_api", hub)
     monkeypatch.setattr("huggingface_hub.HfApi", hub)
-    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)
+    monkeypatch.setattr("edugpt.hub.publish.require_push_ready", lambda repo_id: repo_id)
     monkeypatch.setenv("HF_TOKEN", "unused")
     args = tiny_args(data_dir, tmp_path / "run", "--max_steps", "3", "--save_steps", "1", "--sample_steps", "0",
                      "--eval_strategy", "no", "--push_to_hub", "true", "--hub_model_id", "someone/edugpt-tiny",
@@ -78,14 +78,14 @@ def test_each_branch_pushed_and_each_failed_push_is_one_log_line(data_dir, tmp_p
     records: list[logging.LogRecord] = []
     collect = logging.Handler(logging.INFO)  # on the logger itself: setup_logging replaces the root's handlers
     collect.emit = records.append
-    logging.getLogger("edugpt.hub").addHandler(collect)
+    logging.getLogger("edugpt.hub.publish").addHandler(collect)
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:
         with pytest.raises(EduGPTError, match="step-2"):
             load_train_main()(args)
     finally:
-        logging.getLogger("edugpt.hub").removeHandler(collect)
+        logging.getLogger("edugpt.hub.publish").removeHandler(collect)
         root.handlers[:], root.level = saved
     lines = [r.getMessage() for r in records]
     pushed = sorted(line for line in lines if line.startswith("pushed "))
@@ -100,8 +100,8 @@ def test_the_streamed_prepare_bar_has_a_total_and_an_eta(tmp_path, capsys, hub_r
     from the Hub's row count (the dataset info the stream carries, as Hub READMEs declare it) and --max_docs."""
     import datasets
 
-    from edugpt.args import PrepareDataArguments
-    from edugpt.data import tokenized_batches
+    from edugpt.config.arguments import PrepareDataArguments
+    from edugpt.corpus.prepare import tokenized_batches
 
     texts = [f"document {i} about the Python interpreter" for i in range(hub_rows or max_docs)]
     stream = datasets.Dataset.from_dict({"text": texts}).to_iterable_dataset()

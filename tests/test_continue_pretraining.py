@@ -13,7 +13,7 @@ from bad_inputs import snapshot
 
 from conftest import assert_same_losses, load_train_main, run_script, tiny_args, train_records
 from edugpt.errors import EduGPTError
-from edugpt.rundir import LOCK
+from edugpt.run.rundir import LOCK
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -41,8 +41,8 @@ def one_step_args(output_dir, **extra):
 
 
 def start_from(model_dir_or_id, data_dir, output_dir, **model):
-    from edugpt.args import DataArguments, ModelArguments, RunArguments, ScriptArguments
-    from edugpt.pretrain import start
+    from edugpt.config.arguments import DataArguments, ModelArguments, RunArguments, ScriptArguments
+    from edugpt.train.pretrain import start
 
     model_args = ModelArguments(model_name_or_path=str(model_dir_or_id), **model)
     run, pretraining = start(model_args, DataArguments(dataset_dir=str(data_dir)), ScriptArguments(sample_steps=0),
@@ -106,13 +106,13 @@ def test_a_recipe_shape_key_that_disagrees_with_the_model_is_one_error_naming_bo
 
 @pytest.mark.parametrize(("recipe", "argv", "message"), [
     ("max_steps: 1\n", ["--model_revision", "step-2"], "model_revision 'step-2' picks a branch .* --model_name_or_path"),
-    ("n_layer: [2]\n", [], r"n_layer takes one int, got a list"),  # None-able now: still checked (edugpt.cli)
+    ("n_layer: [2]\n", [], r"n_layer takes one int, got a list"),  # None-able now: still checked (edugpt.config.cli)
 ])
 def test_model_arguments_that_cannot_work_are_one_error_at_parse_time(recipe, argv, message, tmp_path):
     from transformers import TrainingArguments
 
-    from edugpt.args import DataArguments, ModelArguments, RunArguments, ScriptArguments
-    from edugpt.cli import parse_config
+    from edugpt.config.arguments import DataArguments, ModelArguments, RunArguments, ScriptArguments
+    from edugpt.config.cli import parse_config
 
     (tmp_path / "recipe.yaml").write_text(recipe)
     with pytest.raises(EduGPTError, match=message):
@@ -172,7 +172,7 @@ def continued(baseline, data_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_run_continued_from_a_run_folder_records_its_base_model_in_run_config_and_card(baseline, continued):
-    from edugpt.card import write_model_card
+    from edugpt.report.card import write_model_card
 
     base, output_dir = continued
     # Step 1 starts from the trained weights, far below a new model's ln(50257) = 10.8.

@@ -1,4 +1,5 @@
-"""edugpt.data / edugpt.corpus: split rule, packer, and whole preparations of tiny local corpora (in-process)."""
+"""edugpt.corpus.prepare / edugpt.corpus.sources: split rule, packer, and whole preparations of tiny local corpora
+(in-process)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from edugpt.corpus import EMBEDDED_CORPUS
-from edugpt.data import (
+from edugpt.corpus.prepare import (
     DOC_IDS,
     MADE,
     MANIFEST,
@@ -25,8 +25,9 @@ from edugpt.data import (
     tokenize_batch,
     verify,
 )
+from edugpt.corpus.sources import EMBEDDED_CORPUS
 from edugpt.errors import EduGPTError
-from edugpt.tokenizer import GPT2_EOS_ID, gpt2_tiktoken
+from edugpt.model.tokenizer import GPT2_EOS_ID, gpt2_tiktoken
 
 ENC = gpt2_tiktoken()
 EOS_BYTES = b"<|endoftext|>"
@@ -95,7 +96,7 @@ def test_save_blocks_writes_few_large_record_batches(tmp_path):
     """Every record batch header is read (and ~64 KiB of the file faulted into RSS) when a split is memory-mapped."""
     import datasets
 
-    from edugpt.data import block_features
+    from edugpt.corpus.prepare import block_features
 
     assert record_batch_rows(1024) == 8192 and record_batch_rows(128) == 65536
     blocks = np.arange(5000 * 8, dtype=np.uint16).reshape(5000, 8)
@@ -307,7 +308,7 @@ def test_a_dangling_symlink_among_the_input_files_is_refused_naming_it(tmp_path)
 
 
 def _damaged_copy(tmp_path, name, damage):
-    from edugpt.data import write_prepared
+    from edugpt.corpus.prepare import write_prepared
 
     rng = np.random.default_rng(0)
     root = write_prepared(tmp_path / name, {"train": rng.integers(0, 50257, (6, 16), dtype=np.uint16),
@@ -330,7 +331,7 @@ def _cut_arrow(root):
 def test_a_damaged_file_of_a_prepared_dataset_is_named_by_verify_and_by_training(tmp_path, damage, named):
     from transformers import GPT2Config
 
-    from edugpt.pretrain import load_prepared
+    from edugpt.train.pretrain import load_prepared
 
     root = _damaged_copy(tmp_path, "data", damage)
     with pytest.raises(EduGPTError, match=f"failed verification: {named}"):
@@ -405,8 +406,8 @@ def test_streamed_source_tokenizes_like_the_cached_map(tmp_path):
     """The Hub's big subsets arrive as an IterableDataset; the same local file streamed must give identical rows."""
     import datasets
 
-    from edugpt.corpus import require_text_column
-    from edugpt.data import tokenized_batches
+    from edugpt.corpus.prepare import tokenized_batches
+    from edugpt.corpus.sources import require_text_column
 
     path = write_jsonl(tmp_path / "corpus.jsonl", corpus_rows() + [{"id": "n", "text": None}])
     args = PrepareDataArguments(dataset=str(path), output_dir=str(tmp_path / "out"), val_fraction=0.2, num_proc=1)

@@ -39,7 +39,7 @@ def test_a_new_model_generates_with_the_pipeline_defaults_and_an_explicit_length
     import torch
     from transformers import GPT2Config, pipeline
 
-    from edugpt.modeling import new_gpt2
+    from edugpt.model.gpt2 import new_gpt2
 
     torch.manual_seed(0)
     model = new_gpt2(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=50257))
@@ -65,7 +65,7 @@ def test_a_new_model_generates_with_the_pipeline_defaults_and_an_explicit_length
 def test_the_answer_length_is_capped_by_the_context_and_kept_when_it_fits():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from edugpt.modeling import fit_generation_to_context
+    from edugpt.model.gpt2 import fit_generation_to_context
 
     for positions, asked, expected in ((1024, None, 256), (64, None, 32), (128, 256, 64), (1024, 40, 40)):
         model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=1, n_embd=8, n_positions=positions, vocab_size=64))
@@ -102,7 +102,7 @@ ACCELERATE_SIMPLE_LAUNCH = {"ACCELERATE_USE_CPU": "True", "ACCELERATE_MIXED_PREC
 def test_a_launch_asking_for_several_processes_that_started_one_is_told_from_its_environment():
     """What accelerate launch's simple launcher exports (accelerate 1.15, measured): MASTER_ADDR/PORT only when more
     than one process was asked for, never a world size; torchrun and mpirun set one."""
-    from edugpt.cli import launch_problem
+    from edugpt.config.cli import launch_problem
 
     assert "started only this one" in launch_problem(ACCELERATE_SIMPLE_LAUNCH)
     one = {k: v for k, v in ACCELERATE_SIMPLE_LAUNCH.items() if not k.startswith("MASTER_")}
@@ -161,8 +161,8 @@ def test_the_card_takes_a_complete_lm_eval_run_over_a_newer_limited_one(run_dir)
     import json
     import os
 
-    from edugpt.card import build_model_card
-    from edugpt.rundir import find_lm_eval_results
+    from edugpt.report.card import build_model_card
+    from edugpt.run.rundir import find_lm_eval_results
 
     [limited_500] = (run_dir / "eval").rglob("results_*.json")
     base = json.loads(limited_500.read_text())

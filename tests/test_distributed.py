@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, load_train_main, tiny_args, train_records
-from edugpt.checkpoints import checkpoint_problem
 from edugpt.errors import EduGPTError
-from edugpt.rundir import MARKER, list_checkpoints
+from edugpt.run.checkpoints import checkpoint_problem
+from edugpt.run.rundir import MARKER, list_checkpoints
 
 SMOKE = "edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl"
 # The baseline's recipe (conftest.TINY: 4 blocks per step, samples at steps 0, 4 and 8, HellaSwag on 12 items at steps
@@ -209,7 +209,7 @@ def test_fsdp_checkpoints_are_plain_hf_folders_and_sharded_hellaswag_is_lm_evals
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edugpt.evaluation import evaluate_checkpoint, per_item_scores
+    from edugpt.eval.harness import evaluate_checkpoint, per_item_scores
 
     run = layouts["runs"]["fsdp"]
     checkpoint = run / "checkpoint-8"
@@ -290,7 +290,7 @@ def test_the_slurm_script_starts_one_accelerate_launch_per_node_and_requeues_a_s
     (None, {"processes": 1, "fsdp": None}, False),
 ])
 def test_which_layout_changes_a_resume_accepts(saved, now, refused):
-    from edugpt.lifecycle import layout_problem
+    from edugpt.run.lifecycle import layout_problem
 
     problem = layout_problem(saved, now)
     assert (problem is not None) is refused
@@ -299,7 +299,7 @@ def test_which_layout_changes_a_resume_accepts(saved, now, refused):
 
 
 def test_a_checkpoint_without_a_recorded_layout_shows_it_by_its_files(tmp_path):
-    from edugpt.lifecycle import checkpoint_layout
+    from edugpt.run.lifecycle import checkpoint_layout
 
     for name in ("model.safetensors", "rng_state_0.pth", "rng_state_1.pth", "pytorch_model_fsdp.bin"):
         (tmp_path / name).write_bytes(b"")

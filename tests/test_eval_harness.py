@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT, run_script
 from edugpt.errors import EduGPTError
-from edugpt.tasks.hellaswag_local import SMOKE_FILE
+from edugpt.eval.tasks.hellaswag_local import SMOKE_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,8 @@ def test_writes_lm_evals_layout_and_prints_its_table(tiny_model_dir, tmp_path):
     from lm_eval.utils import make_table, sanitize_model_name
 
     from conftest import make_run_dir
-    from edugpt.card import build_model_card
-    from edugpt.rundir import find_lm_eval_results
+    from edugpt.report.card import build_model_card
+    from edugpt.run.rundir import find_lm_eval_results
 
     run = make_run_dir(tmp_path, tiny_model_dir, lm_eval=False)
     out = tmp_path / "eval"
@@ -71,7 +71,7 @@ def test_lm_eval_options_pass_through(tiny_model_dir, tmp_path):
 
     from transformers import AutoTokenizer
 
-    from edugpt.chat import EDUGPT_CHAT_TEMPLATE, add_chat_template
+    from edugpt.model.chat import EDUGPT_CHAT_TEMPLATE, add_chat_template
 
     chat_model = tmp_path / "sft"
     shutil.copytree(tiny_model_dir, chat_model)
@@ -112,7 +112,7 @@ def write_image_model_dir(path):
     """A saved model that is no language model at all (ViT config + GPT-2 tokenizer files beside it)."""
     from transformers import ViTConfig
 
-    from edugpt.tokenizer import load_tokenizer
+    from edugpt.model.tokenizer import load_tokenizer
 
     ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8).save_pretrained(path)
     load_tokenizer("gpt2").save_pretrained(path)
@@ -146,7 +146,7 @@ def test_bad_input_is_one_clear_error(tiny_model_dir, tmp_path, case, message):
 
 def run_eval_harness(argv: list[str], capsys) -> tuple[int, str, str]:
     """eval_harness.py in this process as its `__main__` guard runs it: (exit status, stdout, its one error line)."""
-    from edugpt.cli import run
+    from edugpt.config.cli import run
 
     code = 0
     try:
@@ -168,12 +168,12 @@ def test_an_output_dir_lm_eval_cannot_write_is_refused_before_evaluating(tiny_mo
                                                                          capsys, case, message):
     """lm-eval's tracker only logs a warning when it cannot write; eval_harness.py printed "results written to" a
     path that never existed and exited 0."""
-    import edugpt.evaluation
+    import edugpt.eval.harness
 
     user_file = tmp_path / "notes.txt"
     user_file.write_text("a user's file\n")
     out = user_file if case == "file" else user_file / "eval"
-    monkeypatch.setattr(edugpt.evaluation, "evaluate_checkpoint", lambda *a, **k: pytest.fail("evaluated"))
+    monkeypatch.setattr(edugpt.eval.harness, "evaluate_checkpoint", lambda *a, **k: pytest.fail("evaluated"))
     code, stdout, line = run_eval_harness(["--model", str(tiny_model_dir), "--tasks", "hellaswag", "--limit", "2",
                                            "--hellaswag_file", str(SMOKE_FILE), "--output_path", str(out)], capsys)
     assert code == 2 and f"--output_dir {out} {message}" in line and "written" not in stdout, line
@@ -213,7 +213,7 @@ def test_results_that_do_not_fit_the_disk_leave_nothing_and_say_so(tiny_model_di
 ])
 def test_a_hellaswag_file_that_is_not_whole_utf8_jsonl_is_one_line_naming_it(tiny_model_dir, tmp_path, capsys,
                                                                               damage, message):
-    """Held before these tests were written (edugpt/tasks/hellaswag_local.py reads bytes and names the line); kept
+    """Held before these tests were written (edugpt/eval/tasks/hellaswag_local.py reads bytes and names the line); kept
     here as the eval_harness.py end of it: one line, exit status 2, nothing written."""
     import gzip
 
@@ -242,7 +242,7 @@ def test_lm_evals_own_options_work_include_path_metadata_seed_gen_kwargs_config_
     pytest.importorskip("trackio")
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    local_task = ROOT / "edugpt/tasks/hellaswag_local.yaml"
+    local_task = ROOT / "edugpt/eval/tasks/hellaswag_local.yaml"
     (tasks / "my_task.yaml").write_text(f"include: {local_task}\ntask: my_hellaswag\n")
     recipe = tmp_path / "eval.yaml"
     recipe.write_text("tasks: [my_hellaswag]\nlimit: 5\nbatch_size: 2\nnum_fewshot: 0\n")

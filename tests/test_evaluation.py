@@ -1,4 +1,5 @@
-"""edugpt.evaluation and edugpt/tasks: the local HellaSwag task is lm-eval's, the in-training numbers are lm_eval's."""
+"""edugpt.eval.harness and edugpt/eval/tasks: the local HellaSwag task is lm-eval's, the in-training numbers are
+lm_eval's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edugpt.errors import EduGPTError
-from edugpt.tasks.hellaswag_local import SMOKE_FILE, read_hellaswag_jsonl
+from edugpt.eval.tasks.hellaswag_local import SMOKE_FILE, read_hellaswag_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_ROW = {"ind": 0, "activity_label": "Lists", "ctx_a": "A list is mutable.", "ctx_b": "", "ctx": "A list is mutable.",
@@ -29,7 +30,7 @@ def test_local_task_is_lm_evals_hellaswag_definition():
     import lm_eval.tasks.hellaswag.utils as hellaswag_utils
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from edugpt.evaluation import LOCAL_HELLASWAG_YAML
+    from edugpt.eval.harness import LOCAL_HELLASWAG_YAML
 
     theirs = load_yaml(Path(hellaswag_utils.__file__).with_name("hellaswag.yaml"), resolve_func=False)
     ours = load_yaml(LOCAL_HELLASWAG_YAML, resolve_func=False)
@@ -45,7 +46,7 @@ def test_local_task_is_lm_evals_hellaswag_definition():
 def test_local_task_documents_are_cleaned_like_hellaswag(tmp_path):
     from lm_eval.api.task import ConfigurableTask
 
-    from edugpt.evaluation import local_hellaswag_config
+    from edugpt.eval.harness import local_hellaswag_config
 
     row = {**GOOD_ROW, "activity_label": "Making tea", "ctx_a": "Boil water [title] Pour it.", "ctx_b": "then wait",
            "endings": ["and drink [step] it.", " stir.", "spill it.", "  sip  it."], "label": "3"}
@@ -119,7 +120,7 @@ def make_trainer(model_dir: Path, output_dir: Path, with_hellaswag: bool):
         default_data_collator,
     )
 
-    from edugpt.evaluation import HellaSwagCallback
+    from edugpt.eval.harness import HellaSwagCallback
 
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 50257, (16, 32), generator=generator).tolist()
@@ -150,7 +151,7 @@ def lm_eval_cli_samples(checkpoint: Path, output: Path) -> tuple[dict, list[dict
     """What README's offline command prints, run as a user would: results and per-item samples."""
     proc = subprocess.run(
         [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={checkpoint}",
-         "--include_path", "edugpt/tasks", "--tasks", "hellaswag_local", "--limit", str(LIMIT),
+         "--include_path", "edugpt/eval/tasks", "--tasks", "hellaswag_local", "--limit", str(LIMIT),
          "--batch_size", str(BATCH), "--log_samples", "--output_path", str(output)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -162,7 +163,7 @@ def lm_eval_cli_samples(checkpoint: Path, output: Path) -> tuple[dict, list[dict
 
 @pytest.mark.slow
 def test_callback_equals_lm_eval_on_saved_checkpoints_and_keeps_trajectory(tiny_model_dir, tmp_path):
-    from edugpt.evaluation import evaluate_checkpoint, per_item_scores
+    from edugpt.eval.harness import evaluate_checkpoint, per_item_scores
 
     trainer, items_by_step = make_trainer(tiny_model_dir, tmp_path / "with", with_hellaswag=True)
     trainer.train()
@@ -177,7 +178,7 @@ def test_callback_equals_lm_eval_on_saved_checkpoints_and_keeps_trajectory(tiny_
     logged = {r["step"]: r for r in trainer.state.log_history if "hellaswag/acc" in r}
     assert sorted(logged) == [2, 4] and sorted(items_by_step) == [2, 4]
 
-    # Step 2: the lm_eval CLI (offline, --include_path edugpt/tasks) on checkpoint-2 gives the same items' scores.
+    # Step 2: the lm_eval CLI (offline, --include_path edugpt/eval/tasks) on checkpoint-2 gives the same items' scores.
     results, samples = lm_eval_cli_samples(tmp_path / "with" / "checkpoint-2", tmp_path / "cli")
     callback_items = items_by_step[2]
     assert [s["doc_id"] for s in samples] == [i["doc_id"] for i in callback_items] == list(range(LIMIT))
@@ -199,7 +200,7 @@ def test_callback_equals_lm_eval_on_saved_checkpoints_and_keeps_trajectory(tiny_
 
 
 def test_callback_without_file_fails_fast_offline(tiny_model_dir, tmp_path):
-    from edugpt.evaluation import HellaSwagCallback
+    from edugpt.eval.harness import HellaSwagCallback
 
     trainer, _ = make_trainer(tiny_model_dir, tmp_path / "run", with_hellaswag=False)
     start = time.monotonic()
@@ -215,7 +216,7 @@ def test_preserved_training_state_restores_rng_and_modes(tiny_model_dir):
     import torch
     from transformers import GPT2LMHeadModel
 
-    from edugpt.evaluation import preserved_training_state
+    from edugpt.eval.harness import preserved_training_state
 
     model = GPT2LMHeadModel.from_pretrained(tiny_model_dir).train()
     model.transformer.drop.eval()  # a deliberately mixed state must come back as it was
@@ -237,7 +238,7 @@ def test_preserved_training_state_restores_rng_and_modes(tiny_model_dir):
 
 def test_model_arguments_are_lm_evals_own():
     """eval_harness.py's --model/--revision/--model_args become lm-eval's hf model_args, parsed by lm-eval."""
-    from edugpt.evaluation import model_arguments
+    from edugpt.eval.harness import model_arguments
 
     assert model_arguments("runs/x") == {"pretrained": "runs/x"}
     assert model_arguments("you/m", "step-100", "dtype=bfloat16,max_length=512,trust_remote_code=False") == {
@@ -252,7 +253,7 @@ def test_model_arguments_are_lm_evals_own():
 def test_model_args_with_spaces_mean_what_was_typed_and_a_repeated_key_is_refused():
     """lm-eval keeps the space of "dtype=float32, max_length=96" in the key (" max_length"), which then fails with a
     traceback inside from_pretrained; " pretrained=X" slipped past the check that --model sets it."""
-    from edugpt.evaluation import model_arguments
+    from edugpt.eval.harness import model_arguments
 
     assert model_arguments("runs/x", model_args=" dtype = float32 , max_length=96,") == {
         "pretrained": "runs/x", "dtype": "float32", "max_length": 96}

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_same_losses, load_train_main, run_script, tiny_args, train_records
-from edugpt.checkpoints import checkpoint_problem, read_marker, write_marker
 from edugpt.errors import EduGPTError
-from edugpt.rundir import MARKER
-from edugpt.tasks.hellaswag_local import SMOKE_FILE
+from edugpt.eval.tasks.hellaswag_local import SMOKE_FILE
+from edugpt.run.checkpoints import checkpoint_problem, read_marker, write_marker
+from edugpt.run.rundir import MARKER
 
 
 def error_line(proc) -> str:
@@ -154,9 +154,9 @@ def test_eval_harness_damaged_files_are_one_line(tiny_model_dir, tmp_path, case)
 
 
 def test_a_missing_relative_path_is_reported_as_missing_not_as_a_hub_problem(tmp_path, monkeypatch):
-    from edugpt.chat import resolve_model_dir
-    from edugpt.evaluation import check_model_source
-    from edugpt.finetune_data import load_finetune_dataset
+    from edugpt.eval.harness import check_model_source
+    from edugpt.model.chat import resolve_model_dir
+    from edugpt.train.chat_data import load_finetune_dataset
 
     monkeypatch.chdir(tmp_path)
     for check in (resolve_model_dir, check_model_source):

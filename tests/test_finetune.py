@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import FAKE_TOKEN, ROOT, FakeHub, run_script
-from edugpt.chat import EDUGPT_CHAT_TEMPLATE, add_chat_template
 from edugpt.errors import EduGPTError
-from edugpt.finetune_data import load_finetune_dataset
-from edugpt.rundir import MARKER, read_metrics
+from edugpt.model.chat import EDUGPT_CHAT_TEMPLATE, add_chat_template
+from edugpt.run.rundir import MARKER, read_metrics
+from edugpt.train.chat_data import load_finetune_dataset
 
 # Local dataset folders (train.jsonl), as configs/*_smoke.yaml name them.
 SFT_SMOKE = ROOT / "edugpt/assets/finetune/sft_smoke"
@@ -76,7 +76,7 @@ def test_preference_rows_equal_or_empty_are_skipped_and_counted(tmp_path, caplog
         {"prompt": "2+2?", "chosen": " ", "rejected": "5"},  # empty chosen
         {"prompt": "3+3?", "chosen": "6", "rejected": "7"},  # string format, kept
     ]
-    with caplog.at_level(logging.WARNING, logger="edugpt.finetune_data"):
+    with caplog.at_level(logging.WARNING, logger="edugpt.train.chat_data"):
         data = load_finetune_dataset(str(write_jsonl(tmp_path / "p.jsonl", rows)), "dpo")
     assert len(data) == 2
     assert data[1] == {"prompt": [user("3+3?")], "chosen": [assistant("6")], "rejected": [assistant("7")]}
@@ -120,7 +120,7 @@ def test_sft_trains_on_assistant_tokens_only(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
 
-    from edugpt.cli import parse_config
+    from edugpt.config.cli import parse_config
 
     _, args, _ = parse_config(
         [ScriptArguments, SFTConfig, ModelConfig],
@@ -191,7 +191,7 @@ def test_sft_logged_loss_is_the_mean_over_predicted_tokens(tiny_model_dir, tmp_p
     from transformers import AutoTokenizer
     from trl import ModelConfig, SFTConfig, SFTTrainer
 
-    from edugpt.finetune import FinetuneJob, load_model
+    from edugpt.train.finetune import FinetuneJob, load_model
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     add_chat_template(tokenizer)
@@ -409,7 +409,7 @@ def test_push_at_the_end_uploads_the_run_with_our_card(fail, tiny_model_dir, tmp
     hub = FakeHub(fail)
     monkeypatch.setattr("transformers.trainer.hf_api", hub)
     monkeypatch.setattr("huggingface_hub.HfApi", hub)
-    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)
+    monkeypatch.setattr("edugpt.hub.publish.require_push_ready", lambda repo_id: repo_id)
     spec = importlib.util.spec_from_file_location("sft", ROOT / "finetune" / "sft.py")
     sft = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sft)
@@ -456,17 +456,17 @@ def chat_tokenizer(gpt2_tokenizer):
 def test_sft_counts_conversations_cut_by_max_length(chat_tokenizer, caplog):
     from datasets import Dataset
 
-    from edugpt.finetune_data import check_lengths
+    from edugpt.train.chat_data import check_lengths
 
     long_question = "Tell me about " + "tokens " * 80  # ~85 tokens: the reply starts after the 64-token window
     rows = [[user("Hi"), assistant("Hello!")],  # fits
             [user(long_question), assistant("They are pieces of text.")],  # cut, no reply token left
             [user("Count."), assistant("one " * 80)]]  # cut, reply partly kept
-    with caplog.at_level(logging.WARNING, logger="edugpt.finetune_data"):
+    with caplog.at_level(logging.WARNING, logger="edugpt.train.chat_data"):
         check_lengths("sft", Dataset.from_dict({"messages": rows}), chat_tokenizer, length_args("sft"))
     assert ("SFT train data: 2 of 3 conversations are longer than max_length 64 tokens and are cut to it; 1 of them "
             "keep no trained token and train on nothing") in caplog.text
-    with caplog.at_level(logging.WARNING, logger="edugpt.finetune_data"):
+    with caplog.at_level(logging.WARNING, logger="edugpt.train.chat_data"):
         check_lengths("sft", Dataset.from_dict({"messages": rows}), chat_tokenizer, length_args("sft", packing=False))
     assert "1 of them keep no trained token and are dropped by TRL" in caplog.text
     with pytest.raises(EduGPTError, match=r"every one of the 1 conversations in the train data keeps no assistant "
@@ -477,12 +477,12 @@ def test_sft_counts_conversations_cut_by_max_length(chat_tokenizer, caplog):
 def test_dpo_pairs_whose_prompt_fills_max_length_are_counted_and_all_of_them_is_an_error(chat_tokenizer, caplog):
     from datasets import Dataset
 
-    from edugpt.finetune_data import check_lengths
+    from edugpt.train.chat_data import check_lengths
 
     long_prompt = [user("Explain " + "this " * 80)]
     pairs = {"prompt": [[user("2+2?")], long_prompt], "chosen": [[assistant("4")], [assistant("Yes.")]],
              "rejected": [[assistant("5")], [assistant("No.")]]}
-    with caplog.at_level(logging.WARNING, logger="edugpt.finetune_data"):
+    with caplog.at_level(logging.WARNING, logger="edugpt.train.chat_data"):
         check_lengths("dpo", Dataset.from_dict(pairs), chat_tokenizer, length_args("dpo"))
     assert "DPO train data: 1 of 2 pairs are longer than max_length 64 tokens and are cut to it; 1 of them keep no " \
            "trained token and are dropped by TRL" in caplog.text

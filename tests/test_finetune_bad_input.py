@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from edugpt.chat import add_chat_template
-from edugpt.cli import run
+from edugpt.config.cli import run
 from edugpt.errors import EduGPTError
-from edugpt.finetune_data import load_finetune_dataset
+from edugpt.model.chat import add_chat_template
+from edugpt.train.chat_data import load_finetune_dataset
 
 NOT_UTF8 = "caf\udce9"  # written with surrogateescape: the byte 0xE9 alone, Latin-1's "é", as a bare byte
 
@@ -96,7 +96,7 @@ def test_text_that_is_not_utf8_names_the_row_whatever_the_format(stage, tmp_path
             load_finetune_dataset(str(data), stage)
     # Several processes: in a fresh interpreter, since forking this threaded test process (servers and pushers of
     # earlier tests) can deadlock a pool worker on a lock another thread held at the fork.
-    code = ("import sys; from edugpt.cli import run; from edugpt.finetune_data import load_finetune_dataset; "
+    code = ("import sys; from edugpt.config.cli import run; from edugpt.train.chat_data import load_finetune_dataset; "
             "run(lambda: load_finetune_dataset(sys.argv[1], sys.argv[2], num_proc=2))")
     proc = subprocess.run([sys.executable, "-c", code, str(file), stage], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})

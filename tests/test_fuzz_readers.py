@@ -127,12 +127,12 @@ def scratch():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-# --- safefs.read_json and the run directory's records (edugpt.rundir) ---------------------------------------------------
+# --- safefs.read_json and the run directory's records (edugpt.run.rundir)
 
 @FAST
 @given(data=raw_bytes)
 def test_read_json_returns_json_or_refuses(data):
-    from edugpt.safefs import read_json
+    from edugpt.io.safefs import read_json
 
     with scratch() as tmp:
         (tmp / "f.json").write_bytes(data)
@@ -147,7 +147,7 @@ RUN_CONFIG = {"edugpt": {"kind": "pretrain", "version": 1}, "model": {"n_layer":
 @FAST
 @given(data=json_documents(RUN_CONFIG))
 def test_run_config_readers_return_or_refuse(data):
-    from edugpt import rundir
+    from edugpt.run import rundir
 
     with scratch() as run:
         (run / "run_config.json").write_bytes(data)
@@ -164,7 +164,7 @@ def test_run_config_readers_return_or_refuse(data):
 @FAST
 @given(value=json_values)
 def test_run_kind_of_any_json_value(value):
-    from edugpt import rundir
+    from edugpt.run import rundir
 
     assert normal_or_refused(lambda: rundir.run_kind(value)) in (None, *rundir.KINDS)
 
@@ -175,7 +175,7 @@ METRICS_ROW = {"step": 2, "tokens": 4096, "loss": 7.5, "eval_loss": 7.9, "learni
 @FAST
 @given(data=jsonl_documents([METRICS_ROW]))
 def test_read_metrics_returns_records_or_refuses(data):
-    from edugpt import rundir
+    from edugpt.run import rundir
 
     with scratch() as run:
         (run / "metrics.jsonl").write_bytes(data)
@@ -190,7 +190,7 @@ PUBLISHED = {"repo_id": "me/model", "branches": ["main"], "url": "https://huggin
 @FAST
 @given(data=json_documents(PUBLISHED))
 def test_published_record_reader_returns_or_refuses(data):
-    from edugpt import rundir
+    from edugpt.run import rundir
 
     with scratch() as run:
         (run / "published.json").write_bytes(data)
@@ -204,7 +204,7 @@ TRAINER_STATE = {"global_step": 4, "log_history": [{"step": 2, "loss": 7.0}, {"s
 @FAST
 @given(data=json_documents(TRAINER_STATE))
 def test_trainer_state_reader_returns_or_refuses(data):
-    from edugpt import rundir
+    from edugpt.run import rundir
 
     with scratch() as run:
         (run / "trainer_state.json").write_bytes(data)
@@ -219,7 +219,7 @@ LM_EVAL = {"results": {"hellaswag": {"acc,none": 0.25, "acc_norm,none": 0.26}},
 @FAST
 @given(data=json_documents(LM_EVAL))
 def test_lm_eval_results_reader_returns_or_refuses(data):
-    from edugpt import rundir
+    from edugpt.run import rundir
 
     with scratch() as tmp:
         run = tmp / "run"
@@ -236,14 +236,14 @@ def test_lm_eval_results_reader_returns_or_refuses(data):
             normal_or_refused(lambda: rundir.evaluated_model(value))
 
 
-# --- completion markers (edugpt.checkpoints) ----------------------------------------------------------------------------
+# --- completion markers (edugpt.run.checkpoints)
 
 @pytest.fixture(scope="module")
 def marked_checkpoint(tmp_path_factory):
     """A checkpoint folder with a whole model.safetensors, trainer_state.json and its completion marker."""
     from safetensors.numpy import save_file
 
-    from edugpt.checkpoints import write_marker
+    from edugpt.run.checkpoints import write_marker
 
     folder = tmp_path_factory.mktemp("checkpoint") / "checkpoint-2"
     folder.mkdir()
@@ -262,7 +262,7 @@ def _marker_fuzz(marked_checkpoint):
 @FAST
 @given(data=st.data())
 def test_marker_readers_return_or_refuse(marked_checkpoint, data):
-    from edugpt.checkpoints import checkpoint_problem, read_marker
+    from edugpt.run.checkpoints import checkpoint_problem, read_marker
 
     document = data.draw(_marker_fuzz(marked_checkpoint))
     with scratch() as tmp:
@@ -279,7 +279,7 @@ def test_marker_readers_return_or_refuse(marked_checkpoint, data):
 @FAST
 @given(weights=raw_bytes)
 def test_weights_check_of_arbitrary_bytes(weights):
-    from edugpt.checkpoints import weights_problem
+    from edugpt.run.checkpoints import weights_problem
 
     with scratch() as tmp:
         (tmp / "model.safetensors").write_bytes(weights)
@@ -287,11 +287,11 @@ def test_weights_check_of_arbitrary_bytes(weights):
         assert problem is None or isinstance(problem, str)
 
 
-# --- prepared datasets: manifest, layout, --verify, the swap journal (edugpt.data) ---------------------------------------
+# --- prepared datasets: manifest, layout, --verify, the swap journal (edugpt.corpus.prepare)
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from edugpt.data import write_prepared
+    from edugpt.corpus.prepare import write_prepared
 
     rng = np.random.default_rng(0)
     return write_prepared(tmp_path_factory.mktemp("prepared") / "data",
@@ -313,7 +313,7 @@ def _valid(prepared: Path, rel: str):
 @SLOW
 @given(data=st.data())
 def test_manifest_readers_and_verify_return_or_refuse(prepared, data):
-    from edugpt import data as prepared_data
+    from edugpt.corpus import prepare as prepared_data
 
     document = data.draw(json_documents(_valid(prepared, "manifest.json")))
     with scratch() as tmp:
@@ -329,7 +329,7 @@ def test_manifest_readers_and_verify_return_or_refuse(prepared, data):
 @SLOW
 @given(data=st.data())
 def test_verify_of_any_state_json_or_dataset_dict_returns_or_refuses(prepared, data):
-    from edugpt.data import verify
+    from edugpt.corpus.prepare import verify
 
     rel = data.draw(st.sampled_from(["train/state.json", "dataset_dict.json", "train/dataset_info.json"]))
     document = data.draw(json_documents(_valid(prepared, rel)))
@@ -340,7 +340,7 @@ def test_verify_of_any_state_json_or_dataset_dict_returns_or_refuses(prepared, d
 @SLOW
 @given(ids=raw_bytes)
 def test_verify_of_any_doc_ids_bytes_returns_or_refuses(prepared, ids):
-    from edugpt.data import verify
+    from edugpt.corpus.prepare import verify
 
     with scratch() as tmp:
         normal_or_refused(lambda: verify(_with(prepared, tmp, "doc_ids.parquet", ids)))
@@ -351,7 +351,7 @@ def test_verify_of_any_doc_ids_bytes_returns_or_refuses(prepared, ids):
 def test_swap_journal_recovery_returns_or_refuses_and_never_touches_other_folders(data):
     """A journal holding anything: the swap is completed (only ever between our .tmp/.old and the output) or refused;
     a user's folder beside them is never moved or deleted."""
-    from edugpt.data import recover_swap
+    from edugpt.corpus.prepare import recover_swap
 
     with scratch() as tmp:
         out = tmp / "out"
@@ -366,7 +366,7 @@ def test_swap_journal_recovery_returns_or_refuses_and_never_touches_other_folder
         assert (tmp / "mine" / "thesis.txt").read_text() == "a user's work\n"
 
 
-# --- datatrove's plan.json and task records (edugpt.prepare_parallel) -----------------------------------------------------
+# --- datatrove's plan.json and task records (edugpt.corpus.datatrove) -----------------------------------------------------
 
 @pytest.fixture(scope="module")
 def plan_doc(tmp_path_factory):
@@ -374,9 +374,9 @@ def plan_doc(tmp_path_factory):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from edugpt.args import PrepareDataArguments
-    from edugpt.corpus import resolve_source
-    from edugpt.prepare_parallel import ExecutorArguments, make_plan
+    from edugpt.config.arguments import PrepareDataArguments
+    from edugpt.corpus.datatrove import ExecutorArguments, make_plan
+    from edugpt.corpus.sources import resolve_source
 
     folder = tmp_path_factory.mktemp("corpus")
     for k in range(2):
@@ -392,7 +392,7 @@ def plan_doc(tmp_path_factory):
 @FAST
 @given(data=st.data())
 def test_plan_reader_returns_a_plan_or_refuses(plan_doc, data):
-    from edugpt.prepare_parallel import WorkDir
+    from edugpt.corpus.datatrove import WorkDir
 
     document = data.draw(json_documents(plan_doc))
     with scratch() as tmp:
@@ -415,7 +415,7 @@ TASK_RECORD = {"rank": 0, "rows": 5, "splits": {"train": {"documents": 4, "token
 @FAST
 @given(document=json_documents(TASK_RECORD))
 def test_task_record_reader_returns_or_refuses(document):
-    from edugpt import prepare_parallel
+    from edugpt.corpus import datatrove as prepare_parallel
 
     reader = getattr(prepare_parallel, "task_record", None)
     if reader is None:
@@ -429,7 +429,7 @@ def test_task_record_reader_returns_or_refuses(document):
         normal_or_refused(lambda: reader(work, 0, 16))
 
 
-# --- corpus inputs: jsonl and parquet (edugpt.corpus), HellaSwag jsonl, finetuning jsonl ---------------------------------
+# --- corpus inputs: jsonl and parquet (edugpt.corpus.sources), HellaSwag jsonl, finetuning jsonl
 
 DOC = {"id": "doc-1", "text": "Some text of a document.", "url": "https://example.com", "score": 3.2}
 
@@ -443,7 +443,7 @@ def test_jsonl_corpus_loads_or_refuses(data):
 
 
 def _load_jsonl_corpus(data: bytes) -> None:
-    from edugpt.corpus import load_source, require_text_column, resolve_source
+    from edugpt.corpus.sources import load_source, require_text_column, resolve_source
 
     with scratch() as tmp:
         path = tmp / "corpus.jsonl"
@@ -485,7 +485,7 @@ def parquet_tables(draw):
 @SLOW
 @given(data=parquet_tables() | raw_bytes)
 def test_parquet_corpus_loads_or_refuses(data):
-    from edugpt.corpus import load_source, require_text_column, resolve_source
+    from edugpt.corpus.sources import load_source, require_text_column, resolve_source
 
     with scratch() as tmp:
         path = tmp / "corpus.parquet"
@@ -506,7 +506,7 @@ HELLASWAG_ROW = {"ind": 0, "activity_label": "a", "ctx_a": "It", "ctx_b": "was",
 @FAST
 @given(data=jsonl_documents([HELLASWAG_ROW]))
 def test_hellaswag_reader_returns_items_or_refuses(data):
-    from edugpt.tasks.hellaswag_local import read_hellaswag_jsonl
+    from edugpt.eval.tasks.hellaswag_local import read_hellaswag_jsonl
 
     with scratch() as tmp:
         (tmp / "h.jsonl").write_bytes(data)
@@ -529,7 +529,7 @@ def test_finetuning_jsonl_loads_or_refuses(data):
 
 
 def _load_finetuning_jsonl(stage: str, document: bytes) -> None:
-    from edugpt.finetune_data import load_finetune_dataset, load_raw
+    from edugpt.train.chat_data import load_finetune_dataset, load_raw
 
     with scratch() as tmp:
         path = tmp / "train.jsonl"

@@ -7,7 +7,7 @@ bf16 autocast, fused AdamW, sdpa attention, torch_compile, activation checkpoint
 tensorboard, in-loop HellaSwag, samples, validation at the end, the final save. Measured on the project's 2-core CPU:
 the full 254M shape takes ~46 s per 1024-token step in fp32 and over 6 minutes in bf16 autocast, so the shape shrinks
 to 2 layers of width 128 at the recipes' seq 1024; compiling it takes ~40 s of each run's ~1 minute. Whether each
-recipe fits its cards is edugpt.plan's question (tests/test_plan.py).
+recipe fits its cards is edugpt.run.plan's question (tests/test_plan.py).
 """
 
 from __future__ import annotations

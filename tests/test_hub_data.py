@@ -1,4 +1,4 @@
-"""Prepared data through the Hub (edugpt/hub_data.py): publish.py DATASET_DIR --hub_dataset_id uploads exactly what the
+"""Prepared data through the Hub (edugpt/hub/datasets.py): publish.py DATASET_DIR --hub_dataset_id uploads exactly what the
 dataset's record lists, its manifest and a card, verified and scanned first; train_hf.py --dataset_dir
 hf://datasets/OWNER/NAME@REV fetches it into the Hugging Face cache, verifies it and trains on the same blocks.
 
@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from conftest import FAKE_TOKEN, ROOT, TINY, FakeHub, run_script
-from edugpt.cli import run
-from edugpt.data import MANIFEST, write_prepared
+from edugpt.config.cli import run
+from edugpt.corpus.prepare import MANIFEST, write_prepared
 from edugpt.errors import EduGPTError
-from edugpt.hub_data import fetch_verified, local_dataset_dir, publish_dataset
+from edugpt.hub.datasets import fetch_verified, local_dataset_dir, publish_dataset
 
 REPO = "someone/edugpt-data"
 
@@ -76,14 +76,14 @@ def hub(monkeypatch, tmp_path) -> FakeHub:
 
     fake = FakeHub()
     monkeypatch.setattr("huggingface_hub.HfApi", fake)
-    monkeypatch.setattr("edugpt.hub_data._dataset_push_ready", lambda repo_id: repo_id)  # no token or network here
+    monkeypatch.setattr("edugpt.hub.datasets._dataset_push_ready", lambda repo_id: repo_id)  # no token or network here
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     return fake
 
 
 def online(monkeypatch, fake: FakeHub) -> None:
-    """Let edugpt.hub_data see a reachable Hub: the fake's answers for huggingface_hub's download functions."""
-    monkeypatch.setattr("edugpt.hub_data.hub_available", lambda: True)
+    """Let edugpt.hub.datasets see a reachable Hub: the fake's answers for huggingface_hub's download functions."""
+    monkeypatch.setattr("edugpt.hub.datasets.hub_available", lambda: True)
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake.hf_hub_download)
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake.snapshot_download)
 
@@ -280,7 +280,7 @@ def test_online_fetch_downloads_the_recorded_files_at_the_manifests_commit(datas
 
 
 def test_a_bare_hub_id_is_a_missing_path_that_names_the_hf_form(tmp_path, monkeypatch):
-    from edugpt.pretrain import read_manifest
+    from edugpt.train.pretrain import read_manifest
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(EduGPTError, match=f"a dataset on the Hub is --dataset_dir hf://datasets/{REPO}"):
@@ -305,7 +305,7 @@ def test_two_processes_train_from_one_fetch_and_a_failed_fetch_ends_both(data_di
 
     hub = FakeHub()
     monkeypatch.setattr("huggingface_hub.HfApi", hub)
-    monkeypatch.setattr("edugpt.hub_data._dataset_push_ready", lambda repo_id: repo_id)
+    monkeypatch.setattr("edugpt.hub.datasets._dataset_push_ready", lambda repo_id: repo_id)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "publisher-cache"))
     publish_dataset(data_dir, REPO)
     commit = hub.uploads[-1]["oid"]

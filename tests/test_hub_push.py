@@ -1,4 +1,5 @@
-"""Pushes while and after training (edugpt.hub.TrainerPushes): Trainer's own pushes, hub_strategy and the step-N branch
+"""Pushes while and after training (edugpt.hub.publish.TrainerPushes): Trainer's own pushes, hub_strategy and the step-N
+branch
 of each save all go through the guarded path publish.py uses, and no file the project writes holds the token."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 from conftest import FAKE_TOKEN, ROOT, FakeHub, load_train_main, tiny_args
 from edugpt.errors import EduGPTError
-from edugpt.rundir import MARKER
+from edugpt.run.rundir import MARKER
 
 SECRET = b"-----BEGIN OPENSSH PRIVATE KEY----- not for the Hub"
 LOADABLE = {".gitattributes", "README.md", "config.json", "generation_config.json", "model.safetensors",
@@ -22,8 +23,8 @@ LOADABLE = {".gitattributes", "README.md", "config.json", "generation_config.jso
 
 def _use_fake_hub(monkeypatch, hub: FakeHub) -> FakeHub:
     monkeypatch.setattr("transformers.trainer.hf_api", hub)  # Trainer's own calls (init_hf_repo)
-    monkeypatch.setattr("huggingface_hub.HfApi", hub)  # edugpt.hub
-    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)  # no token or network here
+    monkeypatch.setattr("huggingface_hub.HfApi", hub)  # edugpt.hub.publish
+    monkeypatch.setattr("edugpt.hub.publish.require_push_ready", lambda repo_id: repo_id)  # no token or network here
     # --hub_token moves the token into HF_TOKEN (lifecycle.TrainingRun._protect_token): restored after the test.
     monkeypatch.setenv("HF_TOKEN", "unused-before-the-run")
     return hub
@@ -128,7 +129,7 @@ def test_trainer_push_to_hub_itself_is_guarded(tiny_model_dir, tmp_path, monkeyp
     """Whoever calls the Trainer's push_to_hub (Trainer.save_model does, with push_to_hub) gets the guarded push."""
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from edugpt.hub import TrainerPushes
+    from edugpt.hub.publish import TrainerPushes
 
     hub = _use_fake_hub(monkeypatch, FakeHub())
     output_dir = tmp_path / "run"
@@ -150,8 +151,8 @@ def test_trainer_push_to_hub_itself_is_guarded(tiny_model_dir, tmp_path, monkeyp
 def test_step_branches_need_push_to_hub_and_saves(tmp_path):
     from transformers import TrainingArguments
 
-    from edugpt.args import RunArguments
-    from edugpt.lifecycle import TrainingRun
+    from edugpt.config.arguments import RunArguments
+    from edugpt.run.lifecycle import TrainingRun
 
     def run(**training):
         args = TrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", **training)

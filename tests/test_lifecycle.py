@@ -1,4 +1,4 @@
-"""The lifecycle every training entry point shares (edugpt/lifecycle.py), shown on tiny train_hf.py runs: whose folder
+"""The lifecycle every training entry point shares (edugpt/run/lifecycle.py), shown on tiny train_hf.py runs: whose folder
 may be written, one job per folder, resume from a given checkpoint, changed settings, starting over, a damaged final
 model, zero steps. (Resume after SIGKILL, SIGTERM and corrupt checkpoints: test_train_hf.py; SFT: test_finetune.py.)"""
 
@@ -25,8 +25,8 @@ from conftest import (
     train_records,
 )
 from edugpt.errors import EduGPTError
-from edugpt.rundir import LOCK, MARKER, list_checkpoints
-from edugpt.safefs import DirLock
+from edugpt.io.safefs import DirLock
+from edugpt.run.rundir import LOCK, MARKER, list_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ def test_a_second_job_on_the_same_output_dir_is_refused(data_dir, tmp_path):
 def test_the_lock_holds_across_pid_namespaces(tmp_path):
     """A holder whose pid means nothing here (another PID namespace, as another host or container would be) still
     holds the lock: the filesystem grants it, no pid is consulted."""
-    with lock_held_in_another_pid_namespace("from edugpt.safefs import DirLock; DirLock(sys.argv[1], 'x').acquire()",
+    with lock_held_in_another_pid_namespace("from edugpt.io.safefs import DirLock; DirLock(sys.argv[1], 'x').acquire()",
                                             tmp_path / LOCK, lambda: DirLock(tmp_path / LOCK, "output_dir x")) as held:
         if not held:
             pytest.skip("unshare is not permitted here")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from edugpt.args import ModelArguments
+from edugpt.config.arguments import ModelArguments
 from edugpt.errors import EduGPTError
-from edugpt.modeling import (
+from edugpt.model.gpt2 import (
     current_peak_flops,
     flops_per_token,
     gpt2_config,
@@ -98,8 +98,8 @@ def test_logged_losses_are_the_mean_cross_entropy_per_predicted_token(data_dir, 
     import numpy as np
     from transformers import TrainingArguments
 
-    from edugpt.args import DataArguments, RunArguments, ScriptArguments
-    from edugpt.pretrain import CompactRandomSampler, start
+    from edugpt.config.arguments import DataArguments, RunArguments, ScriptArguments
+    from edugpt.train.pretrain import CompactRandomSampler, start
 
     args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", max_steps=1,
                              per_device_train_batch_size=2, per_device_eval_batch_size=2, logging_steps=1,

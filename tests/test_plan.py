@@ -1,4 +1,4 @@
-"""edugpt.plan and `--dry_run`: the memory model against a measured CPU peak, the recipes against the cards they are
+"""edugpt.run.plan and `--dry_run`: the memory model against a measured CPU peak, the recipes against the cards they are
 for, and the dry run of every training entry point (the plan printed, nothing written, exit 0; bad input refused)."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, load_train_main, run_script, tiny_args
-from edugpt import plan
 from edugpt.errors import EduGPTError
+from edugpt.run import plan
 
 RECIPES = ROOT / "configs"
-# The card class each pretraining recipe is sized for (edugpt.plan.MEMORY_CLASSES' names).
+# The card class each pretraining recipe is sized for (edugpt.run.plan.MEMORY_CLASSES' names).
 RECIPE_CARDS = {"gpt2_270m.yaml": "80 GB", "gpt2_270m_48gb.yaml": "40 GB", "gpt2_270m_24gb.yaml": "24 GB"}
 
 
@@ -47,9 +47,9 @@ MEASURE = r"""
 import gc, json, re, sys, tempfile
 import numpy as np, torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from edugpt.args import ModelArguments
-from edugpt.modeling import gpt2_config, new_gpt2, parameter_count
-from edugpt.pretrain import collate_blocks
+from edugpt.config.arguments import ModelArguments
+from edugpt.model.gpt2 import gpt2_config, new_gpt2, parameter_count
+from edugpt.train.pretrain import collate_blocks
 
 def status(key):
     return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
@@ -96,8 +96,8 @@ def test_the_memory_model_is_within_15_percent_of_real_training_steps_on_cpu():
     proc = subprocess.run([sys.executable, "-c", MEASURE, json.dumps([SHAPE, SEQ_LEN, BATCH]), json.dumps(CASES)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from edugpt.args import ModelArguments
-    from edugpt.modeling import gpt2_config
+    from edugpt.config.arguments import ModelArguments
+    from edugpt.model.gpt2 import gpt2_config
 
     for (checkpointing, attn), measured in zip(CASES, json.loads(proc.stdout.splitlines()[-1]), strict=True):
         config = gpt2_config(ModelArguments(**SHAPE, n_positions=SEQ_LEN, attn_implementation=attn))
@@ -109,8 +109,8 @@ def test_the_memory_model_is_within_15_percent_of_real_training_steps_on_cpu():
 
 
 def test_a_block_saves_what_transformers_gpt2_keeps_for_backward():
-    from edugpt.args import ModelArguments
-    from edugpt.modeling import gpt2_config
+    from edugpt.config.arguments import ModelArguments
+    from edugpt.model.gpt2 import gpt2_config
 
     config = gpt2_config(ModelArguments(n_layer=1, n_head=4, n_embd=64, n_positions=32, vocab_size=100))
     # per token: 116 bytes per unit of width in fp32, 86 under bf16 autocast (the GELU's fp32 temporaries included)
@@ -122,8 +122,8 @@ def test_a_block_saves_what_transformers_gpt2_keeps_for_backward():
 
 
 def test_sharding_and_launch_layout_change_the_per_gpu_memory():
-    from edugpt.args import ModelArguments
-    from edugpt.modeling import gpt2_config
+    from edugpt.config.arguments import ModelArguments
+    from edugpt.model.gpt2 import gpt2_config
 
     config = gpt2_config(ModelArguments())
     n = 254_053_376
@@ -163,8 +163,8 @@ def test_a_measured_mfu_replaces_the_assumed_one(tmp_path):
 def recipe_plan(name: str, *extra: str) -> plan.Plan:
     from transformers import TrainingArguments
 
-    from edugpt.args import DataArguments, ModelArguments, RunArguments, ScriptArguments
-    from edugpt.cli import parse_config
+    from edugpt.config.arguments import DataArguments, ModelArguments, RunArguments, ScriptArguments
+    from edugpt.config.cli import parse_config
 
     model_args, data_args, _, _, training_args = parse_config(
         [ModelArguments, DataArguments, ScriptArguments, RunArguments, TrainingArguments],

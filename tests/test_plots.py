@@ -1,4 +1,4 @@
-"""edugpt.plots: the loss and HellaSwag PNGs from a small metrics.jsonl, with and without eval/HellaSwag records."""
+"""edugpt.report.plots: the loss and HellaSwag PNGs from a small metrics.jsonl, with and without eval/HellaSwag records."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edugpt import plots
+from edugpt.report import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TOKENS_PER_STEP = 8 * 128

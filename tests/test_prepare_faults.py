@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, lock_held_in_another_pid_namespace, run_script
-from edugpt.args import PrepareDataArguments
-from edugpt.corpus import EMBEDDED_CORPUS
-from edugpt.data import (
+from edugpt.config.arguments import PrepareDataArguments
+from edugpt.corpus.datatrove import ExecutorArguments, WorkDir, prepare_parallel
+from edugpt.corpus.prepare import (
     MANIFEST,
     SplitWriter,
     make_dir,
@@ -33,8 +33,8 @@ from edugpt.data import (
     verify,
     write_prepared,
 )
+from edugpt.corpus.sources import EMBEDDED_CORPUS
 from edugpt.errors import EduGPTError
-from edugpt.prepare_parallel import ExecutorArguments, WorkDir, prepare_parallel
 
 PATHS = ["default", "tasks"]
 SEQ = 64
@@ -134,7 +134,8 @@ def test_overwrite_refuses_a_dataset_holding_a_file_its_record_does_not_list(tmp
 def lock_held_elsewhere(out: Path):
     """The output's lock held by a process in another PID namespace (as on another host), or here if unshare is not
     permitted: either way the filesystem, not a pid, says it is held."""
-    with lock_held_in_another_pid_namespace("from edugpt.data import output_lock; output_lock(Path(sys.argv[1])).acquire()",
+    with lock_held_in_another_pid_namespace("from edugpt.corpus.prepare import output_lock; "
+                                            "output_lock(Path(sys.argv[1])).acquire()",
                                             out, lambda: output_lock(out)) as held:
         if held:
             yield
@@ -166,7 +167,7 @@ STEPS = ["journal written", "old moved aside", "new in place", "old removed"]
 
 @pytest.mark.parametrize("step", STEPS)
 def test_a_swap_stopped_at_any_step_is_completed_by_the_next_run(tmp_path, monkeypatch, step):
-    import edugpt.data
+    import edugpt.corpus.prepare
 
     rng = np.random.default_rng(0)
     out, new = tmp_path / "out", make_dir(tmp_path / ".out.tmp") / "dataset"
@@ -178,7 +179,7 @@ def test_a_swap_stopped_at_any_step_is_completed_by_the_next_run(tmp_path, monke
         if at == step:
             raise KeyboardInterrupt(at)
 
-    monkeypatch.setattr(edugpt.data, "_swap_step", killed)
+    monkeypatch.setattr(edugpt.corpus.prepare, "_swap_step", killed)
     with pytest.raises(KeyboardInterrupt):
         move_into_place(new, out)
     monkeypatch.undo()
@@ -193,7 +194,7 @@ def test_a_swap_stopped_at_any_step_is_completed_by_the_next_run(tmp_path, monke
 def test_an_interrupted_swap_keeps_the_new_dataset_for_the_next_run(tmp_path, corpus, monkeypatch):
     """Ctrl-C (or any exception) inside prepare()'s swap: the journalled new dataset is kept, not cleaned up with the
     rest, and the next run installs it."""
-    import edugpt.data
+    import edugpt.corpus.prepare
 
     out = tmp_path / "out"
     run("default", corpus, out)
@@ -202,7 +203,7 @@ def test_an_interrupted_swap_keeps_the_new_dataset_for_the_next_run(tmp_path, co
         if at == "old moved aside":
             raise KeyboardInterrupt(at)
 
-    monkeypatch.setattr(edugpt.data, "_swap_step", interrupted)
+    monkeypatch.setattr(edugpt.corpus.prepare, "_swap_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run("default", corpus, out, overwrite=True, seq_len=SEQ // 2)
     monkeypatch.undo()
@@ -235,8 +236,8 @@ def test_a_real_kill_between_the_renames_loses_nothing(tmp_path, corpus, path):
     executor = "['--executor', 'local', '--tasks', '2', '--workers', '1']" if path == "tasks" else "[]"
     code = f"""
 import os, signal, sys
-import edugpt.data
-edugpt.data._swap_step = lambda at: at == "old moved aside" and os.kill(os.getpid(), signal.SIGKILL)
+import edugpt.corpus.prepare
+edugpt.corpus.prepare._swap_step = lambda at: at == "old moved aside" and os.kill(os.getpid(), signal.SIGKILL)
 sys.argv = ["prepare_data.py", "--dataset", {str(corpus)!r}, "--output_dir", {str(out)!r}, "--seq_len", "{SEQ}",
             "--val_fraction", "0.1", "--num_proc", "1", "--overwrite", "--cache_dir", {str(CACHE[0])!r},
             *{executor}]
@@ -515,7 +516,7 @@ UNKNOWN_TOKENIZERS = [{"name": "no-such-tokenizer", "vocab_size": 50257, "eos_to
 def test_a_manifest_naming_an_unknown_tokenizer_is_one_line_for_verify_and_training(tmp_path, tokenizer):
     from transformers import GPT2Config
 
-    from edugpt.pretrain import load_prepared
+    from edugpt.train.pretrain import load_prepared
 
     root = write_prepared(tmp_path / "data", {"train": np.ones((3, 8), np.uint16),
                                               "validation": np.ones((2, 8), np.uint16)}, tokenizer=tokenizer)
@@ -563,7 +564,7 @@ def test_a_cache_dir_that_is_in_or_holds_the_output_is_refused_before_anything_i
 def test_a_journal_never_moves_or_deletes_a_folder_that_is_not_the_one_it_recorded(tmp_path, monkeypatch):
     """A kill after the old dataset was moved aside, then someone's folder put where it was (`.out.old`): the next run
     refuses in one line, and neither that folder nor the new dataset is touched."""
-    import edugpt.data
+    import edugpt.corpus.prepare
 
     rng = np.random.default_rng(1)
     out, new = tmp_path / "out", make_dir(tmp_path / ".out.tmp") / "dataset"
@@ -574,7 +575,7 @@ def test_a_journal_never_moves_or_deletes_a_folder_that_is_not_the_one_it_record
         if at == "old moved aside":
             raise KeyboardInterrupt(at)
 
-    monkeypatch.setattr(edugpt.data, "_swap_step", killed)
+    monkeypatch.setattr(edugpt.corpus.prepare, "_swap_step", killed)
     with pytest.raises(KeyboardInterrupt):
         move_into_place(new, out)
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""edugpt.prepare_parallel: datatrove tasks (local, Ray, Slurm) give the single-machine path's dataset, resume after a
+"""edugpt.corpus.datatrove: datatrove tasks (local, Ray, Slurm) give the single-machine path's dataset, resume after a
 kill, and refuse bad input without leaving anything behind."""
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, run_script
-from edugpt.corpus import EMBEDDED_CORPUS, open_parquet, parquet_batches
-from edugpt.data import MADE, MANIFEST, PrepareDataArguments, derive_id, prepare, split_of, verify
+from edugpt.corpus.datatrove import ExecutorArguments, WorkDir, prepare_parallel, task_pieces
+from edugpt.corpus.prepare import MADE, MANIFEST, PrepareDataArguments, derive_id, prepare, split_of, verify
+from edugpt.corpus.sources import EMBEDDED_CORPUS, open_parquet, parquet_batches
 from edugpt.errors import EduGPTError
-from edugpt.prepare_parallel import ExecutorArguments, WorkDir, prepare_parallel, task_pieces
-from edugpt.tokenizer import GPT2_EOS_ID, gpt2_tiktoken
+from edugpt.model.tokenizer import GPT2_EOS_ID, gpt2_tiktoken
 
 ENC = gpt2_tiktoken()
 SPLITS = ("train", "validation")
@@ -211,7 +211,7 @@ def test_local_tasks_give_the_single_machine_dataset(tmp_path, corpus):
     assert all(verify(out) for out in (out_base, out_one, out_eight))
     from transformers import GPT2Config
 
-    from edugpt.pretrain import load_prepared
+    from edugpt.train.pretrain import load_prepared
 
     data = load_prepared(out_eight, GPT2Config(n_positions=128), seq_len=128)
     assert len(data.train) == eight["splits"]["train"]["blocks"]
@@ -326,7 +326,7 @@ def test_killing_the_launcher_kills_its_workers_and_the_same_command_resumes(tmp
 def test_a_task_record_changed_after_the_task_wrote_it_is_never_merged(tmp_path, monkeypatch):
     """The merge trusts a task's tails, counts and id part only as the task wrote them: its record's seal, the id
     part's digest and counts that add up are checked (a changed tail used to be merged and then pass --verify)."""
-    import edugpt.prepare_parallel as pp
+    import edugpt.corpus.datatrove as pp
 
     monkeypatch.setattr(pp, "finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
@@ -359,7 +359,7 @@ def test_a_task_record_changed_after_the_task_wrote_it_is_never_merged(tmp_path,
 
 @pytest.mark.slow
 def test_a_merge_killed_before_the_move_is_redone(tmp_path, monkeypatch):
-    import edugpt.prepare_parallel as pp
+    import edugpt.corpus.datatrove as pp
 
     def killed(tmp, out):
         raise KeyboardInterrupt  # as if the process died just before the dataset was moved into place
@@ -387,7 +387,7 @@ def test_a_merge_killed_before_the_move_is_redone(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_resuming_with_other_settings_is_refused_and_keeps_the_work(tmp_path, monkeypatch):
-    import edugpt.prepare_parallel as pp
+    import edugpt.corpus.datatrove as pp
 
     monkeypatch.setattr(pp, "finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
@@ -641,7 +641,7 @@ def test_slurm_resubmits_only_unfinished_tasks(tmp_path, fake_slurm):
     work = WorkDir(tmp_path / "out")
     # As if tasks 1 and 3 had finished in an earlier job array: run them with the local executor on the same plan.
     parallel_args = PrepareDataArguments(dataset=str(corpus), output_dir=str(tmp_path / "out"), seq_len=128)
-    import edugpt.prepare_parallel as pp
+    import edugpt.corpus.datatrove as pp
 
     with work.locked():
         plan = pp._resume_or_plan(work, parallel_args, ExecutorArguments(executor="local", tasks=4), pp.resolve_source(

@@ -7,18 +7,19 @@ import json
 import numpy as np
 import pytest
 
-from edugpt import data
-from edugpt.args import ModelArguments
+from edugpt.config.arguments import ModelArguments
+from edugpt.corpus import prepare as data
 from edugpt.errors import EduGPTError
-from edugpt.modeling import gpt2_config
-from edugpt.pretrain import bound_eval_split, collate_blocks, load_prepared, read_manifest
+from edugpt.model.gpt2 import gpt2_config
+from edugpt.train.pretrain import bound_eval_split, collate_blocks, load_prepared, read_manifest
 
 SEQ = 16
 CONFIG = gpt2_config(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32))
 
 
 def write_prepared(path, train_blocks=6, val_blocks=2, seq_len=SEQ, **manifest_overrides):
-    """A directory in the data contract's format, written by prepare_data.py's own writer (`edugpt.data.write_prepared`)."""
+    """A directory in the data contract's format, written by prepare_data.py's own writer
+    (`edugpt.corpus.prepare.write_prepared`)."""
     tokens = np.arange((train_blocks + val_blocks) * seq_len, dtype=np.int64) % 50257
     tokens[seq_len - 1] = 50256  # an <|endoftext|> inside the first block
     blocks = tokens.astype(np.uint16).reshape(-1, seq_len)
@@ -110,7 +111,7 @@ def test_block_count_or_dtype_not_matching_the_manifest_is_rejected(tmp_path):
 
 
 def test_compact_sampler_is_a_seeded_permutation_per_epoch():
-    from edugpt.pretrain import CompactRandomSampler
+    from edugpt.train.pretrain import CompactRandomSampler
 
     sampler = CompactRandomSampler(100_000, seed=1337)
     first = list(sampler)
@@ -127,10 +128,10 @@ def test_compact_sampler_is_a_seeded_permutation_per_epoch():
 def test_tokens_per_step_derives_gradient_accumulation(tokens, processes, expected, caplog):
     from types import SimpleNamespace
 
-    from edugpt.pretrain import apply_tokens_per_step
+    from edugpt.train.pretrain import apply_tokens_per_step
 
     args = SimpleNamespace(world_size=processes, per_device_train_batch_size=2, gradient_accumulation_steps=1)
-    with caplog.at_level("INFO", logger="edugpt.pretrain"):
+    with caplog.at_level("INFO", logger="edugpt.train.pretrain"):
         apply_tokens_per_step(tokens, args, seq_len=32)
     assert args.gradient_accumulation_steps == expected
     assert f"global batch: {tokens} tokens per optimizer step = {processes} process(es) x 2 blocks x {expected}" \
@@ -140,7 +141,7 @@ def test_tokens_per_step_derives_gradient_accumulation(tokens, processes, expect
 def test_an_impossible_or_contradicting_global_batch_is_a_user_error():
     from types import SimpleNamespace
 
-    from edugpt.pretrain import apply_tokens_per_step
+    from edugpt.train.pretrain import apply_tokens_per_step
 
     args = SimpleNamespace(world_size=3, per_device_train_batch_size=2, gradient_accumulation_steps=1)
     with pytest.raises(EduGPTError, match=r"tokens_per_step 256 cannot be split into micro-batches of 3 process\(es\) "
@@ -157,8 +158,8 @@ def test_an_impossible_or_contradicting_global_batch_is_a_user_error():
 def test_trainer_shuffles_with_the_compact_sampler(prepared, tmp_path):
     from transformers import TrainingArguments
 
-    from edugpt.args import DataArguments, RunArguments, ScriptArguments
-    from edugpt.pretrain import CompactRandomSampler, start
+    from edugpt.config.arguments import DataArguments, RunArguments, ScriptArguments
+    from edugpt.train.pretrain import CompactRandomSampler, start
 
     args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", eval_strategy="no",
                              per_device_train_batch_size=4, max_steps=2)
@@ -174,8 +175,8 @@ def test_skip_mode_without_the_nan_filter_is_refused(prepared, tmp_path):
     """Without logging_nan_inf_filter, Trainer's running loss stays NaN after one skipped step: refuse the combination."""
     from transformers import TrainingArguments
 
-    from edugpt.args import DataArguments, RunArguments, ScriptArguments
-    from edugpt.pretrain import start
+    from edugpt.config.arguments import DataArguments, RunArguments, ScriptArguments
+    from edugpt.train.pretrain import start
 
     args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", eval_strategy="no",
                              logging_nan_inf_filter=False, max_steps=2)

@@ -1,4 +1,5 @@
-"""publish.py / edugpt.hub: the dry-run folder is exactly a loadable model with a valid card, no resume state, no token
+"""publish.py / edugpt.hub.publish: the dry-run folder is exactly a loadable model with a valid card, no resume state, no
+token
 and nothing from outside the run directory; checkpoints become step-N branches holding exactly their files; a push
 in the background is retried and outlives its checkpoint; with no network or no login a real push fails cleanly."""
 
@@ -14,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_TOKEN, FINAL_TRAIN_LOSS, RESUME_STATE, FakeHub, run_script
-from edugpt import record
 from edugpt.errors import EduGPTError
-from edugpt.hub import HubPusher, plan_branch, plan_publish, publish_run, require_push_ready, scan_file
+from edugpt.hub.publish import HubPusher, plan_branch, plan_publish, publish_run, require_push_ready, scan_file
+from edugpt.run import record
 
 SECRET = b"-----BEGIN OPENSSH PRIVATE KEY----- not for the Hub"
 LOADABLE = {".gitattributes", "README.md", "config.json", "generation_config.json", "model.safetensors",
@@ -148,7 +149,7 @@ def test_symlinks_are_never_followed_and_what_is_left_out_is_said(run_dir, tmp_p
 
     hub = FakeHub()  # the same for a real push
     monkeypatch.setattr("huggingface_hub.HfApi", hub)
-    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)
+    monkeypatch.setattr("edugpt.hub.publish.require_push_ready", lambda repo_id: repo_id)
     publish_run(run_dir, "someone/x", branches=True)
     assert hub.uploads and not [(b, p) for b, p, data in hub.blobs() if SECRET in data]
     assert not (run_dir / ".edugpt-upload").exists()
@@ -170,7 +171,7 @@ def test_token_inside_an_uploaded_file_stops_the_dry_run(run_dir, tmp_path, monk
 
 def test_token_shaped_text_is_caught_without_a_login(run_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr("edugpt.hub._known_tokens", lambda: [])
+    monkeypatch.setattr("edugpt.hub.publish._known_tokens", lambda: [])
     (run_dir / "run_config.json").write_text(json.dumps({"training": {"hub_token": FAKE_TOKEN}}))
     record.note_written(run_dir / "run_config.json")
     with pytest.raises(EduGPTError, match="run_config.json contains a Hugging Face access token"):
@@ -183,10 +184,10 @@ def test_token_inside_a_binary_file_is_caught(run_dir, tmp_path, monkeypatch):
     import torch
     from transformers import TrainingArguments
 
-    from edugpt.checkpoints import write_marker
+    from edugpt.run.checkpoints import write_marker
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr("edugpt.hub._known_tokens", lambda: [])
+    monkeypatch.setattr("edugpt.hub.publish._known_tokens", lambda: [])
     pickled = run_dir / "checkpoint-2" / "training_args.bin"
     torch.save(TrainingArguments(output_dir=str(tmp_path / "x"), hub_token=FAKE_TOKEN, report_to="none"), pickled)
     write_marker(run_dir / "checkpoint-2")  # as Trainer._save once left it
@@ -196,7 +197,7 @@ def test_token_inside_a_binary_file_is_caught(run_dir, tmp_path, monkeypatch):
     with pytest.raises(EduGPTError, match=r"checkpoint-2/training_args.bin contains a Hugging Face access token"):
         publish_run(run_dir, "someone/x", branches=True, include_optimizer=True, dry_run=tmp_path / "with")
     assert not (tmp_path / "with").exists()
-    monkeypatch.setattr("edugpt.hub.SCAN_CHUNK_BYTES", 16)  # every token straddles a chunk border: still found
+    monkeypatch.setattr("edugpt.hub.publish.SCAN_CHUNK_BYTES", 16)  # every token straddles a chunk border: still found
     with pytest.raises(EduGPTError, match="contains a Hugging Face access token"):
         scan_file(pickled, "training_args.bin")
 
@@ -290,7 +291,7 @@ def test_push_commits_main_then_one_branch_per_checkpoint(run_dir, monkeypatch):
 
 def test_successful_push_records_the_repo_that_a_finetune_card_names_as_base(run_dir, tiny_model_dir, tmp_path,
                                                                              monkeypatch):
-    from edugpt.card import build_model_card
+    from edugpt.report.card import build_model_card
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeHub())
     publish_run_offline(run_dir, monkeypatch)
@@ -317,7 +318,7 @@ def test_branch_cards_link_only_files_their_branch_holds(run_dir):
 
 
 def test_the_pushed_card_is_the_local_card(run_dir):
-    from edugpt.card import build_model_card
+    from edugpt.report.card import build_model_card
 
     plan = plan_publish(run_dir, "someone/x")
     assert plan.uploads[0].card == str(build_model_card(run_dir, hub_model_id="someone/x"))
@@ -352,7 +353,7 @@ def test_background_push_is_retried_and_outlives_its_checkpoint(run_dir, monkeyp
     assert staged.name.startswith("step-2.") and (staged / "model.safetensors").read_bytes() == weights
 
     hub.fail_on_branch = None
-    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)
+    monkeypatch.setattr("edugpt.hub.publish.require_push_ready", lambda repo_id: repo_id)
     publish_run(run_dir, "someone/x", branches=True)
     assert [u["revision"] for u in hub.uploads[1:]] == ["main", "step-2", "step-4"]
     assert hub.branches["step-2"]["model.safetensors"] == weights and set(hub.branches["step-2"]) == LOADABLE
@@ -362,5 +363,5 @@ def test_background_push_is_retried_and_outlives_its_checkpoint(run_dir, monkeyp
 def publish_run_offline(run_dir, monkeypatch):
     """publish_run with the readiness check passed (the Hub is unreachable here) and the fake token set."""
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
-    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)
+    monkeypatch.setattr("edugpt.hub.publish.require_push_ready", lambda repo_id: repo_id)
     return publish_run(run_dir, "someone/x", branches=True)

@@ -22,7 +22,7 @@ def _commands():
 
 
 def _entry_point(words):
-    """('train_hf.py' | 'edugpt.card', args) for a `python X.py` / `accelerate launch ... X.py` / `python -m` line."""
+    """('train_hf.py' | 'edugpt.report.card', args) for a `python X.py` / `accelerate launch ... X.py` / `python -m` line."""
     for i, word in enumerate(words):
         if word.endswith(".py"):
             return word, words[i + 1:]

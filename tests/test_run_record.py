@@ -1,4 +1,4 @@
-"""The record of what a run wrote (edugpt/record.py) decides what is removed, marked as the model, resumed from and
+"""The record of what a run wrote (edugpt/run/record.py) decides what is removed, marked as the model, resumed from and
 uploaded — never a file's name (issue 18). The fast half drives the record and the lock directly; the slow half runs
 train_hf.py on copies of the session's baseline run."""
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_TOKEN, load_train_main, run_script, tiny_args
-from edugpt import record
 from edugpt.errors import EduGPTError
-from edugpt.hub import plan_publish, publish_run
-from edugpt.rundir import LOCK, MARKER
-from edugpt.safefs import DirLock
+from edugpt.hub.publish import plan_publish, publish_run
+from edugpt.io.safefs import DirLock
+from edugpt.run import record
+from edugpt.run.rundir import LOCK, MARKER
 
 
 def tree(folder: Path) -> dict:
@@ -196,8 +196,8 @@ def test_overwrite_never_deletes_the_model_the_run_loads(baseline, data_dir, tmp
     base model: refused before anything is removed (the lifecycle's rule, shown with the settings finetunes record)."""
     from transformers import TrainingArguments
 
-    from edugpt.args import RunArguments
-    from edugpt.lifecycle import TrainingRun
+    from edugpt.config.arguments import RunArguments
+    from edugpt.run.lifecycle import TrainingRun
 
     output_dir = tmp_path / "run"
     shutil.copytree(baseline[0], output_dir)
@@ -214,7 +214,7 @@ def test_overwrite_never_deletes_the_model_the_run_loads(baseline, data_dir, tmp
 def test_a_refused_resume_into_a_new_output_dir_leaves_nothing(baseline, data_dir, tmp_path):
     """A checkpoint whole by its marker whose state Trainer refuses to load, given with --resume_from_checkpoint:
     one error line, and the new output_dir is not left behind with a run_config.json, a data manifest and a lock."""
-    from edugpt.checkpoints import write_marker
+    from edugpt.run.checkpoints import write_marker
 
     source = tmp_path / "source" / "checkpoint-6"
     shutil.copytree(baseline[0] / "checkpoint-6", source)
@@ -249,7 +249,7 @@ def test_a_finished_run_records_each_file_it_wrote_in_its_role(baseline):
 
 
 def test_the_card_never_replaces_a_readme_the_run_did_not_write(run_dir):
-    from edugpt.card import write_model_card
+    from edugpt.report.card import write_model_card
 
     (run_dir / "README.md").write_text("# My own notes on this run\n")
     with pytest.raises(EduGPTError, match="README.md was not written by edugpt"):
@@ -262,7 +262,7 @@ def test_the_card_never_replaces_a_readme_the_run_did_not_write(run_dir):
 
 def test_a_run_directory_given_as_a_relative_path_is_recorded(tmp_path, monkeypatch):
     """`--output_dir runs/x` (as the demo and most users pass it): what is written there is recorded under its name."""
-    from edugpt.safefs import atomic_write_text
+    from edugpt.io.safefs import atomic_write_text
 
     monkeypatch.chdir(tmp_path)
     Path("runs/x").mkdir(parents=True)

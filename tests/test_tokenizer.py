@@ -1,7 +1,7 @@
 import pytest
 
 from edugpt.errors import EduGPTError
-from edugpt.tokenizer import (
+from edugpt.model.tokenizer import (
     GPT2_EOS_ID,
     GPT2_VOCAB_SIZE,
     PROBE_IDS,
@@ -55,7 +55,7 @@ def test_ready_to_save_sets_context_pad_and_drops_load_time_settings(tmp_path, g
     import copy
     import json
 
-    from edugpt.tokenizer import ready_to_save
+    from edugpt.model.tokenizer import ready_to_save
 
     tokenizer = copy.deepcopy(gpt2_tokenizer)
     assert tokenizer.model_max_length > 1e29 and tokenizer.pad_token is None  # as loaded: "no limit", no pad

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run_script, tiny_args, train_records
-from edugpt.rundir import read_metrics
+from edugpt.run.rundir import read_metrics
 
 
 @pytest.mark.slow
@@ -57,7 +57,7 @@ def test_tensorboard_files_hellaswag_under_eval_and_shows_the_samples_as_text(da
     step. metrics.jsonl and the console keep the names hellaswag/acc."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from edugpt.tasks.hellaswag_local import SMOKE_FILE
+    from edugpt.eval.tasks.hellaswag_local import SMOKE_FILE
 
     out = tmp_path / "run"
     proc = run_script("train_hf.py", *tiny_args(data_dir, out, "--max_steps", "2", "--eval_strategy", "no",
@@ -83,6 +83,6 @@ def test_tensorboard_files_hellaswag_under_eval_and_shows_the_samples_as_text(da
 
 
 def cb_cell(text: str) -> str:
-    from edugpt.callbacks import markdown_cell
+    from edugpt.train.callbacks import markdown_cell
 
     return markdown_cell(text)

@@ -22,17 +22,17 @@ from conftest import (
     tiny_args,
     train_records,
 )
-from edugpt.checkpoints import checkpoint_problem
-from edugpt.cli import parse_config
+from edugpt.config.cli import parse_config
 from edugpt.errors import EduGPTError
-from edugpt.rundir import MARKER, list_checkpoints
+from edugpt.run.checkpoints import checkpoint_problem
+from edugpt.run.rundir import MARKER, list_checkpoints
 
 pytestmark = pytest.mark.slow
 
 def test_pretraining_recipes_parse():
     from transformers import TrainingArguments
 
-    from edugpt.args import DataArguments, ModelArguments, ScriptArguments
+    from edugpt.config.arguments import DataArguments, ModelArguments, ScriptArguments
 
     for recipe in (ROOT / "configs" / "smoke.yaml", ROOT / "configs" / "gpt2_270m.yaml"):
         model, data, script, training = parse_config(
@@ -210,7 +210,7 @@ def _blocks_data(path, seed: int):
     """A prepared dataset of 16 train and 4 validation blocks of 64 random tokens: same counts for every seed."""
     import numpy as np
 
-    from edugpt.data import write_prepared
+    from edugpt.corpus.prepare import write_prepared
 
     blocks = np.random.default_rng(seed).integers(0, 50256, size=(20, 64)).astype(np.uint16)
     return write_prepared(path, {"train": blocks[:16], "validation": blocks[16:]})
@@ -291,7 +291,7 @@ def test_push_at_the_end_uploads_the_run_with_our_card_in_one_commit(fail, data_
     hub = FakeHub(fail)
     monkeypatch.setattr("transformers.trainer.hf_api", hub)
     monkeypatch.setattr("huggingface_hub.HfApi", hub)
-    monkeypatch.setattr("edugpt.hub.require_push_ready", lambda repo_id: repo_id)  # no token or network here
+    monkeypatch.setattr("edugpt.hub.publish.require_push_ready", lambda repo_id: repo_id)  # no token or network here
     output_dir = tmp_path / "run"
     args = tiny_args(data_dir, output_dir, "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2",
                      "--sample_steps", "0", "--hellaswag_steps", "0", "--push_to_hub", "true",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from edugpt.tokenizer import GPT2_EOS_ID
+from edugpt.model.tokenizer import GPT2_EOS_ID
 
 EOT = "<|endoftext|>"
 
@@ -31,8 +31,8 @@ def chat_model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny GPT-2 with the tokenizer an SFT run saves: edugpt's template, pad token, model_max_length."""
     from transformers import AutoTokenizer
 
-    from edugpt.chat import add_chat_template
-    from edugpt.tokenizer import ready_to_save
+    from edugpt.model.chat import add_chat_template
+    from edugpt.model.tokenizer import ready_to_save
 
     path = tmp_path_factory.mktemp("chat") / "model"
     shutil.copytree(tiny_model_dir, path)
@@ -45,8 +45,8 @@ def dpo_args(tmp_path, *extra):
     """configs/dpo.yaml as finetune/dpo.py parses it (CPU-sized)."""
     from trl import DatasetMixtureConfig, DPOConfig, ModelConfig, ScriptArguments
 
-    from edugpt.args import RunArguments
-    from edugpt.cli import parse_config
+    from edugpt.config.arguments import RunArguments
+    from edugpt.config.cli import parse_config
 
     return parse_config([ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig, RunArguments],
                         ["--config", "configs/dpo.yaml", "--bf16", "false", "--tf32", "false", "--use_cpu", "true",
@@ -84,7 +84,7 @@ def test_ultrafeedback_shaped_pairs_are_the_same_training_rows_under_trl_dpo(cha
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer, get_dataset
 
-    from edugpt.finetune_data import load_stage_splits
+    from edugpt.train.chat_data import load_stage_splits
 
     script_args, args, _, mixture, _ = dpo_args(tmp_path)
     (entry,) = mixture.datasets
@@ -118,7 +118,7 @@ def test_sft_rows_keep_a_literal_endoftext_as_text(chat_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer
 
-    from edugpt.cli import parse_config
+    from edugpt.config.cli import parse_config
 
     _, args, _ = parse_config([ScriptArguments, SFTConfig, ModelConfig],
                               ["--config", "configs/sft_smoke.yaml", "--output_dir", str(tmp_path / "out"),
@@ -153,9 +153,9 @@ def test_our_scripts_read_trls_datasets_mixture(tmp_path):
     the repository resolve from anywhere, and test_split_size splits with the run's seed (the same rows every run)."""
     from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, SFTConfig
 
-    from edugpt.args import RunArguments
-    from edugpt.cli import parse_config
-    from edugpt.finetune_data import load_stage_splits
+    from edugpt.config.arguments import RunArguments
+    from edugpt.config.cli import parse_config
+    from edugpt.train.chat_data import load_stage_splits
 
     recipe = tmp_path / "mixture.yaml"
     recipe.write_text((ROOT / "configs/sft_smoke.yaml").read_text().replace(
@@ -185,7 +185,7 @@ def test_recipes_run_unchanged_under_trl_sft_and_trl_dpo(tiny_model_dir, tmp_pat
     """`trl sft --config configs/sft_smoke.yaml` then `trl dpo --config configs/dpo_smoke.yaml`, offline, as they are."""
     from transformers import AutoTokenizer
 
-    from edugpt.chat import EDUGPT_CHAT_TEMPLATE
+    from edugpt.model.chat import EDUGPT_CHAT_TEMPLATE
 
     sft, dpo = tmp_path / "sft", tmp_path / "dpo"
     proc = trl_cli("sft", "--config", "configs/sft_smoke.yaml", "--model_name_or_path", tiny_model_dir,

@@ -1,0 +1,1 @@
+"""Arguments: the YAML recipe + CLI parser and every argument dataclass of the entry points."""

@@ -1,0 +1,1 @@
+"""Evaluation: lm-eval on checkpoints, in-loop HellaSwag, the local HellaSwag-format task."""

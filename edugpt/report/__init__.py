@@ -1,0 +1,1 @@
+"""Reports: the model card (facts, rows, render) and the plots."""
