@@ -8,7 +8,7 @@
 
 `--model` is a checkpoint directory written by train_hf.py or finetune/*.py (output_dir or output_dir/checkpoint-N)
 or a Hub id (`--revision` picks a branch such as step-5000). Every other option is lm_eval's own: the parser is
-`lm-eval run`'s (edugpt.eval.harness.eval_parser), so `--model_args`, `--num_fewshot`, `--apply_chat_template`,
+`lm-eval run`'s (edugpt.eval.options.eval_parser), so `--model_args`, `--num_fewshot`, `--apply_chat_template`,
 `--include_path`, `--gen_kwargs`, `--seed`, `--metadata`, `--system_instruction`, `--wandb_args`, `--trackio_args`,
 `--hf_hub_log_args`, `--config` (a YAML of option: value lines) ... mean what they mean to lm_eval, and lm-eval's own
 EvaluatorConfig checks them. `--tasks` takes any lm-eval task names. With `--hellaswag_file` (a jsonl in HellaSwag's
@@ -32,17 +32,9 @@ from edugpt.config.cli import run, setup_logging
 
 
 def main(argv=None) -> None:
-    from edugpt.eval.harness import (
-        check_output_path,
-        evaluate_checkpoint,
-        evaluator_config,
-        log_to_loggers,
-        parse_eval_args,
-        result_loggers,
-        results_tables,
-        save_results,
-        simple_evaluate_options,
-    )
+    from edugpt.eval.harness import evaluate_checkpoint
+    from edugpt.eval.options import evaluator_config, parse_eval_args, simple_evaluate_options
+    from edugpt.eval.results import check_output_path, log_to_loggers, result_loggers, results_tables, save_results
 
     args = parse_eval_args(argv)
     setup_logging()

@@ -1,5 +1,5 @@
 """In-loop HellaSwag on 2 processes vs 1: wall time of one `HellaSwagCallback.evaluate`, the call train_hf.py makes
-every `hellaswag_steps`, with the items shared out across processes (edugpt.eval.harness.score_task) against one
+every `hellaswag_steps`, with the items shared out across processes (edugpt.eval.hellaswag.score_task) against one
 process scoring them all: 2 processes with a whole model each (DDP) and 2 processes scoring through an FSDP2-sharded
 model (torch's fully_shard per GPT2Block, as accelerate shards it). Same model, same items, same batch size; the
 script checks that all report the same acc and acc_norm and that each process scored about half the items.
@@ -43,7 +43,7 @@ def worker(args) -> None:
     from transformers import Trainer, TrainingArguments
 
     from edugpt.config.arguments import ModelArguments
-    from edugpt.eval.harness import HellaSwagCallback
+    from edugpt.eval.hellaswag import HellaSwagCallback
     from edugpt.model.gpt2 import gpt2_config, new_gpt2
     from edugpt.model.tokenizer import load_tokenizer
 

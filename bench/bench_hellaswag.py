@@ -1,4 +1,4 @@
-"""In-training HellaSwag (edugpt.eval.harness.HellaSwagCallback) vs `lm_eval` on the saved checkpoint, same N items.
+"""In-training HellaSwag (edugpt.eval.hellaswag.HellaSwagCallback) vs `lm_eval` on the saved checkpoint, same N items.
 
     python bench/bench_hellaswag.py                  # CPU: 100 smoke items, the smoke model (2 layers, n_embd 64)
     python bench/bench_hellaswag.py --items 200 --rounds 3
@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "hellaswag"
 sys.path.insert(0, str(ROOT))
 
-from edugpt.eval.harness import HellaSwagCallback, evaluate_checkpoint  # noqa: E402
+from edugpt.eval.harness import evaluate_checkpoint  # noqa: E402
+from edugpt.eval.hellaswag import HellaSwagCallback  # noqa: E402
 from edugpt.eval.tasks.hellaswag_local import SMOKE_FILE  # noqa: E402
 from edugpt.io.net import hub_available  # noqa: E402
 

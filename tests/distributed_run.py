@@ -49,7 +49,7 @@ def rank_and_step(name: str) -> tuple[int, int] | None:
 def with_test_hooks(build_trainer):
     from transformers import TrainerCallback
 
-    from edugpt.eval.harness import HellaSwagCallback
+    from edugpt.eval.hellaswag import HellaSwagCallback
 
     sigterm, nan = rank_and_step("EDUGPT_TEST_SIGTERM"), rank_and_step("EDUGPT_TEST_NAN")
     items_path = os.environ.get("EDUGPT_TEST_HELLASWAG_ITEMS")

@@ -209,7 +209,8 @@ def test_fsdp_checkpoints_are_plain_hf_folders_and_sharded_hellaswag_is_lm_evals
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edugpt.eval.harness import evaluate_checkpoint, per_item_scores
+    from edugpt.eval.harness import evaluate_checkpoint
+    from edugpt.eval.hellaswag import per_item_scores
 
     run = layouts["runs"]["fsdp"]
     checkpoint = run / "checkpoint-8"

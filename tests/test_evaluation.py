@@ -1,5 +1,5 @@
-"""edugpt.eval.harness and edugpt/eval/tasks: the local HellaSwag task is lm-eval's, the in-training numbers are
-lm_eval's."""
+"""edugpt.eval (harness, hellaswag, task_catalog) and edugpt/eval/tasks: the local HellaSwag task is lm-eval's, the
+in-training numbers are lm_eval's."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def write_jsonl(path: Path, rows) -> Path:
 # ------------------------------------------------------------------------------------------------ task definition
 def test_local_task_is_lm_evals_hellaswag_definition():
     import lm_eval.tasks.hellaswag.utils as hellaswag_utils
-    from lm_eval.tasks._yaml_loader import load_yaml
 
-    from edugpt.eval.harness import LOCAL_HELLASWAG_YAML
+    from edugpt.eval.task_catalog import LOCAL_HELLASWAG_YAML
+    from edugpt.train.trainer_hooks import load_lm_eval_task_yaml as load_yaml
 
     theirs = load_yaml(Path(hellaswag_utils.__file__).with_name("hellaswag.yaml"), resolve_func=False)
     ours = load_yaml(LOCAL_HELLASWAG_YAML, resolve_func=False)
@@ -46,7 +46,7 @@ def test_local_task_is_lm_evals_hellaswag_definition():
 def test_local_task_documents_are_cleaned_like_hellaswag(tmp_path):
     from lm_eval.api.task import ConfigurableTask
 
-    from edugpt.eval.harness import local_hellaswag_config
+    from edugpt.eval.task_catalog import local_hellaswag_config
 
     row = {**GOOD_ROW, "activity_label": "Making tea", "ctx_a": "Boil water [title] Pour it.", "ctx_b": "then wait",
            "endings": ["and drink [step] it.", " stir.", "spill it.", "  sip  it."], "label": "3"}
@@ -120,7 +120,7 @@ def make_trainer(model_dir: Path, output_dir: Path, with_hellaswag: bool):
         default_data_collator,
     )
 
-    from edugpt.eval.harness import HellaSwagCallback
+    from edugpt.eval.hellaswag import HellaSwagCallback
 
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 50257, (16, 32), generator=generator).tolist()
@@ -163,7 +163,8 @@ def lm_eval_cli_samples(checkpoint: Path, output: Path) -> tuple[dict, list[dict
 
 @pytest.mark.slow
 def test_callback_equals_lm_eval_on_saved_checkpoints_and_keeps_trajectory(tiny_model_dir, tmp_path):
-    from edugpt.eval.harness import evaluate_checkpoint, per_item_scores
+    from edugpt.eval.harness import evaluate_checkpoint
+    from edugpt.eval.hellaswag import per_item_scores
 
     trainer, items_by_step = make_trainer(tiny_model_dir, tmp_path / "with", with_hellaswag=True)
     trainer.train()
@@ -200,7 +201,7 @@ def test_callback_equals_lm_eval_on_saved_checkpoints_and_keeps_trajectory(tiny_
 
 
 def test_callback_without_file_fails_fast_offline(tiny_model_dir, tmp_path):
-    from edugpt.eval.harness import HellaSwagCallback
+    from edugpt.eval.hellaswag import HellaSwagCallback
 
     trainer, _ = make_trainer(tiny_model_dir, tmp_path / "run", with_hellaswag=False)
     start = time.monotonic()
@@ -216,7 +217,7 @@ def test_preserved_training_state_restores_rng_and_modes(tiny_model_dir):
     import torch
     from transformers import GPT2LMHeadModel
 
-    from edugpt.eval.harness import preserved_training_state
+    from edugpt.eval.hellaswag import preserved_training_state
 
     model = GPT2LMHeadModel.from_pretrained(tiny_model_dir).train()
     model.transformer.drop.eval()  # a deliberately mixed state must come back as it was

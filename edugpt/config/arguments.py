@@ -8,7 +8,7 @@ typos).
 - train_hf.py: ModelArguments, DataArguments, ScriptArguments, RunArguments + TrainingArguments
 - finetune/sft.py, finetune/dpo.py: RunArguments + TRL's ScriptArguments, SFTConfig/DPOConfig, ModelConfig
 - prepare_data.py: PrepareDataArguments + edugpt.corpus.datatrove's ExecutorArguments
-- eval_harness.py: lm-eval's own parser (edugpt.eval.harness)
+- eval_harness.py: lm-eval's own parser (edugpt.eval.options)
 - publish.py: PublishArguments; python -m edugpt.report.card: CardArguments
 """
 
@@ -126,7 +126,7 @@ class ScriptArguments:
     sample_top_k: int = field(default=50, metadata={"help": "Top-k sampling (0: greedy decoding)."})
     sample_seed: int = field(default=42, metadata={"help": "Seed of the sampler; samples never touch the training RNG."})
     hellaswag_steps: int = field(
-        default=0, metadata={"help": "Score HellaSwag (edugpt.eval.harness.HellaSwagCallback) every N steps (0: off)."}
+        default=0, metadata={"help": "Score HellaSwag (edugpt.eval.hellaswag.HellaSwagCallback) every N steps (0: off)."}
     )
     hellaswag_limit: int | None = field(default=None, metadata={"help": "Score only the first N HellaSwag items."})
     hellaswag_file: str | None = field(

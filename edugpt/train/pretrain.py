@@ -371,7 +371,7 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
             script_args.sample_top_k, script_args.sample_seed, output_dir / SAMPLES, metrics,
         ))
     if script_args.hellaswag_steps > 0:
-        from edugpt.eval.harness import HellaSwagCallback  # imported only when used: it pulls in lm-eval
+        from edugpt.eval.hellaswag import HellaSwagCallback  # imported only when used: it pulls in lm-eval
 
         extras.append(HellaSwagCallback(
             trainer, every_steps=script_args.hellaswag_steps, limit=script_args.hellaswag_limit,

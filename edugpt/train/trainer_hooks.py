@@ -22,3 +22,76 @@ def touches(*names: str) -> Callable:
         return hook
 
     return register
+
+
+# --- eval: lm-eval's task YAML reader, its `run` parser, HFLM sharding, its progress bars; argparse's tables ---
+@touches("lm_eval.tasks._yaml_loader:load_yaml")
+def load_lm_eval_task_yaml(path, resolve_func: bool = True) -> dict:
+    """One task YAML read as lm-eval reads its own (`!function` tags resolved to functions with `resolve_func`):
+    lm-eval has no public reader for a single task file."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(path, resolve_func=resolve_func)
+
+
+@touches("lm_eval._cli.run:Run.create", "lm_eval._cli.run:Run._parser")
+def lm_eval_run_parser(subparsers):
+    """`lm-eval run`'s own argparse parser (lm_eval._cli.run.Run), added to `subparsers`: lm-eval keeps it in the
+    command's `_parser`, so eval_harness.py takes every option of the installed lm-eval as `lm_eval` takes it."""
+    from lm_eval._cli.run import Run
+
+    return Run.create(subparsers)._parser
+
+
+@touches("argparse:ArgumentParser._option_string_actions")
+def argparse_option_actions(parser) -> dict:
+    """`parser`'s table of option strings (`--limit`, `-L` ...) to their actions, argparse's own (read only)."""
+    return parser._option_string_actions
+
+
+@touches("argparse:ArgumentParser._actions")
+def argparse_actions(parser) -> list:
+    """Every action of `parser`, in the order they were added, argparse's own list (read only)."""
+    return parser._actions
+
+
+@touches("argparse:ArgumentParser._option_string_actions", "argparse:ArgumentParser._action_groups",
+         "argparse:_ArgumentGroup._group_actions")
+def replace_argparse_option(parser, *option_strings: str, **kwargs) -> None:
+    """Define one of `parser`'s options anew, in its own --help group (argparse's "resolve" drops the old one)."""
+    old = parser._option_string_actions[option_strings[0]]
+    group = next(g for g in parser._action_groups if old in g._group_actions)
+    group.conflict_handler = "resolve"
+    group.add_argument(*option_strings, **kwargs)
+
+
+@touches("lm_eval.models.huggingface:HFLM._rank", "lm_eval.models.huggingface:HFLM._world_size")
+def shard_prebuilt_hflm(lm, accelerator) -> None:
+    """Make an HFLM built on an in-memory model one of `accelerator`'s processes (rank, world size, accelerator):
+    HFLM treats a pre-built model as single-process and has no public way to say otherwise; lm-eval then shares the
+    requests out by rank and gathers the scores on process 0 itself."""
+    lm._rank, lm._world_size, lm.accelerator = accelerator.process_index, accelerator.num_processes, accelerator
+
+
+# lm-eval modules whose progress bars (building contexts, tokenizing, scoring) an in-training evaluation hides.
+LM_EVAL_TQDM_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
+
+
+@touches(*(f"{name}:tqdm" for name in LM_EVAL_TQDM_MODULES))
+def swap_lm_eval_tqdm(replacement: Callable) -> Callable[[], None]:
+    """Swap the module-level `tqdm` that lm-eval's modules (LM_EVAL_TQDM_MODULES) call for `replacement`: lm-eval's
+    `evaluate()` has no switch for its bars. Returns the function that puts the originals back."""
+    import importlib
+
+    swapped = []
+    for name in LM_EVAL_TQDM_MODULES:
+        module = importlib.import_module(name)
+        if hasattr(module, "tqdm"):
+            swapped.append((module, module.tqdm))
+            module.tqdm = replacement
+
+    def restore() -> None:
+        for module, original in swapped:
+            module.tqdm = original
+
+    return restore
