@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_TOKEN, FINAL_TRAIN_LOSS, FINAL_VAL_LOSS, ROOT, FakeHub
+from edugpt.app import models as app_models
 from edugpt.app import page as app
+from edugpt.app import runs as app_runs
 from edugpt.errors import EduGPTError
 from edugpt.run import rundir
 
@@ -41,49 +43,49 @@ def snapshot(folder: Path) -> dict[str, tuple]:
 # --- what the Run tab shows -------------------------------------------------------------------------------------------
 def test_curves_hold_every_logged_loss_and_hellaswag_score_by_step_and_tokens(run_dir):
     records = rundir.read_metrics(run_dir)
-    losses = app.loss_curves(records)
+    losses = app_runs.loss_curves(records)
     train = [(r["step"], r["tokens"], r["loss"]) for r in losses if r["split"] == "train"]
     val = [(r["step"], r["loss"]) for r in losses if r["split"] == "validation"]
     assert [step for step, _, _ in train] == [1, 2, 3, 4] and train[-1] == (4, 8192, FINAL_TRAIN_LOSS)
     assert val == [(2, 8.5), (4, FINAL_VAL_LOSS)]
-    hellaswag = app.hellaswag_curves(records)
+    hellaswag = app_runs.hellaswag_curves(records)
     assert {(r["step"], r["metric"]) for r in hellaswag} == {(2, "acc"), (2, "acc_norm"), (4, "acc"), (4, "acc_norm")}
-    assert app.samples_by_step(records) == [[0, "Once upon a time", "Once upon a time zebra"]]
-    status = app.run_status(records)
+    assert app_runs.samples_by_step(records) == [[0, "Once upon a time", "Once upon a time zebra"]]
+    status = app_runs.run_status(records)
     assert "step 4" in status and f"train loss {FINAL_TRAIN_LOSS:.4f}" in status and "8.19k tokens" in status
 
 
 def test_a_run_still_writing_its_metrics_shows_every_whole_record_and_grows(run_dir):
     """A torn last line (a record half written) is left out, not an error; once whole, the next read has it."""
     metrics = run_dir / "metrics.jsonl"
-    before = app.metrics_signature(run_dir)
+    before = app_runs.metrics_signature(run_dir)
     line = json.dumps({"step": 5, "tokens": 10240, "loss": 6.5})
     with open(metrics, "a") as f:
         f.write(line[:12])
-    assert max(r["step"] for r in app.loss_curves(rundir.read_metrics(run_dir))) == 4
+    assert max(r["step"] for r in app_runs.loss_curves(rundir.read_metrics(run_dir))) == 4
     with open(metrics, "a") as f:
         f.write(line[12:] + "\n")
-    assert app.loss_curves(rundir.read_metrics(run_dir))[-1] == {"step": 5, "tokens": 10240, "loss": 6.5,
+    assert app_runs.loss_curves(rundir.read_metrics(run_dir))[-1] == {"step": 5, "tokens": 10240, "loss": 6.5,
                                                                  "split": "train"}
-    assert app.metrics_signature(run_dir) != before  # what the page's timer compares to redraw
+    assert app_runs.metrics_signature(run_dir) != before  # what the page's timer compares to redraw
 
 
 def test_the_card_numbers_are_the_model_cards_and_wait_for_the_final_model(run_dir, tmp_path):
-    rows = dict((label, value) for label, value in app.card_numbers(run_dir))
+    rows = dict((label, value) for label, value in app_runs.card_numbers(run_dir))
     assert rows["Final train loss (step 4)"] == f"{FINAL_TRAIN_LOSS:.4f}"
     training = tmp_path / "training"
     shutil.copytree(run_dir, training)
     (training / "config.json").unlink()  # still training: no final model yet
-    assert app.card_numbers(training) == []
+    assert app_runs.card_numbers(training) == []
 
 
 def test_while_training_the_model_is_the_newest_whole_checkpoint(run_dir):
-    assert app.model_dir(run_dir) == run_dir
+    assert app_runs.model_dir(run_dir) == run_dir
     (run_dir / "config.json").unlink()
-    assert app.model_dir(run_dir) == run_dir / "checkpoint-4"
+    assert app_runs.model_dir(run_dir) == run_dir / "checkpoint-4"
     weights = run_dir / "checkpoint-4" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # a save cut short
-    assert app.model_dir(run_dir) == run_dir / "checkpoint-2"
+    assert app_runs.model_dir(run_dir) == run_dir / "checkpoint-2"
 
 
 @pytest.mark.parametrize("make", ["missing", "file", "plain folder", "broken run_config"])
@@ -108,14 +110,14 @@ def test_a_folder_that_is_not_a_run_is_one_error_line_and_exit_2(make, tmp_path)
 
 # --- chat formatting and sampling -------------------------------------------------------------------------------------
 def test_sampling_settings_become_generate_arguments_and_bad_ones_are_one_sentence():
-    assert app.Sampling(0, 50, 0.9, 16).generate_kwargs() == {
+    assert app_models.Sampling(0, 50, 0.9, 16).generate_kwargs() == {
         "max_new_tokens": 16, "do_sample": False, "temperature": None, "top_k": None, "top_p": None}
-    assert app.Sampling(0.7, 0, 1.0, 32).generate_kwargs(8) == {
+    assert app_models.Sampling(0.7, 0, 1.0, 32).generate_kwargs(8) == {
         "max_new_tokens": 8, "do_sample": True, "temperature": 0.7, "top_k": 0, "top_p": 1.0}
     for bad, phrase in (({"temperature": -1}, "temperature"), ({"top_k": 2.5}, "top-k"), ({"top_p": 0}, "top-p"),
                         ({"max_new_tokens": 0}, "max new tokens")):
         with pytest.raises(EduGPTError, match=phrase):
-            app.Sampling(**bad)
+            app_models.Sampling(**bad)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +131,7 @@ def chat_model(tiny_model_dir, tmp_path_factory):
         shutil.copy(path, folder / path.name)
     tokenizer = add_chat_template(load(str(folder)))
     tokenizer.save_pretrained(folder)
-    model, tokenizer, had_template = app.load_model(folder)
+    model, tokenizer, had_template = app_models.load_model(folder)
     assert had_template
     return folder, model, tokenizer
 
@@ -138,14 +140,14 @@ def test_the_conversation_goes_through_the_chat_template_with_the_system_prompt(
     _, model, tokenizer = chat_model
     history = [{"role": "user", "content": [{"type": "text", "text": "Hi"}], "metadata": None},  # gradio's shape
                {"role": "assistant", "content": "Hello."}]
-    messages = app.chat_messages(history, "And you?", "Be brief.")
+    messages = app_models.chat_messages(history, "And you?", "Be brief.")
     assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "And you?"}]
-    ids, max_new, dropped = app.chat_input_ids(tokenizer, messages, 128, 32)
+    ids, max_new, dropped = app_models.chat_input_ids(tokenizer, messages, 128, 32)
     assert tokenizer.decode(ids[0]) == ("System: Be brief.\n\nUser: Hi\n\nAssistant: Hello.<|endoftext|>"
                                         "User: And you?\n\nAssistant:")
     assert (max_new, dropped) == (32, 0)
-    assert app.chat_messages([], "Hi", "  ") == [{"role": "user", "content": "Hi"}]
+    assert app_models.chat_messages([], "Hi", "  ") == [{"role": "user", "content": "Hi"}]
 
 
 def test_a_conversation_longer_than_the_context_drops_its_oldest_turns_and_keeps_the_system_prompt(chat_model):
@@ -154,19 +156,19 @@ def test_a_conversation_longer_than_the_context_drops_its_oldest_turns_and_keeps
     for i in range(6):
         long_turns += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": "answer " * 5}]
     messages = [{"role": "system", "content": "Be brief."}, *long_turns, {"role": "user", "content": "Last?"}]
-    ids, max_new, dropped = app.chat_input_ids(tokenizer, messages, 64, 32)
+    ids, max_new, dropped = app_models.chat_input_ids(tokenizer, messages, 64, 32)
     text = tokenizer.decode(ids[0])
     assert dropped > 0 and text.startswith("System: Be brief.") and text.endswith("User: Last?\n\nAssistant:")
-    assert ids.shape[1] + max_new <= 64 and max_new >= app.MIN_REPLY_TOKENS
+    assert ids.shape[1] + max_new <= 64 and max_new >= app_models.MIN_REPLY_TOKENS
     with pytest.raises(EduGPTError, match="send a shorter message"):
-        app.chat_input_ids(tokenizer, [{"role": "user", "content": "word " * 80}], 64, 32)
+        app_models.chat_input_ids(tokenizer, [{"role": "user", "content": "word " * 80}], 64, 32)
 
 
 def test_streaming_grows_token_by_token_to_the_greedy_continuation(chat_model):
     import torch
 
     _, model, tokenizer = chat_model
-    pieces = list(app.stream_continuation(model, tokenizer, "Once upon a time", app.Sampling(0, 0, 1, 8)))
+    pieces = list(app_models.stream_continuation(model, tokenizer, "Once upon a time", app_models.Sampling(0, 0, 1, 8)))
     assert len(pieces) > 1 and all(b.startswith(a) for a, b in zip(pieces, pieces[1:]))
     ids = tokenizer("Once upon a time", return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -190,7 +192,8 @@ def test_a_reply_stops_at_the_end_of_turn_token(chat_model):
         model.lm_head.weight[tokenizer.eos_token_id] = 50 * model.transformer.ln_f.bias  # tied with wte
     calls = []
     model.register_forward_hook(lambda *args: calls.append(1))
-    replies = list(app.stream_reply(model, tokenizer, [{"role": "user", "content": "Hi"}], app.Sampling(0, 0, 1, 40)))
+    greedy = app_models.Sampling(0, 0, 1, 40)
+    replies = list(app_models.stream_reply(model, tokenizer, [{"role": "user", "content": "Hi"}], greedy))
     assert set(replies) <= {""} and len(calls) == 1
 
 
@@ -210,13 +213,13 @@ def test_models_load_from_safetensors_and_never_unpickle_anything(chat_model, tm
         (run / name).write_bytes(pickle.dumps(Trap()))
     (run / "run_config.json").write_text(json.dumps({"edugpt": {"kind": "sft", "version": 1}, "script": "sft",
                                                      "training": {}}))
-    app.load_model(run)
-    app.open_run(run)
-    app.card_numbers(run)
+    app_models.load_model(run)
+    app_runs.open_run(run)
+    app_runs.card_numbers(run)
     assert not opened.exists()
     (run / "model.safetensors").unlink()
     with pytest.raises(EduGPTError, match="safetensors"):
-        app.load_model(run)
+        app_models.load_model(run)
     assert not opened.exists()
 
 
@@ -271,12 +274,12 @@ def test_the_staged_space_imports_its_page_from_its_own_files(tmp_path):
     from edugpt.app import space
 
     staged = Path(space.publish_space("you/edugpt-chat", "you/edugpt-demo", dry_run=tmp_path / "space"))
-    code = ("import edugpt.app.page, edugpt.model.chat, edugpt.report.card, edugpt.config.cli, edugpt.run.checkpoints; "
+    code = ("import edugpt.app.page, edugpt.model.chat, edugpt.report.rows, edugpt.config.cli, edugpt.run.checkpoints; "
             "print(edugpt.app.page.__file__); edugpt.model.chat.EDUGPT_CHAT_TEMPLATE")
     proc = subprocess.run([sys.executable, "-c", code], cwd=staged, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": ""})
     assert proc.returncode == 0, proc.stderr
-    assert Path(proc.stdout.strip()) == staged / "edugpt" / "app.py"
+    assert Path(proc.stdout.strip()) == staged / "edugpt" / "app" / "page.py"
 
 
 def test_the_space_page_reads_what_publish_puts_on_the_model_repo(run_dir, tmp_path, monkeypatch):

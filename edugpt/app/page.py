@@ -11,10 +11,11 @@
   token by token, stopping at the end-of-turn token; several models answer the same message side by side.
 - Prompt: plain continuation for a base model, with the same sampling settings.
 
-The page only reads: metrics.jsonl, samples, run_config.json and the card's inputs (edugpt.run.rundir, edugpt.report.card),
-and model weights from safetensors only (`use_safetensors=True`); nothing pickled (training_args.bin, optimizer.pt,
-pytorch_model.bin) is ever opened, and nothing is written into a run. It binds 127.0.0.1, makes no Hub calls and
-sends Gradio no analytics. A run still training answers from its newest whole checkpoint.
+The page only reads: metrics.jsonl, samples, run_config.json and the card's inputs (edugpt.app.runs, through
+edugpt.run.rundir and edugpt.report), and model weights from safetensors only (edugpt.app.models,
+`use_safetensors=True`); nothing pickled (training_args.bin, optimizer.pt, pytorch_model.bin) is ever opened, and
+nothing is written into a run. It binds 127.0.0.1, makes no Hub calls and sends Gradio no analytics. A run still
+training answers from its newest whole checkpoint. This module is the Gradio page itself and its launch (`main`).
 
 The same page runs as a Hugging Face Space beside a published model (`publish.py RUN --hub_model_id ... --space ...`,
 edugpt.app.space): there it reads the model repo (`--hub_model_id`), its run record from main, and each `step-N` branch is
@@ -24,306 +25,31 @@ a model to talk to.
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
+from edugpt.app.models import Models, Sampling, chat_messages, stream_continuation, stream_reply
+from edugpt.app.runs import (
+    Run,
+    card_numbers,
+    hellaswag_curves,
+    loss_curves,
+    metrics_signature,
+    model_dir,
+    open_run,
+    open_runs,
+    run_status,
+    samples_by_step,
+)
 from edugpt.errors import EduGPTError
 from edugpt.run import rundir
 
 DEFAULT_HOST = "127.0.0.1"
 REFRESH_SECONDS = 5.0
-# Below this many tokens of room a reply is not worth starting: the oldest turns are dropped first.
-MIN_REPLY_TOKENS = 16
 # What a Space downloads of the model repo: configs, tokenizer, safetensors weights and the run's record. No pickles.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "merges.txt", rundir.METRICS, rundir.SAMPLES]
 FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # the default theme's Google fonts would be a request outside
-
-
-# ---------------------------------------------------------------------------------------------------------------- runs
-@dataclass(frozen=True)
-class Run:
-    path: Path
-    name: str  # its label on the page
-    kind: str  # "pretrain", "sft" or "dpo"
-
-
-def open_run(path: str | os.PathLike, name: str | None = None) -> Run:
-    """A run directory of this project (its run_config.json says which kind), or one EduGPTError. Reads only."""
-    folder = Path(path)
-    if not folder.is_dir():
-        what = "does not exist" if not os.path.lexists(folder) else "is not a folder"
-        raise EduGPTError(f"{str(path)!r} {what}; pass a run directory (the output_dir of train_hf.py, "
-                          "finetune/sft.py or finetune/dpo.py).")
-    kind = rundir.run_kind(rundir.read_run_config(folder))
-    if kind is None:
-        raise EduGPTError(f"{str(path)!r} is not an edugpt run (it has no {rundir.RUN_CONFIG} written by train_hf.py, "
-                          "finetune/sft.py or finetune/dpo.py); pass a run directory.")
-    return Run(folder, name or folder.resolve().name, kind)
-
-
-def open_runs(paths: list[str]) -> list[Run]:
-    """Every run, labelled by its folder name (with the parent's when two share one); refused before anything starts."""
-    names = [Path(p).resolve().name for p in paths]
-    labels = [f"{Path(p).resolve().parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(paths, names)]
-    if len(set(labels)) < len(labels):
-        raise EduGPTError("the same run directory is given twice; pass each run once.")
-    return [open_run(p, label) for p, label in zip(paths, labels)]
-
-
-def model_dir(run_dir: str | os.PathLike) -> Path | None:
-    """The model a run answers with: its final model, else (while it trains) its newest whole checkpoint; None before
-    the first save."""
-    run_dir = Path(run_dir)
-    if rundir.is_saved_model(run_dir):
-        return run_dir
-    from edugpt.run.checkpoints import checkpoint_problem
-
-    for checkpoint in reversed(rundir.list_checkpoints(run_dir)):
-        if not checkpoint.is_symlink() and checkpoint_problem(checkpoint) is None:
-            return checkpoint
-    return None
-
-
-# ------------------------------------------------------------------------------------------- what the Run tab shows
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def loss_curves(records: list[dict]) -> list[dict]:
-    """One row per logged loss: {"step", "tokens", "loss", "split"} with split "train" or "validation" (a long table,
-    one line per split)."""
-    rows = []
-    for record in records:
-        for key, split in (("loss", "train"), ("eval_loss", "validation")):
-            if _number(record.get(key)):
-                rows.append({"step": record["step"], "tokens": record.get("tokens"), "loss": record[key],
-                             "split": split})
-    return rows
-
-
-def hellaswag_curves(records: list[dict]) -> list[dict]:
-    """One row per in-loop HellaSwag score: {"step", "tokens", "accuracy", "metric"} (acc and acc_norm)."""
-    return [{"step": r["step"], "tokens": r.get("tokens"), "accuracy": r[key], "metric": key.split("/")[1]}
-            for r in records for key in ("hellaswag/acc", "hellaswag/acc_norm") if _number(r.get(key))]
-
-
-def samples_by_step(records: list[dict]) -> list[list]:
-    """[step, prompt, text] of every logged sample, by step (records are not strictly ordered)."""
-    rows = [[r["step"], r.get("sample/prompt", ""), r["sample/text"]] for r in records
-            if isinstance(r.get("sample/text"), str) and isinstance(r.get("step"), int)]
-    return sorted(rows, key=lambda row: row[0])
-
-
-def run_status(records: list[dict]) -> str:
-    """One line: the last step, the tokens seen and the latest train and validation losses."""
-    from edugpt.report.card import final_tokens, human
-
-    steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
-    if not steps:
-        return "No records in metrics.jsonl yet."
-    parts = [f"step {max(steps):,}"]
-    if tokens := final_tokens(records):
-        parts.append(f"{human(tokens['tokens'])} tokens")
-    for key, label in (("loss", "train loss"), ("eval_loss", "validation loss")):
-        last = next((r for r in reversed(records) if _number(r.get(key))), None)
-        if last is not None:
-            parts.append(f"{label} {last[key]:.4f} (step {last['step']:,})")
-    return " · ".join(parts)
-
-
-def card_numbers(run_dir: str | os.PathLike) -> list[list[str]]:
-    """The headline rows of the run's model card (edugpt.report.card: losses, tokens, speed, HellaSwag, finetune metrics);
-    empty before the run has saved its final model."""
-    from edugpt.report import card
-
-    if not (Path(run_dir) / "config.json").is_file():
-        return []
-    facts = card.collect_run_facts(run_dir)
-    return card.results_rows(facts, card.lm_eval_scores(facts.lm_eval))
-
-
-def metrics_signature(run_dir: str | os.PathLike) -> tuple | None:
-    """What changes when a run logs: metrics.jsonl's size and mtime (None while it does not exist)."""
-    try:
-        st = os.stat(Path(run_dir) / rundir.METRICS)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns)
-
-
-# ---------------------------------------------------------------------------------------------- chat and sampling
-@dataclass(frozen=True)
-class Sampling:
-    """The sampling settings of a reply or continuation. Temperature 0 is greedy decoding (as `edugpt.model.chat`)."""
-
-    temperature: float = 0.8
-    top_k: int = 50
-    top_p: float = 0.95
-    max_new_tokens: int = 128
-
-    def __post_init__(self):
-        if not _number(self.temperature) or self.temperature < 0:
-            raise EduGPTError(f"temperature {self.temperature} must be 0 (greedy) or more; set it to e.g. 0.8.")
-        if not _number(self.top_k) or self.top_k < 0 or int(self.top_k) != self.top_k:
-            raise EduGPTError(f"top-k {self.top_k} must be a whole number, 0 (off) or more.")
-        if not _number(self.top_p) or not 0 < self.top_p <= 1:
-            raise EduGPTError(f"top-p {self.top_p} must be above 0 and at most 1 (1 is off).")
-        if not _number(self.max_new_tokens) or self.max_new_tokens < 1 or int(self.max_new_tokens) != self.max_new_tokens:
-            raise EduGPTError(f"max new tokens {self.max_new_tokens} must be a whole number of at least 1.")
-
-    def generate_kwargs(self, max_new_tokens: int | None = None) -> dict:
-        """`model.generate` keyword arguments: greedy at temperature 0, else sampling with the top-k/top-p filters
-        (top_k 0 and top_p 1 switch a filter off, as in transformers)."""
-        kwargs = {"max_new_tokens": int(max_new_tokens or self.max_new_tokens)}
-        if self.temperature == 0:
-            return {**kwargs, "do_sample": False, "temperature": None, "top_k": None, "top_p": None}
-        return {**kwargs, "do_sample": True, "temperature": float(self.temperature), "top_k": int(self.top_k),
-                "top_p": float(self.top_p)}
-
-
-def message_text(content) -> str:
-    """A chat message's text: Gradio hands content over as a string or as a list of {"type": "text", "text"} blocks."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, dict):
-        return str(content.get("text", ""))
-    if isinstance(content, (list, tuple)):
-        return "".join(message_text(block) for block in content)
-    return ""
-
-
-def chat_messages(history: list[dict], message: str, system_prompt: str = "") -> list[dict]:
-    """The conversation the chat template renders: the system prompt (if any), the earlier turns, the new message."""
-    messages = [{"role": "system", "content": system_prompt.strip()}] if system_prompt.strip() else []
-    messages += [{"role": m["role"], "content": message_text(m.get("content"))} for m in history
-                 if m.get("role") in ("user", "assistant")]
-    return messages + [{"role": "user", "content": message}]
-
-
-def chat_input_ids(tokenizer, messages: list[dict], context: int | None, max_new_tokens: int):
-    """(input_ids, max_new_tokens, turns dropped): the conversation through the tokenizer's chat template, ending with
-    the assistant's prompt. When it leaves no room for a reply in the model's context, the oldest turns go first (the
-    system prompt stays); a last message too long on its own is one EduGPTError."""
-    system = messages[:1] if messages and messages[0]["role"] == "system" else []
-    turns = messages[len(system):]
-    dropped = 0
-    while True:
-        ids = tokenizer.apply_chat_template(system + turns, add_generation_prompt=True, return_dict=True,
-                                            return_tensors="pt")["input_ids"]
-        room = max_new_tokens if context is None else context - ids.shape[1]
-        if room >= min(max_new_tokens, MIN_REPLY_TOKENS) or len(turns) <= 1:
-            break
-        turns, dropped = turns[2:], dropped + 2  # a user message and its reply
-    if room < 1:
-        raise EduGPTError(f"the message is {ids.shape[1]} tokens with the template but the model's context is "
-                          f"{context}; send a shorter message (or a shorter system prompt).")
-    return ids, min(max_new_tokens, room), dropped
-
-
-def stream_generate(model, tokenizer, input_ids, sampling: Sampling, max_new_tokens: int) -> Iterator[str]:
-    """The text generated after `input_ids`, growing as tokens come (TextIteratorStreamer; generation runs on a
-    thread). It stops at the end-of-turn token, which is `<|endoftext|>` in edugpt's template, and hides it."""
-    import torch
-    from transformers import TextIteratorStreamer
-
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    failure: list[BaseException] = []
-
-    def generate() -> None:
-        try:
-            with torch.no_grad():
-                model.generate(input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
-                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                               **sampling.generate_kwargs(max_new_tokens))
-        except BaseException as err:  # re-raised below; the streamer must end or the reader waits forever
-            failure.append(err)
-            streamer.end()
-
-    thread = threading.Thread(target=generate, name="edugpt-app-generate", daemon=True)
-    thread.start()
-    text = ""
-    for piece in streamer:
-        text += piece
-        yield text
-    thread.join()
-    if failure:
-        raise failure[0]
-
-
-def stream_reply(model, tokenizer, messages: list[dict], sampling: Sampling) -> Iterator[str]:
-    """The assistant's reply to `messages`, growing as it streams (see chat_input_ids and stream_generate)."""
-    from edugpt.model.chat import context_length
-
-    ids, max_new, _ = chat_input_ids(tokenizer, messages, context_length(model), sampling.max_new_tokens)
-    for text in stream_generate(model, tokenizer, ids, sampling, max_new):
-        yield text.strip()
-
-
-def stream_continuation(model, tokenizer, prompt: str, sampling: Sampling) -> Iterator[str]:
-    """The prompt and its plain continuation (no template), growing as it streams; the prompt's oldest tokens are cut
-    when it fills the context. An empty prompt starts from `<|endoftext|>`, where every pretraining document starts."""
-    import torch
-
-    from edugpt.model.chat import context_length
-
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"] if prompt else torch.tensor([[tokenizer.eos_token_id]])
-    context = context_length(model)
-    max_new = sampling.max_new_tokens
-    if context is not None:
-        max_new = min(max_new, context - 1)
-        ids = ids[:, -(context - max_new):]
-    for text in stream_generate(model, tokenizer, ids, sampling, max_new):
-        yield prompt + text
-
-
-# -------------------------------------------------------------------------------------------------------------- models
-def load_model(folder: str | os.PathLike):
-    """(model, tokenizer, had_template) from a saved model folder, weights from safetensors only; the tokenizer gets
-    edugpt's chat template when it has none (edugpt.model.chat.add_chat_template)."""
-    from transformers import AutoModelForCausalLM
-
-    from edugpt.model import chat
-
-    folder = str(folder)
-    chat.resolve_model_dir(folder, flag="the run's model")
-    if not any((Path(folder) / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
-        raise EduGPTError(f"{folder} has no safetensors weights; the page loads only those (never pickled .bin "
-                          "files): save the model again with save_pretrained.")
-    tokenizer = chat.load_model_tokenizer(folder)
-    had_template = bool(tokenizer.chat_template)
-    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
-    chat.add_chat_template(tokenizer, model)
-    return model, tokenizer, had_template
-
-
-class Models:
-    """Models by label, loaded on first use and kept; `source(label)` gives the folder to load (it may change while a
-    run trains: a newer checkpoint, then the final model, replaces the one loaded)."""
-
-    def __init__(self, sources: dict[str, Callable[[], Path | None]]):
-        self.sources = sources
-        self._loaded: dict[str, tuple] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.sources)
-
-    def get(self, label: str):
-        """(model, tokenizer, had_template, folder), or EduGPTError when the run has no saved model yet."""
-        folder = self.sources[label]()
-        if folder is None:
-            raise EduGPTError(f"{label} has no saved model yet (no final model, no whole checkpoint); it can answer "
-                              "after its first save.")
-        with self._lock:
-            key = (str(folder), os.stat(folder / "config.json").st_mtime_ns)
-            if self._loaded.get(label, (None,))[0] != key:
-                self._loaded[label] = (key, *load_model(folder), folder)
-            return self._loaded[label][1:]
 
 
 # ------------------------------------------------------------------------------------------------------------ the page
