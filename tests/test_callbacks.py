@@ -316,11 +316,11 @@ def _resume_with(model_dir, output_dir, **settings):
 
 
 def test_resume_with_changes_puts_every_compared_setting_into_the_optimizer_and_the_schedule(tiny_model_dir, tmp_path):
-    """Every key of lifecycle.OPTIMIZER_KEYS and SCHEDULE_KEYS that changed takes effect after a real Trainer resume,
+    """Every key of settings.OPTIMIZER_KEYS and SCHEDULE_KEYS that changed takes effect after a real Trainer resume,
     weight decay too when the checkpoint had none (its decay group was saved with 0, like the no-decay group)."""
     from transformers.optimization import get_scheduler
 
-    from edugpt.run.lifecycle import OPTIMIZER_KEYS, SCHEDULE_KEYS
+    from edugpt.run.settings import OPTIMIZER_KEYS, SCHEDULE_KEYS
 
     _resumable_trainer(tiny_model_dir, tmp_path, max_steps=2, learning_rate=1e-3, optim="adamw_torch", weight_decay=0.0,
                        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, lr_scheduler_type="linear",

@@ -291,7 +291,7 @@ def test_the_slurm_script_starts_one_accelerate_launch_per_node_and_requeues_a_s
     (None, {"processes": 1, "fsdp": None}, False),
 ])
 def test_which_layout_changes_a_resume_accepts(saved, now, refused):
-    from edugpt.run.lifecycle import layout_problem
+    from edugpt.run.settings import layout_problem
 
     problem = layout_problem(saved, now)
     assert (problem is not None) is refused
@@ -300,7 +300,7 @@ def test_which_layout_changes_a_resume_accepts(saved, now, refused):
 
 
 def test_a_checkpoint_without_a_recorded_layout_shows_it_by_its_files(tmp_path):
-    from edugpt.run.lifecycle import checkpoint_layout
+    from edugpt.run.settings import checkpoint_layout
 
     for name in ("model.safetensors", "rng_state_0.pth", "rng_state_1.pth", "pytorch_model_fsdp.bin"):
         (tmp_path / name).write_bytes(b"")

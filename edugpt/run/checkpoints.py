@@ -69,7 +69,7 @@ def read_marker(folder: str | os.PathLike) -> dict | None:
         return None
     files = marker["files"]
     if not all(isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
-               and record._safe_rel(k) for k, v in files.items()):
+               and record.safe_rel(k) for k, v in files.items()):
         return None  # not a marker this version wrote: a checkpoint with it is not taken as whole
     return marker
 
@@ -188,9 +188,10 @@ def record_logs(run: record.Record, trainer) -> None:
     per start: everything in it is its event files) in the record, as logs it appends to."""
     if trainer is None:
         return
-    for callback in trainer.callback_handler.callbacks:
-        folder = getattr(callback, "logging_dir", None) if type(callback).__name__ == "TensorBoardCallback" else None
-        if not folder or run.rel(folder) is None or not Path(folder).is_dir() or Path(folder).is_symlink():
+    from edugpt.train.trainer_hooks import tensorboard_logging_dirs
+
+    for folder in tensorboard_logging_dirs(trainer):
+        if run.rel(folder) is None or not Path(folder).is_dir() or Path(folder).is_symlink():
             continue
         for dirpath, _, filenames in os.walk(folder):
             for name in filenames:

@@ -7,6 +7,10 @@ output_dir, resume or refuse, train, stop cleanly, finish.
     run.execute(build_trainer)         # if training is left: build, attach callbacks, train, finish (final model,
                                        # marker, card, push); else restore a missing final model, card, push
 
+The lifecycle only orchestrates: what output_dir holds is read by edugpt.run.survey, the rules that decide are
+edugpt.run.decide's (pure, unit-tested), the settings compared are edugpt.run.settings', the fallback and the
+failures are edugpt.run.failures', the end of a run edugpt.run.finish's.
+
 The rules, the same for every kind of run:
 - Re-running the same command resumes from the newest *valid* checkpoint (edugpt.run.checkpoints); a finished run is not
   trained again (its missing or damaged final model is restored from the checkpoint at its last step). Nothing a
@@ -31,28 +35,20 @@ The rules, the same for every kind of run:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import shutil
 import stat
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from edugpt import __version__
 from edugpt.errors import EduGPTError
-from edugpt.io.safefs import DirLock, atomic_write_bytes, ensure_dir, no_space_reason, read_json
+from edugpt.io.safefs import DirLock, atomic_write_bytes, ensure_dir, read_json
 from edugpt.run import record
-from edugpt.run.checkpoints import (
-    CompleteCheckpointCallback,
-    checkpoint_problem,
-    find_resume_checkpoint,
-    read_marker,
-    recorded_checkpoints,
-    set_aside,
-    write_marker,
-)
+from edugpt.run.checkpoints import CompleteCheckpointCallback, recorded_checkpoints
+from edugpt.run.decide import Decision, decide, resume_request, starts_over
+from edugpt.run.failures import CheckpointLoadError, fall_back, write_failure
+from edugpt.run.finish import finish_existing, finish_training, guard_pushes
+from edugpt.run.ranks import on_main_then_shared
 from edugpt.run.rundir import (
     CARD,
     DATA_MANIFEST,
@@ -61,101 +57,15 @@ from edugpt.run.rundir import (
     MARKER,
     RUN_CONFIG,
     TRAINER_STATE,
-    checkpoint_step,
     entries,
-    read_run_config,
-    record_saved_model,
     require_own_run_dir,
-    save_file_role,
     write_run_config,
 )
+from edugpt.run.settings import LAYOUT, describe_layout, layout_problem, training_layout
+from edugpt.run.survey import survey
+from edugpt.train.trainer_hooks import raise_checkpoint_load_errors_as
 
 logger = logging.getLogger(__name__)
-
-# Compared between a checkpoint and the run that resumes it: what the optimizer, the schedule and the data order
-# depend on. (Model shape is checked when the weights load.)
-OPTIMIZER_KEYS = ("learning_rate", "optim", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon")
-SCHEDULE_KEYS = ("lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "max_steps", "num_train_epochs")
-# The settings key of the process layout (number of processes, FSDP or not), recorded in every completion marker.
-LAYOUT = "layout"
-
-
-def training_settings(training_args, **data) -> dict:
-    """The settings a resumed run must share with its checkpoint, as plain JSON values."""
-    args = training_args
-    settings = {key: getattr(args, key) for key in OPTIMIZER_KEYS + SCHEDULE_KEYS}
-    if args.max_steps > 0:
-        settings.pop("num_train_epochs")
-    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    if data.get("seq_len"):  # fixed-length blocks (pretraining): the global batch in tokens, whatever the layout
-        settings["tokens_per_step"] = global_batch * data["seq_len"]
-    else:
-        settings["global_batch_size"] = global_batch
-    settings["seed"] = args.seed if args.data_seed is None else args.data_seed
-    settings.update(data)
-    return json.loads(json.dumps(settings, default=str))
-
-
-def settings_differences(saved: dict, new: dict) -> dict:
-    """{key: (saved value, new value)} for every key whose value differs (a key absent on one side is not compared:
-    checkpoints of older versions record fewer settings). The layout is checked on its own (`layout_problem`)."""
-    keys = sorted((saved.keys() & new.keys()) - {LAYOUT})
-    return {key: (saved[key], new[key]) for key in keys if saved[key] != new[key]}
-
-
-def training_layout(trainer) -> dict:
-    """How `trainer` spreads the run over processes: their number and the FSDP version (None: every process holds
-    the whole model, as under DDP or on one device)."""
-    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None) if trainer.is_fsdp_enabled else None
-    return {"processes": trainer.args.world_size, "fsdp": getattr(plugin, "fsdp_version", None) if plugin else None}
-
-
-def checkpoint_layout(checkpoint: Path) -> dict | None:
-    """The layout recorded in `checkpoint`'s marker, else the one its files show (Trainer writes FSDP model state as
-    pytorch_model_fsdp*, and one rng_state_N.pth per process when there are several); None if unknown."""
-    recorded = ((read_marker(checkpoint) or {}).get("settings") or {}).get(LAYOUT)
-    if isinstance(recorded, dict):
-        return recorded
-    try:
-        names = [p.name for p in checkpoint.iterdir()]
-    except OSError:
-        return None
-    fsdp = any(name.startswith("pytorch_model_fsdp") for name in names)
-    return {"processes": max(1, sum(name.startswith("rng_state_") for name in names)), "fsdp": "unknown" if fsdp else None}
-
-
-def _describe(layout: dict) -> str:
-    processes = f"{layout['processes']} process{'es' if layout['processes'] != 1 else ''}"
-    fsdp = layout.get("fsdp")
-    return f"{processes} under FSDP{'' if fsdp == 'unknown' else fsdp}" if fsdp else f"{processes} without FSDP"
-
-
-def layout_problem(saved: dict | None, now: dict) -> str | None:
-    """Why a checkpoint written with layout `saved` cannot be resumed with layout `now`, or None.
-
-    The number of processes may change: with the same global batch in tokens (a compared setting) every optimizer
-    step trains on the same blocks (edugpt.train.pretrain.CompactRandomSampler), and unsharded runs save the whole
-    optimizer state, FSDP runs with FULL_STATE_DICT a full one that is re-sharded on load. Sharded and unsharded runs
-    cannot continue each other: Trainer keeps their model and optimizer state in different files
-    (pytorch_model_fsdp.bin + optimizer.bin vs model.safetensors + optimizer.pt) and would crash on the other kind.
-    """
-    if not saved:
-        return None
-    was, now_fsdp = saved.get("fsdp"), now.get("fsdp")
-    if bool(was) != bool(now_fsdp) or was not in ("unknown", now_fsdp):
-        return f"it was written by {_describe(saved)} and this run has {_describe(now)}"
-    return None
-
-
-@dataclass
-class Decision:
-    """What rank 0 found in output_dir, shared with every rank."""
-
-    checkpoint: Path | None = None  # resume from here (None: start from step 0)
-    finished: bool = False  # the final model is whole: nothing to train
-    restore_from: Path | None = None  # the final model is missing or damaged: copy it from this final-step checkpoint
-    changes: dict = field(default_factory=dict)  # settings that differ from the checkpoint's (resume_with_changes)
-    checkpoint_layout: dict | None = None  # processes and FSDP of the checkpoint resumed from (checked in attach)
 
 
 class TrainingRun:
@@ -173,36 +83,18 @@ class TrainingRun:
         self.decision = Decision()
         self.lock = DirLock(self.output_dir / LOCK, f"output_dir {str(self.output_dir)!r}")
         self.sigterm = self.guard = None
-        self.pushes = None  # edugpt.hub.publish.TrainerPushes, with push_to_hub
+        self.pushes = None  # edugpt.hub.trainer_pushes.TrainerPushes, with push_to_hub
         # This attempt found output_dir absent (created: True) or holding nothing: a refusal leaves it that way.
         self._fresh = self._created = False
-        self._entries_before: dict[str, tuple[int, int]] = {}  # top-level entries at the start: never ours to remove
+        self.entries_before: dict[str, tuple[int, int]] = {}  # top-level entries at the start: never ours to remove
         # The files an attempt rewrites before it trains, as they were (rank 0): a refusal puts them back.
         self._before: dict[str, bytes | None] = {}
         self._progressed = False  # this attempt trained a step (or finished): nothing is put back then
-        self._saving_final = False  # the final model is being (or was) saved: never removed, whatever fails after
-        self._protect_token()
-        self._check_hub_options()
+        self.saving_final = False  # the final model is being (or was) saved: never removed, whatever fails after
+        protect_token(training_args)
+        check_hub_options(training_args, run_args)
 
     # ------------------------------------------------------------------------------------------------- before work
-    def _protect_token(self) -> None:
-        """Trainer pickles TrainingArguments, hub_token included, into training_args.bin at every save: move a token
-        given on the command line into the environment, where huggingface_hub finds it and nothing saves it."""
-        if getattr(self.args, "hub_token", None):
-            os.environ["HF_TOKEN"] = self.args.hub_token
-            self.args.hub_token = None
-
-    def _check_hub_options(self) -> None:
-        if not getattr(self.run_args, "hub_step_branches", False):
-            return
-        if not self.args.push_to_hub:
-            raise EduGPTError("hub_step_branches pushes each checkpoint to its step-N branch of the Hub repo while "
-                              "training; add --push_to_hub --hub_model_id NAME (or publish the checkpoints after "
-                              "training with `python publish.py OUTPUT_DIR --hub_model_id NAME --branches`).")
-        if self.args.save_strategy == "no":
-            raise EduGPTError("hub_step_branches pushes checkpoints as they are saved, but save_strategy is 'no'; set "
-                              "save_strategy: steps and save_steps N.")
-
     def check_output_dir(self) -> None:
         """Refuse, before anything is loaded or written, an output_dir that cannot hold this run. Rank 0 looks and
         every rank gets its verdict: another process looking at the same time could see rank 0's half-written files
@@ -214,10 +106,10 @@ class TrainingRun:
             raise EduGPTError("max_steps is 0, so this run would train nothing and save an untrained model; set "
                               "max_steps to the number of optimizer steps to train.")
         require_own_run_dir(self.output_dir, self.kind)
-        resume = self.args.resume_from_checkpoint
-        if resume is not None and str(resume).lower() not in ("true", "last") and not Path(resume).is_dir():
-            raise EduGPTError(f"--resume_from_checkpoint {resume!r} is not a folder; pass a checkpoint-N folder, or "
-                              "leave it out to resume from the newest valid checkpoint in output_dir.")
+        resume = resume_request(self.args.resume_from_checkpoint)
+        if resume.path is not None and not resume.path.is_dir():
+            raise EduGPTError(f"--resume_from_checkpoint {resume.value!r} is not a folder; pass a checkpoint-N folder, "
+                              "or leave it out to resume from the newest valid checkpoint in output_dir.")
 
     def begin(self, settings: dict, run_config: dict) -> TrainingRun:
         """Lock output_dir and decide what to do (on rank 0, shared with all ranks); write run_config.json."""
@@ -252,7 +144,7 @@ class TrainingRun:
             if not self._fresh:
                 if not self._progressed:
                     self._put_back()
-            elif not self._saving_final and not recorded_checkpoints(self.output_dir):  # nothing worth keeping
+            elif not self.saving_final and not recorded_checkpoints(self.output_dir):  # nothing worth keeping
                 record.Record.load(self.output_dir).remove_written(keep=(LOCK,))
                 if set(os.listdir(self.output_dir)) <= {LOCK, record.RECORD}:
                     for name in (record.RECORD, LOCK):  # the lock goes last, while still held
@@ -287,54 +179,34 @@ class TrainingRun:
 
     @property
     def needs_training(self) -> bool:
-        return needs_training(self.decision)
+        return self.decision.needs_training
 
     def _decide(self, run_config: dict) -> Decision:
+        """Claim output_dir (create, lock, record), start it over with --overwrite_output_dir, survey it and decide
+        (edugpt.run.decide); when there is training to do, write run_config.json."""
         self._check_output_dir()
         self._created = not os.path.lexists(self.output_dir)
         ensure_dir(self.output_dir, "output_dir")
         self.lock.acquire()
-        self._entries_before = entries(self.output_dir)
-        self._fresh = set(self._entries_before) <= {LOCK, record.RECORD}
+        self.entries_before = entries(self.output_dir)
+        self._fresh = set(self.entries_before) <= {LOCK, record.RECORD}
         holds_run = require_own_run_dir(self.output_dir, self.kind)
         if self._fresh or holds_run:
             record.start(self.output_dir)
-        explicit = self.args.resume_from_checkpoint
-        last = explicit is not None and str(explicit).lower() in ("true", "last")
-        explicit = None if explicit is None or last else Path(explicit)
-        if holds_run and self.run_args.overwrite_output_dir:
-            self._refuse_deleting_inputs(explicit, self.settings.get("base_model"))
-            self._remove_previous_run()
+        request = resume_request(self.args.resume_from_checkpoint)
+        base_model = self.settings.get("base_model")
+        if starts_over(survey(self.output_dir, holds_run, request, base_model, scan=False), request,
+                       self.run_args.overwrite_output_dir):
+            remove_previous_run(self.output_dir)
             holds_run = False
         from edugpt.report.card import require_card_writable
 
         require_card_writable(self.output_dir / CARD)  # a README.md of someone else's is refused now, not at the end
-
-        decision = Decision()
-        if explicit is not None:
-            decision.checkpoint = self._explicit_checkpoint(explicit)
-        elif holds_run:
-            decision.checkpoint = find_resume_checkpoint(self.output_dir, quarantine=True)
-            final = self._final_state()
-            if final == "whole":
-                decision.finished = True
-            elif decision.checkpoint is not None and _reached_end(decision.checkpoint):
-                logger.warning("the final model in %s is %s; restoring it from %s", self.output_dir,
-                               "damaged" if final == "damaged" else "missing", decision.checkpoint)
-                decision.restore_from = decision.checkpoint
-        source = self.output_dir if decision.finished else decision.checkpoint
-        decision.changes = self._changed_settings(source) if source is not None else {}
-        if decision.checkpoint is not None:
-            decision.checkpoint_layout = checkpoint_layout(decision.checkpoint)
-        if decision.changes:  # e.g. a larger max_steps with --resume_with_changes: train on from the newest checkpoint
-            decision.finished, decision.restore_from = False, None
-        if last and decision.checkpoint is None and not (decision.finished or decision.restore_from):
-            # As Trainer does for resume_from_checkpoint=True: asked to resume, nothing to resume from.
-            raise EduGPTError(f"--resume_from_checkpoint {self.args.resume_from_checkpoint} asks to resume, but "
-                              f"output_dir {str(self.output_dir)!r} holds no valid checkpoint of this run; leave the "
-                              "option out to start from step 0, or pass a checkpoint-N folder.")
-
-        if needs_training(decision):
+        decision = decide(survey(self.output_dir, holds_run, request, base_model), request, self.settings,
+                          resume_with_changes=self.run_args.resume_with_changes)
+        for warning in decision.warnings:
+            logger.warning("%s", warning)
+        if decision.needs_training:
             self._before = {name: _read_own(self.output_dir / name)
                             for name in (RUN_CONFIG, DATA_MANIFEST, MARKER, record.RECORD)}
             # A final model from before (now to be superseded) loses its marker, so a kill from here on leaves it
@@ -349,94 +221,28 @@ class TrainingRun:
             write_run_config(self.output_dir, config)
         return decision
 
-    def _final_state(self) -> str:
-        """'whole' (a final model with a valid marker), 'damaged' (model files without a valid one), or 'absent'."""
-        if (self.output_dir / MARKER).exists() or (self.output_dir / "config.json").exists():
-            problem = checkpoint_problem(self.output_dir, require_trainer_state=False)
-            if problem is None:
-                return "whole"
-            logger.warning("the final model in %s is not whole (%s)", self.output_dir, problem)
-            return "damaged"
-        return "absent"
-
-    def _explicit_checkpoint(self, path: Path) -> Path:
-        if problem := checkpoint_problem(path):
-            raise EduGPTError(f"--resume_from_checkpoint {str(path)!r} is not a usable checkpoint ({problem}); pass "
-                              "a complete checkpoint-N folder.")
-        step = checkpoint_step(path) if path.name.startswith("checkpoint-") else None
-        later = [p.name for p in recorded_checkpoints(self.output_dir)
-                 if p.resolve() != path.resolve() and (step is None or checkpoint_step(p) >= step)]
-        if later or self._final_state() != "absent":
-            held = ", ".join(later) or "a final model"
-            raise EduGPTError(
-                f"output_dir {str(self.output_dir)!r} already holds {held}, which training from {path.name} would "
-                "overwrite; resume into a new output_dir (they are kept), or pass --overwrite_output_dir to start "
-                "that folder over."
-            )
-        return path
-
-    def _changed_settings(self, source: Path) -> dict:
-        marker = read_marker(source) or {}
-        saved = marker.get("settings")
-        if not isinstance(saved, dict):
-            return {}
-        changes = settings_differences(saved, self.settings)
-        if changes and not self.run_args.resume_with_changes:
-            listed = "; ".join(f"{key}: {json.dumps(old)} in the checkpoint, {json.dumps(new)} now"
-                               for key, (old, new) in changes.items())
-            raise EduGPTError(
-                f"cannot resume from {source}: the run's settings changed ({listed}). Use the checkpoint's values, "
-                "a new output_dir, or --resume_with_changes to continue with the new ones (recorded in run_config.json)."
-            )
-        if changes:
-            logger.warning("resuming from %s with changed settings: %s", source, ", ".join(changes))
-        return changes
-
-    def _refuse_deleting_inputs(self, checkpoint: Path | None, base_model) -> None:
-        """--overwrite_output_dir must not delete what this run is about to load: the checkpoint to resume from, the
-        base model of a finetune (also DPO's reference, the same folder)."""
-        inputs = [("--resume_from_checkpoint", checkpoint)]
-        if isinstance(base_model, str) and os.path.isdir(base_model):
-            inputs.append(("--model_name_or_path", Path(base_model)))
-        root = self.output_dir.resolve()
-        for flag, path in inputs:
-            if path is not None and (path.resolve() == root or root in path.resolve().parents):
-                raise EduGPTError(f"--overwrite_output_dir would delete {path}, the {flag} this run loads; pass a new "
-                                  "output_dir (or copy that model out of this one first).")
-
-    def _remove_previous_run(self) -> None:
-        """--overwrite_output_dir: remove what the previous run wrote — exactly what its record lists, each only if it
-        is still the file that was written — and say what was removed and what was kept. Anything else (a user's
-        notes, a `checkpoint-best/` of theirs, a file they edited since) stays. run_config.json goes last, when the
-        new one is written, so the folder stays recognisably ours."""
-        previous = record.Record.load(self.output_dir)
-        before = set(previous.entries)
-        kept = previous.remove_written(keep=(LOCK, RUN_CONFIG))
-        previous.save()
-        removed = sorted({rel.split("/")[0] for rel in before - set(previous.entries)})
-        logger.warning("--overwrite_output_dir: removed the previous run's %s in %s%s",
-                       ", ".join(removed) if removed else "nothing", self.output_dir,
-                       f"; kept {', '.join(kept)}" if kept else "")
-
     # -------------------------------------------------------------------------------------------------- training
     def attach(self, trainer, *callbacks, nonfinite_loss: str = "stop", max_skipped_steps: int = 10,
                metrics=None) -> None:
         """Add the lifecycle's callbacks to `trainer` — completion markers with the run's settings, SIGTERM, the
         non-finite loss guard, metrics.jsonl, and (with --resume_with_changes) the new hyperparameters — together
-        with the entry point's own `callbacks`, in one `install_callbacks` so their order is right."""
+        with the entry point's own `callbacks`, in one `install_callbacks` so their order is right; make a failure
+        to load the resumed checkpoint's state a CheckpointLoadError (edugpt.run.failures falls back from it)."""
         from edugpt.run.rundir import METRICS, MetricsLog
         from edugpt.train import callbacks as cb
+        from edugpt.train import guards
 
         self._check_layout(training_layout(trainer))
-        self.sigterm = cb.SigtermCallback()
-        self.guard = cb.NonFiniteLossCallback(nonfinite_loss, max_skipped_steps)  # after sigterm: checks the weights
+        self.sigterm = guards.SigtermCallback()
+        self.guard = guards.NonFiniteLossCallback(nonfinite_loss, max_skipped_steps)  # after sigterm: checks the weights
         metrics = metrics or MetricsLog(self.output_dir / METRICS, enabled=self.is_main)  # before the save it asks for
         lifecycle = [self.sigterm, self.guard, CompleteCheckpointCallback(self.settings, trainer),
                      cb.MetricsJsonlCallback(metrics)]
         if self.decision.changes:
             lifecycle.append(cb.NewHyperparametersCallback(self.args))
         cb.install_callbacks(trainer, *lifecycle, *callbacks)
-        self.pushes = _guard_pushes(trainer, self)
+        raise_checkpoint_load_errors_as(trainer, CheckpointLoadError)
+        self.pushes = guard_pushes(trainer, self)
 
     def _check_layout(self, layout: dict) -> None:
         """Record this launch's layout with the run's settings (every completion marker gets it) and refuse to resume
@@ -455,7 +261,8 @@ class TrainingRun:
                 "into a new output_dir."
             )
         if saved.get("processes") != layout["processes"]:
-            logger.info("resuming %s, written by %s, with %s", checkpoint.name, _describe(saved), _describe(layout))
+            logger.info("resuming %s, written by %s, with %s", checkpoint.name, describe_layout(saved),
+                        describe_layout(layout))
 
     def train(self, trainer) -> bool:
         """Train (resuming as decided). True when training reached its end; False when SIGTERM stopped it after
@@ -477,10 +284,11 @@ class TrainingRun:
 
     def execute(self, build_trainer) -> None:
         """The rest of the run, holding output_dir's lock: when there is training left, `build_trainer()` (attached
-        here unless it attached itself), train, finish; otherwise finish what a previous attempt left."""
+        here unless it attached itself), train, finish; otherwise finish what a previous attempt left. A checkpoint
+        whose state does not load is set aside and training restarts with a fresh Trainer (edugpt.run.failures)."""
         with self:
             if not self.needs_training:
-                self.finish_existing()
+                finish_existing(self)
                 return
             trainer = None
             try:
@@ -490,183 +298,19 @@ class TrainingRun:
                         self.attach(trainer)
                     try:
                         finished = self.train(trainer)
-                    except Exception as err:
-                        if not self._fell_back(err):
-                            raise
+                    except CheckpointLoadError as err:
+                        if self.decision.checkpoint is None:
+                            raise err.cause from None
+                        fall_back(self, err)
                         trainer = self.sigterm = self.guard = None  # a fresh Trainer resumes from the fallback
                 self._progressed = True
                 if finished:
-                    self.finish(trainer)
+                    finish_training(self, trainer)
             except Exception as err:
                 self._progressed = trainer is not None and trainer.state.global_step > self._start_step()
-                if (failure := self._write_failure(trainer, err)) is None:
+                if (failure := write_failure(self, trainer, err)) is None:
                     raise
                 raise failure from None
-
-    def _fell_back(self, err: Exception) -> bool:
-        """A checkpoint can be whole by its marker and still fail to load in Trainer (state files from another torch
-        version, a marker of an older edugpt that recorded sizes only). Set it aside as a corrupt one and resume
-        from the previous valid checkpoint (or from the start), as `find_resume_checkpoint` does for corrupt ones.
-        True when training is to be retried with a fresh Trainer."""
-        checkpoint = self.decision.checkpoint
-        if checkpoint is None or not _raised_in(err, CHECKPOINT_LOADERS):
-            return False
-        reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
-        explicit = self.args.resume_from_checkpoint
-        if explicit is not None and str(explicit).lower() not in ("true", "last"):
-            raise EduGPTError(f"--resume_from_checkpoint {str(explicit)!r} could not be loaded ({reason}); pass "
-                              "another checkpoint-N folder.") from None
-
-        def fall_back():
-            moved = set_aside(checkpoint)
-            logger.warning("checkpoint %s is not usable (its saved state did not load: %s); falling back to the "
-                           "previous checkpoint (moved it to %s)", checkpoint, reason, moved.name)
-            previous = find_resume_checkpoint(self.output_dir, quarantine=True)
-            config = read_run_config(self.output_dir) or {}
-            write_run_config(self.output_dir, {**config, "resumed_from": str(previous) if previous else None})
-            return previous
-
-        self.decision.checkpoint = on_main_then_shared(self.args, fall_back)
-        if self.decision.checkpoint is not None:
-            self.decision.changes = self._changed_settings(self.decision.checkpoint)
-        return True
-
-    def _write_failure(self, trainer, err: Exception) -> EduGPTError | None:
-        """After training or finishing failed: remove the checkpoint a save left unfinished (no marker: it could
-        never be resumed, and it would sit where the next save goes), and turn a full disk into one error line
-        (None: re-raise `err` as it is)."""
-        full = _disk_full(err, self.output_dir)
-        step = trainer.state.global_step if trainer is not None else None
-        partial = self.output_dir / f"checkpoint-{step}"
-        removed = ""
-        if (self.is_main and step is not None and partial.name not in self._entries_before and partial.is_dir()
-                and not partial.is_symlink() and not (partial / MARKER).exists()):
-            shutil.rmtree(partial, ignore_errors=True)
-            removed = f", removed the unfinished {partial.name}"
-            logger.warning("removed %s: saving it did not finish (%s)", partial, type(err).__name__)
-        if full is None or isinstance(err, EduGPTError):
-            return None
-        good = recorded_checkpoints(self.output_dir)
-        return EduGPTError(
-            f"the disk holding {self.output_dir} is full ({full}){removed}; the last complete checkpoint is "
-            f"{good[-1].name if good else 'none'}: free space (or choose another output_dir), then run the same "
-            "command again to resume."
-        )
-
-    # ---------------------------------------------------------------------------------------------------- finish
-    def card_kwargs(self) -> dict:
-        repo_id = self.args.hub_model_id if self.args.push_to_hub else None
-        return {"hub_model_id": repo_id}
-
-    def finish(self, trainer) -> None:
-        """Save the final model (every rank: FSDP gathers it), then on rank 0 the card and the completion marker;
-        with push_to_hub, push it (edugpt.hub.publish: the run's own files, scanned, with edugpt's card in the same commit)
-        once the pushes of the saves before have finished, and report what could not be pushed."""
-        from edugpt.hub.publish import pushes_failed_error
-        from edugpt.report.card import write_model_card
-
-        state = trainer.state
-        if trainer.eval_dataset is not None and not any(
-            "eval_loss" in entry and entry["step"] == state.global_step for entry in state.log_history
-        ):
-            trainer.evaluate()  # the final validation loss, for the card's table and the plot
-        self._saving_final = True
-        before = entries(self.output_dir)
-        # _internal_call: with push_to_hub, Trainer.save_model would also push ("Model save"); the push below is the one.
-        trainer.save_model(str(self.output_dir), _internal_call=True)
-        trainer.accelerator.wait_for_everyone()
-        failures = {}
-        if self.is_main:
-            model_files = record_saved_model(self.output_dir, before)
-            if trainer.state.log_history:  # loss curves for the card, also with save_strategy "no"
-                trainer.state.save_to_json(str(self.output_dir / TRAINER_STATE))
-                record.note_written(self.output_dir / TRAINER_STATE, root=self.output_dir)
-            write_model_card(self.output_dir, **self.card_kwargs())
-            write_marker(self.output_dir, {**self.settings, "step": trainer.state.global_step}, files=model_files)
-            if self.pushes is not None:
-                failures = self.pushes.finish("End of training")
-        if failures:
-            raise pushes_failed_error(self.output_dir, self.args.hub_model_id, failures,
-                                      self.pushes.main_branch if self.pushes else "main")
-        logger.info("final model and model card saved to %s%s", self.output_dir,
-                    f" and pushed to {self.args.hub_model_id}" if self.args.push_to_hub else "")
-
-    def finish_existing(self) -> None:
-        """A re-run of a run with no training left: restore a missing or damaged final model from the checkpoint at
-        its last step, write a missing card, and push the run when asked (finishing a push that failed, step-N
-        branches included with hub_step_branches)."""
-        if not self.is_main:
-            return
-        from edugpt.hub.publish import publish_run
-        from edugpt.report.card import write_model_card
-
-        source = self.decision.restore_from
-        if source is not None:
-            self._restore_final_model(source)
-        elif not (self.output_dir / CARD).exists():
-            write_model_card(self.output_dir, **self.card_kwargs())
-        if self.args.push_to_hub:
-            publish_run(self.output_dir, self.args.hub_model_id, branches=getattr(self.run_args, "hub_step_branches",
-                                                                                  False),
-                        private=self.args.hub_private_repo)
-        logger.info("%s already reached its last step; final model in %s", self.kind, self.output_dir)
-
-    def _restore_final_model(self, checkpoint: Path) -> None:
-        from edugpt.report.card import write_model_card
-
-        root_marker = self.output_dir / MARKER
-        if record.Record.load(self.output_dir).matches(MARKER):
-            root_marker.unlink()
-        before = entries(self.output_dir)
-        marker = read_marker(checkpoint) or {}
-        for name in sorted(marker.get("files", {})):  # the checkpoint's files as its marker lists them
-            if "/" not in name and save_file_role(name) == "model":
-                _copy_nofollow(checkpoint / name, self.output_dir / name)
-        model_files = record_saved_model(self.output_dir, before)
-        write_model_card(self.output_dir, **self.card_kwargs())
-        write_marker(self.output_dir, {**marker.get("settings", self.settings), "step": checkpoint_step(checkpoint)},
-                     files=model_files)
-        logger.info("restored the final model in %s from %s", self.output_dir, checkpoint)
-
-
-# Trainer's functions that read the checkpoint it resumes from: an exception raised inside one of them means the
-# checkpoint's saved state did not load, not that training failed.
-CHECKPOINT_LOADERS = frozenset({
-    "_load_from_checkpoint", "load_from_json", "_load_callback_state", "_load_optimizer_and_scheduler", "_load_scaler",
-    "_load_rng_state", "deepspeed_load_checkpoint", "load_fsdp_model", "load_fsdp_optimizer",
-})
-# Less free space than this after a failed write means the disk filled up: torch.save reports a full disk as
-# "RuntimeError: [enforce fail at inline_container.cc] unexpected pos", without the errno.
-LOW_SPACE_BYTES = 16 * 2**20
-
-
-def _raised_in(err: BaseException, function_names: frozenset) -> bool:
-    """Was `err` raised (directly or by what it called) inside a function named in `function_names`?"""
-    return any(frame.f_code.co_name in function_names for frame, _ in traceback.walk_tb(err.__traceback__))
-
-
-def _disk_full(err: BaseException, folder: Path) -> str | None:
-    """A short reason when `err` comes from a full disk or quota under `folder`, else None."""
-    if reason := no_space_reason(err):
-        return reason
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return None
-    return f"{free / 2**20:.1f} MiB free" if free < LOW_SPACE_BYTES else None
-
-
-def needs_training(decision: Decision) -> bool:
-    return not (decision.finished or decision.restore_from is not None)
-
-
-def _reached_end(checkpoint: Path) -> bool:
-    """Was `checkpoint` saved at its run's last step (per its own trainer_state.json)?"""
-    try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        return state["max_steps"] > 0 and state["global_step"] >= state["max_steps"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 def _read_own(path: Path) -> bytes | None:
@@ -679,61 +323,37 @@ def _read_own(path: Path) -> bytes | None:
         return f.read() if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
 
 
-def _copy_nofollow(source: Path, target: Path) -> None:
-    """Copy the regular file `source` over `target` (atomically; neither is followed if it is a link)."""
-    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as src:
-        tmp = target.with_name(f".{target.name}.restore")
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644), "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-            dst.flush()
-            os.fsync(dst.fileno())
-    os.replace(tmp, target)
+def protect_token(training_args) -> None:
+    """Trainer pickles TrainingArguments, hub_token included, into training_args.bin at every save: move a token
+    given on the command line into the environment, where huggingface_hub finds it and nothing saves it."""
+    if getattr(training_args, "hub_token", None):
+        os.environ["HF_TOKEN"] = training_args.hub_token
+        training_args.hub_token = None
 
 
-def _guard_pushes(trainer, run: TrainingRun):
-    """Route every push of this Trainer through edugpt.hub.publish (TrainerPushes: the run's own files only, no symlink
-    followed, scanned for tokens, edugpt's card in the same commit; step-N branches with hub_step_branches), and keep
-    Trainer's card out of output_dir: TRL calls `create_model_card` at every checkpoint save, which would write
-    Trainer's generic card over edugpt's. Replaced on this instance rather than by subclassing, because the same
-    trainer classes are TRL's SFTTrainer and DPOTrainer too. Returns the TrainerPushes, None without push_to_hub."""
-    from edugpt.report.card import write_model_card
-    from edugpt.run.rundir import is_saved_model
-
-    def create_model_card(*args, **kwargs):
-        if trainer.is_world_process_zero() and is_saved_model(run.output_dir):
-            write_model_card(run.output_dir, **run.card_kwargs())
-
-    trainer.create_model_card = create_model_card
-    if not run.args.push_to_hub:
-        return None
-    from edugpt.hub.publish import TrainerPushes
-
-    return TrainerPushes(trainer, run.output_dir, run.args,
-                         step_branches=getattr(run.run_args, "hub_step_branches", False))
+def check_hub_options(training_args, run_args) -> None:
+    """hub_step_branches needs push_to_hub and checkpoints to push."""
+    if not getattr(run_args, "hub_step_branches", False):
+        return
+    if not training_args.push_to_hub:
+        raise EduGPTError("hub_step_branches pushes each checkpoint to its step-N branch of the Hub repo while "
+                          "training; add --push_to_hub --hub_model_id NAME (or publish the checkpoints after "
+                          "training with `python publish.py OUTPUT_DIR --hub_model_id NAME --branches`).")
+    if training_args.save_strategy == "no":
+        raise EduGPTError("hub_step_branches pushes checkpoints as they are saved, but save_strategy is 'no'; set "
+                          "save_strategy: steps and save_steps N.")
 
 
-def on_main_then_shared(training_args, decide):
-    """Run `decide()` on rank 0 only and return its result on every rank; an EduGPTError (or a crash) there is
-    raised on every rank, so no rank is left waiting in a collective for one that gave up."""
-    state = training_args.distributed_state
-    if state is None or state.num_processes == 1:
-        return decide()
-    from accelerate.utils import broadcast_object_list
-
-    outcome = [None]
-    if state.is_main_process:
-        try:
-            outcome = [("ok", decide())]
-        except EduGPTError as err:
-            outcome = [("error", str(err))]
-        except BaseException as err:
-            broadcast_object_list([("crash", f"{type(err).__name__} on rank 0")], from_process=0)
-            raise
-    broadcast_object_list(outcome, from_process=0)
-    kind, value = outcome[0]
-    if kind == "error":
-        raise EduGPTError(value)
-    if kind == "crash":
-        raise RuntimeError(f"rank 0 failed while preparing output_dir ({value})")
-    return value
+def remove_previous_run(output_dir: Path) -> None:
+    """--overwrite_output_dir: remove what the previous run wrote — exactly what its record lists, each only if it
+    is still the file that was written — and say what was removed and what was kept. Anything else (a user's
+    notes, a `checkpoint-best/` of theirs, a file they edited since) stays. run_config.json goes last, when the
+    new one is written, so the folder stays recognisably ours."""
+    previous = record.Record.load(output_dir)
+    before = set(previous.entries)
+    kept = previous.remove_written(keep=(LOCK, RUN_CONFIG))
+    previous.save()
+    removed = sorted({rel.split("/")[0] for rel in before - set(previous.entries)})
+    logger.warning("--overwrite_output_dir: removed the previous run's %s in %s%s",
+                   ", ".join(removed) if removed else "nothing", output_dir,
+                   f"; kept {', '.join(kept)}" if kept else "")

@@ -83,7 +83,7 @@ class Record:
                     content = json.loads(f.read(64 << 20))
                 entries = content.get("entries") if isinstance(content, dict) else None
                 if isinstance(entries, dict):
-                    record.entries = {k: v for k, v in entries.items() if isinstance(v, dict) and _safe_rel(k)}
+                    record.entries = {k: v for k, v in entries.items() if isinstance(v, dict) and safe_rel(k)}
         except (ValueError, OSError, UnicodeDecodeError):
             logger.warning("%s is damaged: nothing in %s is taken as written by edugpt", record.path, root)
         finally:
@@ -115,7 +115,7 @@ class Record:
         except ValueError:
             return None
         text = rel.as_posix()
-        return text if _safe_rel(text) else None
+        return text if safe_rel(text) else None
 
     def add(self, path: str | os.PathLike, role: str, *, appends: bool = False, sha256: str | None = None) -> bool:
         """Record the file or folder at `path` as written by this run, in `role`. `appends`: a log the run keeps
@@ -271,7 +271,8 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _safe_rel(rel: str) -> bool:
+def safe_rel(rel: str) -> bool:
+    """Is `rel` a path inside a run directory as a record or marker may name it (relative, no "..")?"""
     return bool(rel) and rel != "." and not rel.startswith("/") and ".." not in rel.split("/")
 
 

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
-from edugpt.run.lifecycle import TrainingRun, training_settings
+from edugpt.run.lifecycle import TrainingRun
+from edugpt.run.settings import training_settings
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ from edugpt.hub.datasets import local_dataset_dir
 from edugpt.io.net import looks_like_hub_id
 from edugpt.io.safefs import atomic_write_json
 from edugpt.model.tokenizer import GPT2_EOS_ID
-from edugpt.run.lifecycle import TrainingRun, training_settings
+from edugpt.run.lifecycle import TrainingRun
 from edugpt.run.rundir import DATA_MANIFEST, METRICS, SAMPLES, MetricsLog
+from edugpt.run.settings import training_settings
 
 logger = logging.getLogger(__name__)
 

@@ -95,3 +95,53 @@ def swap_lm_eval_tqdm(replacement: Callable) -> Callable[[], None]:
             module.tqdm = original
 
     return restore
+
+
+# --- run: loading a checkpoint's state, the final save, Trainer's model card, TensorBoard's folder ---
+@touches("transformers.trainer:Trainer._load_from_checkpoint", "transformers.trainer:Trainer._load_optimizer_and_scheduler",
+         "transformers.trainer:Trainer._load_scaler", "transformers.trainer:Trainer._load_rng_state",
+         "transformers.trainer:Trainer._load_callback_state")
+def raise_checkpoint_load_errors_as(trainer, error_class: type[Exception]) -> None:
+    """On this Trainer instance, wrap the methods that read the checkpoint it resumes from (model weights, optimizer
+    and scheduler, grad scaler, RNG states, callback state) so that an exception raised inside one is re-raised as
+    `error_class(err)` (from err): edugpt.run.lifecycle tells "the checkpoint's saved state did not load" from
+    "training failed" by that type. (FSDP's load_fsdp_model / load_fsdp_optimizer run inside the first two.)"""
+    import functools
+
+    for name in ("_load_from_checkpoint", "_load_optimizer_and_scheduler", "_load_scaler", "_load_rng_state",
+                 "_load_callback_state"):
+        method = getattr(trainer, name)
+
+        @functools.wraps(method)
+        def loading(*args, _method=method, **kwargs):
+            try:
+                return _method(*args, **kwargs)
+            except error_class:
+                raise
+            except Exception as err:
+                raise error_class(err) from err
+
+        setattr(trainer, name, loading)
+
+
+@touches("transformers.trainer:Trainer.save_model")
+def save_final_model_without_push(trainer, output_dir: str) -> None:
+    """`trainer.save_model(output_dir)` without Trainer's own push: with push_to_hub, Trainer.save_model also pushes
+    ("Model save") unless its private `_internal_call=True` is passed; edugpt.run.finish pushes the run itself."""
+    trainer.save_model(output_dir, _internal_call=True)
+
+
+@touches("transformers.trainer:Trainer.create_model_card")
+def replace_trainer_model_card(trainer, write_card: Callable) -> None:
+    """Make this Trainer instance call `write_card(*args, **kwargs)` wherever it would write its own generic model
+    card (TRL calls `create_model_card` at every checkpoint save, over edugpt's card)."""
+    trainer.create_model_card = write_card
+
+
+@touches("transformers.trainer:Trainer.callback_handler", "transformers.trainer_callback:CallbackHandler.callbacks",
+         "transformers.integrations.integration_utils:TensorBoardCallback.logging_dir")
+def tensorboard_logging_dirs(trainer) -> list[str]:
+    """The folders this Trainer's TensorBoardCallback writes its event files to (none without one, or before it set
+    its folder at the start of training)."""
+    return [callback.logging_dir for callback in trainer.callback_handler.callbacks
+            if type(callback).__name__ == "TensorBoardCallback" and getattr(callback, "logging_dir", None)]
