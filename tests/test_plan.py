@@ -13,10 +13,10 @@ import pytest
 
 from conftest import ROOT, load_train_main, run_script, tiny_args
 from edugpt.errors import EduGPTError
-from edugpt.run import plan
+from edugpt.run import estimate, plan
 
 RECIPES = ROOT / "configs"
-# The card class each pretraining recipe is sized for (edugpt.run.plan.MEMORY_CLASSES' names).
+# The card class each pretraining recipe is sized for (edugpt.run.estimate.MEMORY_CLASSES' names).
 RECIPE_CARDS = {"gpt2_270m.yaml": "80 GB", "gpt2_270m_48gb.yaml": "40 GB", "gpt2_270m_24gb.yaml": "24 GB"}
 
 
@@ -101,7 +101,7 @@ def test_the_memory_model_is_within_15_percent_of_real_training_steps_on_cpu():
 
     for (checkpointing, attn), measured in zip(CASES, json.loads(proc.stdout.splitlines()[-1]), strict=True):
         config = gpt2_config(ModelArguments(**SHAPE, n_positions=SEQ_LEN, attn_implementation=attn))
-        memory = plan.training_memory(config, measured["n_params"], seq_len=SEQ_LEN, sequences=BATCH,
+        memory = estimate.training_memory(config, measured["n_params"], seq_len=SEQ_LEN, sequences=BATCH,
                                       mixed_precision=False, checkpointing=checkpointing, optimizer_bytes=8,
                                       attn_implementation=attn)
         modelled = memory.total - dict(memory.parts)["weights"]
@@ -114,11 +114,11 @@ def test_a_block_saves_what_transformers_gpt2_keeps_for_backward():
 
     config = gpt2_config(ModelArguments(n_layer=1, n_head=4, n_embd=64, n_positions=32, vocab_size=100))
     # per token: 116 bytes per unit of width in fp32, 86 under bf16 autocast (the GELU's fp32 temporaries included)
-    assert plan.block_saved_bytes(config, 32, act=4) == 32 * 116 * 64
-    assert plan.block_saved_bytes(config, 32, act=2) == 32 * 86 * 64
+    assert estimate.block_saved_bytes(config, 32, act=4) == 32 * 116 * 64
+    assert estimate.block_saved_bytes(config, 32, act=2) == 32 * 86 * 64
     # eager attention keeps softmax's fp32 probabilities, plus their bf16 copy under autocast
-    assert plan.block_saved_bytes(config, 32, 4, "eager") - plan.block_saved_bytes(config, 32, 4) == 4 * 32 * 32 * 4
-    assert plan.block_saved_bytes(config, 32, 2, "eager") - plan.block_saved_bytes(config, 32, 2) == 4 * 32 * 32 * 6
+    assert estimate.block_saved_bytes(config, 32, 4, "eager") - estimate.block_saved_bytes(config, 32, 4) == 4 * 32 * 32 * 4
+    assert estimate.block_saved_bytes(config, 32, 2, "eager") - estimate.block_saved_bytes(config, 32, 2) == 4 * 32 * 32 * 6
 
 
 def test_sharding_and_launch_layout_change_the_per_gpu_memory():
@@ -128,33 +128,33 @@ def test_sharding_and_launch_layout_change_the_per_gpu_memory():
     config = gpt2_config(ModelArguments())
     n = 254_053_376
     common = dict(seq_len=1024, sequences=16, mixed_precision=True, optimizer_bytes=8)
-    one = plan.training_memory(config, n, checkpointing=False, **common)
-    ddp = plan.training_memory(config, n, checkpointing=False, world_size=8, **common)
-    fsdp = plan.training_memory(config, n, checkpointing=False, world_size=8, fsdp=True, **common)
+    one = estimate.training_memory(config, n, checkpointing=False, **common)
+    ddp = estimate.training_memory(config, n, checkpointing=False, world_size=8, **common)
+    fsdp = estimate.training_memory(config, n, checkpointing=False, world_size=8, fsdp=True, **common)
     assert dict(ddp.parts)["DDP gradient buckets"] == 4 * n and ddp.total > one.total
     assert dict(fsdp.parts)["optimizer state"] == 8 * n / 8 and fsdp.total < one.total
-    assert plan.training_memory(config, n, checkpointing=True, **common).total < one.total
+    assert estimate.training_memory(config, n, checkpointing=True, **common).total < one.total
 
 
 def test_checkpoints_kept_follow_save_total_limit_and_the_save_interval():
-    assert plan.checkpoints_kept(19073, "steps", 5000, 3) == 3
-    assert plan.checkpoints_kept(19073, "steps", 5000, None) == 3
-    assert plan.checkpoints_kept(100, "steps", 0.25, None) == 4  # a float < 1 is a share of the steps
-    assert plan.checkpoints_kept(None, "steps", 500, None) is None
-    assert plan.checkpoints_kept(100, "no", 10, 3) == 0
+    assert estimate.checkpoints_kept(19073, "steps", 5000, 3) == 3
+    assert estimate.checkpoints_kept(19073, "steps", 5000, None) == 3
+    assert estimate.checkpoints_kept(100, "steps", 0.25, None) == 4  # a float < 1 is a share of the steps
+    assert estimate.checkpoints_kept(None, "steps", 500, None) is None
+    assert estimate.checkpoints_kept(100, "no", 10, 3) == 0
 
 
 def test_a_measured_mfu_replaces_the_assumed_one(tmp_path):
     path = tmp_path / "mfu.json"
-    assert plan.read_measured_mfu(path) == {}
+    assert estimate.read_measured_mfu(path) == {}
     path.write_text(json.dumps({"H100": {"mfu": 0.5, "measured": "bench/bench_gpu.py, 2026-12-01"}}))
-    rows = {row["gpu"]: row for row in plan.gpu_rows(1.72e9, 10**10, 1, False, plan.read_measured_mfu(path))}
+    rows = {row["gpu"]: row for row in estimate.gpu_rows(1.72e9, 10**10, 1, False, estimate.read_measured_mfu(path))}
     assert (rows["H100 SXM"]["mfu"], rows["H100 SXM"]["source"]) == (0.5, "bench/bench_gpu.py, 2026-12-01")
-    assert (rows["A100"]["mfu"], rows["A100"]["source"]) == (plan.ASSUMED_MFU, "assumed")
+    assert (rows["A100"]["mfu"], rows["A100"]["source"]) == (estimate.ASSUMED_MFU, "assumed")
     assert rows["H100 SXM"]["hours"] == pytest.approx(10**10 / (0.5 * 989e12 / 1.72e9) / 3600)
     path.write_text('{"H100": {"mfu": 43}}')
     with pytest.raises(EduGPTError, match="between 0 and 1"):
-        plan.read_measured_mfu(path)
+        estimate.read_measured_mfu(path)
 
 
 # --- the recipes against their cards ---------------------------------------------------------------------------------
@@ -174,11 +174,11 @@ def recipe_plan(name: str, *extra: str) -> plan.Plan:
 
 @pytest.mark.parametrize("name", sorted(RECIPE_CARDS))
 def test_each_270m_recipe_fits_its_cards_with_headroom_at_the_same_global_batch(name):
-    capacity = {card: size for card, _, size in plan.MEMORY_CLASSES}[RECIPE_CARDS[name]]
+    capacity = {card: size for card, _, size in estimate.MEMORY_CLASSES}[RECIPE_CARDS[name]]
     recipe = recipe_plan(name)
     reference = recipe_plan("gpt2_270m.yaml")
     needed = max(recipe.training[recipe.checkpointing].needed, recipe.evaluation.needed)
-    assert plan.fits_with_headroom(needed, capacity), (name, needed / 2**30)
+    assert estimate.fits_with_headroom(needed, capacity), (name, needed / 2**30)
     assert recipe.batch.startswith("524,288 tokens per optimizer step")
     assert (recipe.n_params, recipe.steps, recipe.tokens) == (reference.n_params, reference.steps, reference.tokens)
     # the validation set is the same 3,200 blocks, so eval_loss compares across the recipes
@@ -190,9 +190,9 @@ def test_each_270m_recipe_fits_its_cards_with_headroom_at_the_same_global_batch(
 
 def test_the_80gb_micro_batch_leaves_no_headroom_on_a_40gb_card():
     """Why the 40-48 GB recipe exists: the 80 GB recipe's micro-batch of 16 needs nearly all of an A100-40G."""
-    capacity = {card: size for card, _, size in plan.MEMORY_CLASSES}["40 GB"]
+    capacity = {card: size for card, _, size in estimate.MEMORY_CLASSES}["40 GB"]
     recipe = recipe_plan("gpt2_270m.yaml")
-    assert not plan.fits_with_headroom(recipe.training[False].needed, capacity)
+    assert not estimate.fits_with_headroom(recipe.training[False].needed, capacity)
 
 
 # --- --dry_run -------------------------------------------------------------------------------------------------------
