@@ -158,7 +158,7 @@ FAKE_TOKEN = "hf_FAKEtokenFAKEtokenFAKEtokenFAKE12"  # shaped like a real token 
 
 
 class FakeHub:
-    """Stands in for the Hub, which is unreachable here: patch it over `huggingface_hub.HfApi` (edugpt.hub.publish) and
+    """Stands in for the Hub, which is unreachable here: patch it over `huggingface_hub.HfApi` (edugpt.hub.pusher) and
     `transformers.trainer.hf_api` (Trainer's own pushes). Selects files as the real `HfApi.upload_folder` does
     (`folder.glob("**/*")` regular files, so a symlinked file's target is read; allow/ignore patterns plus
     huggingface_hub's default ignores; `delete_patterns` deletes matching remote files except .gitattributes and

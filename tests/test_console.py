@@ -78,14 +78,14 @@ def test_each_branch_pushed_and_each_failed_push_is_one_log_line(data_dir, tmp_p
     records: list[logging.LogRecord] = []
     collect = logging.Handler(logging.INFO)  # on the logger itself: setup_logging replaces the root's handlers
     collect.emit = records.append
-    logging.getLogger("edugpt.hub.publish").addHandler(collect)
+    logging.getLogger("edugpt.hub.pusher").addHandler(collect)
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:
         with pytest.raises(EduGPTError, match="step-2"):
             load_train_main()(args)
     finally:
-        logging.getLogger("edugpt.hub.publish").removeHandler(collect)
+        logging.getLogger("edugpt.hub.pusher").removeHandler(collect)
         root.handlers[:], root.level = saved
     lines = [r.getMessage() for r in records]
     pushed = sorted(line for line in lines if line.startswith("pushed "))
@@ -101,7 +101,7 @@ def test_the_streamed_prepare_bar_has_a_total_and_an_eta(tmp_path, capsys, hub_r
     import datasets
 
     from edugpt.config.arguments import PrepareDataArguments
-    from edugpt.corpus.prepare import tokenized_batches
+    from edugpt.corpus.local import tokenized_batches
 
     texts = [f"document {i} about the Python interpreter" for i in range(hub_rows or max_docs)]
     stream = datasets.Dataset.from_dict({"text": texts}).to_iterable_dataset()

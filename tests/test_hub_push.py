@@ -1,4 +1,4 @@
-"""Pushes while and after training (edugpt.hub.publish.TrainerPushes): Trainer's own pushes, hub_strategy and the step-N
+"""Pushes while and after training (edugpt.hub.trainer_pushes): Trainer's own pushes, hub_strategy and the step-N
 branch
 of each save all go through the guarded path publish.py uses, and no file the project writes holds the token."""
 
@@ -23,7 +23,7 @@ LOADABLE = {".gitattributes", "README.md", "config.json", "generation_config.jso
 
 def _use_fake_hub(monkeypatch, hub: FakeHub) -> FakeHub:
     monkeypatch.setattr("transformers.trainer.hf_api", hub)  # Trainer's own calls (init_hf_repo)
-    monkeypatch.setattr("huggingface_hub.HfApi", hub)  # edugpt.hub.publish
+    monkeypatch.setattr("huggingface_hub.HfApi", hub)  # edugpt.hub.pusher
     monkeypatch.setattr("edugpt.hub.publish.require_push_ready", lambda repo_id: repo_id)  # no token or network here
     # --hub_token moves the token into HF_TOKEN (lifecycle.TrainingRun._protect_token): restored after the test.
     monkeypatch.setenv("HF_TOKEN", "unused-before-the-run")
@@ -129,7 +129,7 @@ def test_trainer_push_to_hub_itself_is_guarded(tiny_model_dir, tmp_path, monkeyp
     """Whoever calls the Trainer's push_to_hub (Trainer.save_model does, with push_to_hub) gets the guarded push."""
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from edugpt.hub.publish import TrainerPushes
+    from edugpt.hub.trainer_pushes import TrainerPushes
 
     hub = _use_fake_hub(monkeypatch, FakeHub())
     output_dir = tmp_path / "run"

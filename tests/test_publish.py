@@ -16,7 +16,10 @@ import pytest
 
 from conftest import FAKE_TOKEN, FINAL_TRAIN_LOSS, RESUME_STATE, FakeHub, run_script
 from edugpt.errors import EduGPTError
-from edugpt.hub.publish import HubPusher, plan_branch, plan_publish, publish_run, require_push_ready, scan_file
+from edugpt.hub.plan import plan_branch, plan_publish
+from edugpt.hub.publish import publish_run, require_push_ready
+from edugpt.hub.pusher import HubPusher
+from edugpt.hub.secrets import scan_file
 from edugpt.run import record
 
 SECRET = b"-----BEGIN OPENSSH PRIVATE KEY----- not for the Hub"
@@ -171,7 +174,7 @@ def test_token_inside_an_uploaded_file_stops_the_dry_run(run_dir, tmp_path, monk
 
 def test_token_shaped_text_is_caught_without_a_login(run_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr("edugpt.hub.publish._known_tokens", lambda: [])
+    monkeypatch.setattr("edugpt.hub.secrets.known_tokens", lambda: [])
     (run_dir / "run_config.json").write_text(json.dumps({"training": {"hub_token": FAKE_TOKEN}}))
     record.note_written(run_dir / "run_config.json")
     with pytest.raises(EduGPTError, match="run_config.json contains a Hugging Face access token"):
@@ -187,7 +190,7 @@ def test_token_inside_a_binary_file_is_caught(run_dir, tmp_path, monkeypatch):
     from edugpt.run.checkpoints import write_marker
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr("edugpt.hub.publish._known_tokens", lambda: [])
+    monkeypatch.setattr("edugpt.hub.secrets.known_tokens", lambda: [])
     pickled = run_dir / "checkpoint-2" / "training_args.bin"
     torch.save(TrainingArguments(output_dir=str(tmp_path / "x"), hub_token=FAKE_TOKEN, report_to="none"), pickled)
     write_marker(run_dir / "checkpoint-2")  # as Trainer._save once left it
@@ -197,7 +200,7 @@ def test_token_inside_a_binary_file_is_caught(run_dir, tmp_path, monkeypatch):
     with pytest.raises(EduGPTError, match=r"checkpoint-2/training_args.bin contains a Hugging Face access token"):
         publish_run(run_dir, "someone/x", branches=True, include_optimizer=True, dry_run=tmp_path / "with")
     assert not (tmp_path / "with").exists()
-    monkeypatch.setattr("edugpt.hub.publish.SCAN_CHUNK_BYTES", 16)  # every token straddles a chunk border: still found
+    monkeypatch.setattr("edugpt.hub.secrets.SCAN_CHUNK_BYTES", 16)  # every token straddles a chunk border: still found
     with pytest.raises(EduGPTError, match="contains a Hugging Face access token"):
         scan_file(pickled, "training_args.bin")
 

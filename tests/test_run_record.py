@@ -14,7 +14,8 @@ import pytest
 
 from conftest import FAKE_TOKEN, load_train_main, run_script, tiny_args
 from edugpt.errors import EduGPTError
-from edugpt.hub.publish import plan_publish, publish_run
+from edugpt.hub.plan import plan_publish
+from edugpt.hub.publish import publish_run
 from edugpt.io.safefs import DirLock
 from edugpt.run import record
 from edugpt.run.rundir import LOCK, MARKER

@@ -31,7 +31,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
-from edugpt.hub import publish as hub
+from edugpt.hub import publish
+from edugpt.hub.plan import BranchUpload, PlannedFile
+from edugpt.hub.pusher import PushError
+from edugpt.hub.secrets import scrub
+from edugpt.hub.stage import stage
+from edugpt.io.net import require_repo_id
 
 PACKAGE = Path(__file__).resolve().parents[1]
 APP_FILE = "app.py"
@@ -47,7 +52,7 @@ SPACE_DATA = ("templates/chat_template.jinja", "templates/model_card.md.jinja")
 class SpacePlan:
     space_id: str
     model_id: str
-    upload: hub.BranchUpload  # the files (by path in the Space) and its README as the "card"
+    upload: BranchUpload  # the files (by path in the Space) and its README as the "card"
 
     def files(self) -> list[str]:
         return sorted([*self.upload.files, "README.md"])
@@ -100,9 +105,9 @@ def space_readme(space_id: str, model_id: str, license: str) -> str:
     return str(SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
-def _planned(path: Path) -> hub.PlannedFile:
+def _planned(path: Path) -> PlannedFile:
     st = os.lstat(path)
-    return hub.PlannedFile(path, st.st_size, (st.st_dev, st.st_ino))
+    return PlannedFile(path, st.st_size, (st.st_dev, st.st_ino))
 
 
 def plan_space(space_id: str, model_id: str, source: Path, *, license: str = "mit") -> SpacePlan:
@@ -113,7 +118,7 @@ def plan_space(space_id: str, model_id: str, source: Path, *, license: str = "mi
     files = {APP_FILE: _planned(source / APP_FILE), REQUIREMENTS: _planned(source / REQUIREMENTS)}
     for path in [*package_modules(), *(PACKAGE / rel for rel in SPACE_DATA)]:
         files[f"edugpt/{path.relative_to(PACKAGE).as_posix()}"] = _planned(path)
-    upload = hub.BranchUpload("main", PACKAGE, files, space_readme(space_id, model_id, license),
+    upload = BranchUpload("main", PACKAGE, files, space_readme(space_id, model_id, license),
                               message=f"The edugpt page for {model_id}", delete_patterns=["edugpt/*", "*.py"])
     return SpacePlan(space_id, model_id, upload)
 
@@ -124,11 +129,11 @@ def check_space(space_id: str, model_id: str | None, *, dry_run: bool) -> tuple[
     if model_id is None:
         raise EduGPTError("--space shows a model repo: pass the run directory with --hub_model_id (the Space reads "
                           "that repo), not --hub_dataset_id.")
-    hub._require_repo_id(space_id)
-    hub._require_repo_id(model_id)
+    require_repo_id(space_id)
+    require_repo_id(model_id)
     if dry_run:
         return space_id, model_id
-    return hub.require_push_ready(space_id), hub.require_push_ready(model_id)
+    return publish.require_push_ready(space_id), publish.require_push_ready(model_id)
 
 
 def publish_space(space_id: str, model_id: str, *, dry_run: str | os.PathLike | None = None,
@@ -140,7 +145,7 @@ def publish_space(space_id: str, model_id: str, *, dry_run: str | os.PathLike | 
         source, staged = Path(tmp) / "source", Path(tmp) / "staged"
         source.mkdir()
         plan = plan_space(space_id, model_id, source, license=license)
-        hub.stage(plan.upload, staged, link=False)  # copies, each scanned before it is written
+        stage(plan.upload, staged, link=False)  # copies, each scanned before it is written
         print(f"{'space':>12}: {len(plan.files())} files ({', '.join(plan.files()[:3])}, ...) for {space_id}, "
               f"reading {model_id}")
         if dry_run is not None:
@@ -154,7 +159,7 @@ def publish_space(space_id: str, model_id: str, *, dry_run: str | os.PathLike | 
             api.upload_folder(repo_id=space_id, repo_type="space", folder_path=str(staged),
                               commit_message=plan.upload.message, delete_patterns=plan.upload.delete_patterns)
         except Exception as err:
-            raise hub.PushError(space_id, f"{type(err).__name__}: {hub.scrub(str(err))}") from None
+            raise PushError(space_id, f"{type(err).__name__}: {scrub(str(err))}") from None
     return f"https://huggingface.co/spaces/{space_id}"
 
 

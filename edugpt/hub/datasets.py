@@ -39,10 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from edugpt.corpus.prepare import MANIFEST, SPLITS, load_manifest, record_problems, verify
+from edugpt.corpus.manifest import MANIFEST, load_manifest, record_problems
+from edugpt.corpus.split import SPLITS
+from edugpt.corpus.verify import verify
 from edugpt.errors import EduGPTError
-from edugpt.hub.publish import BranchUpload, PlannedFile, scan_file, scrub, stage, write_dry_run
-from edugpt.io.net import hub_available
+from edugpt.hub.plan import BranchUpload, PlannedFile
+from edugpt.hub.secrets import scan_file, scrub
+from edugpt.hub.stage import stage, write_dry_run
+from edugpt.io.net import hub_available, is_repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -60,18 +64,14 @@ def is_hub_dataset(dataset_dir) -> bool:
 def parse_hub_dataset(uri: str) -> tuple[str, str | None]:
     """`hf://datasets/OWNER/NAME[@REVISION]` -> (repo id, revision or None). A revision with '/' may be written as
     HfFileSystem writes it (`refs%2Fpr%2F1`)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     if not uri.startswith(HF_DATASETS):
         raise EduGPTError(f"--dataset_dir {uri!r}: only a Hub dataset repo can be trained from; write it as "
                           "hf://datasets/OWNER/NAME[@REVISION].")
     repo_id, _, revision = uri[len(HF_DATASETS):].partition("@")
     repo_id = repo_id.rstrip("/")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
+    if not is_repo_id(repo_id):
         raise EduGPTError(f"--dataset_dir {uri!r}: {repo_id!r} is not a Hub repo id; write it as "
-                          "hf://datasets/OWNER/NAME[@REVISION].") from None
+                          "hf://datasets/OWNER/NAME[@REVISION].")
     return repo_id, unquote(revision) or None
 
 
@@ -119,13 +119,9 @@ class DatasetPlan:
 
 
 def _require_dataset_id(hub_dataset_id: str | None) -> None:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(hub_dataset_id or "")
-    except HFValidationError:
+    if not is_repo_id(hub_dataset_id or ""):
         raise EduGPTError(f"{hub_dataset_id!r} is not a valid Hub repo id; pass --hub_dataset_id 'name' or "
-                          "'owner/name' with letters, digits, '-', '_' and '.'.") from None
+                          "'owner/name' with letters, digits, '-', '_' and '.'.")
 
 
 def plan_dataset(dataset_dir: str | os.PathLike, hub_dataset_id: str, *, license: str | None = None) -> DatasetPlan:

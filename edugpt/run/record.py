@@ -16,7 +16,7 @@ Roles (what the file is to the run):
                 images/*.png, TensorBoard event files, published.json, trainer_state.json
     state       resume-only state at the root (training_args.bin, a pickle: never uploaded without include_optimizer)
     checkpoint  a checkpoint-N/ folder and every file Trainer and edugpt wrote in it
-    staging     the hidden folder uploads are staged in (edugpt.hub.publish)
+    staging     the hidden folder uploads are staged in (edugpt.hub.stage)
 
 Writes go through `note_written` (safefs.atomic_write_* call it for every file they write: a file written inside a
 recorded run directory is recorded with the role its writer gives, "record" by default). Only the main process

@@ -14,7 +14,7 @@ its readers, and the rule for who may write into it.
       .edugpt.lock           held while a job writes here (edugpt.io.safefs.DirLock)
       .edugpt-record.json    the record of every file and folder the run wrote here (edugpt.run.record): what
                              --overwrite_output_dir may remove, what the final model's marker lists, what is uploaded
-      .edugpt-upload/        uploads staged for the Hub (edugpt.hub.publish); a step-N push that failed waits here
+      .edugpt-upload/        uploads staged for the Hub (edugpt.hub.stage); a step-N push that failed waits here
 
 Nothing here imports torch or transformers at module level, so writing a card or a plot stays fast.
 """
@@ -43,7 +43,7 @@ LOSS_PLOT = f"{IMAGES}/train-loss.png"
 HELLASWAG_PLOT = f"{IMAGES}/hellaswag.png"
 TRAINER_STATE = "trainer_state.json"
 LOCK = ".edugpt.lock"
-STAGING = ".edugpt-upload"  # edugpt.hub.publish stages each upload here (hardlinks); hidden, so never uploaded itself
+STAGING = ".edugpt-upload"  # edugpt.hub.stage stages each upload here (hardlinks); hidden, so never uploaded itself
 # Written last into every finished checkpoint and final model: the size and SHA-256 of each file (edugpt.run.checkpoints).
 MARKER = "edugpt-complete.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # transformers.trainer_utils' PREFIX_CHECKPOINT_DIR + "-N"

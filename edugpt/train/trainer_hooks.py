@@ -97,6 +97,85 @@ def swap_lm_eval_tqdm(replacement: Callable) -> Callable[[], None]:
     return restore
 
 
+# --- hub: Trainer's pushes routed through edugpt.hub (edugpt.hub.trainer_pushes.TrainerPushes) ---
+@touches("transformers:Trainer._push_from_checkpoint", "transformers:Trainer.push_to_hub")
+def route_trainer_pushes(trainer, push_from_checkpoint: Callable[[str], None], push_to_hub: Callable) -> None:
+    """Replace, on this one Trainer instance (TRL's SFTTrainer and DPOTrainer too, hence no subclass), Trainer's
+    upload at each save and its `push_to_hub` with edugpt's: Trainer calls `_push_from_checkpoint(checkpoint_folder)`
+    inside `_save_checkpoint` (hub_strategy), before the on_save callbacks, and offers no public way to choose what
+    it uploads (all of output_dir)."""
+    trainer._push_from_checkpoint = push_from_checkpoint
+    trainer.push_to_hub = push_to_hub
+
+
+@touches("transformers.trainer:Trainer.save_model")
+def save_model_without_push(trainer, output_dir: str | None = None) -> None:
+    """`trainer.save_model(output_dir)` without the push save_model itself makes with push_to_hub ("Model save"), as
+    Trainer.push_to_hub calls it: with the private keyword `_internal_call=True`. The unit test resolves save_model
+    only, not the keyword; save_model takes no **kwargs, so a release without `_internal_call` fails here with a
+    TypeError rather than pushing twice."""
+    if output_dir is None:
+        trainer.save_model(_internal_call=True)
+    else:
+        trainer.save_model(output_dir, _internal_call=True)
+
+
+# --- train: Trainer's callback order, its train sampler, the LR scheduler's last lr; the recipe parser's groups ---
+@touches("transformers.trainer:Trainer.callback_handler", "transformers.trainer_callback:CallbackHandler.callbacks")
+def trainer_callbacks(trainer) -> list:
+    """`trainer`'s callbacks in the order Trainer calls them (a copy of its CallbackHandler's own list)."""
+    return list(trainer.callback_handler.callbacks)
+
+
+@touches("transformers.trainer:Trainer.callback_handler", "transformers.trainer_callback:CallbackHandler.callbacks")
+def insert_trainer_callbacks(trainer, index: int, *callbacks) -> None:
+    """Put `callbacks` at `index` of the order in which `trainer` calls its callbacks: CallbackHandler has no
+    insert() (add_callback appends), and its list is the documented order of calls, so they are placed in it directly."""
+    trainer.callback_handler.callbacks[index:index] = callbacks
+
+
+@touches("transformers.trainer:Trainer._get_train_sampler")
+def trainer_with_train_sampler(trainer_class: type, make_sampler: Callable) -> type:
+    """A subclass of `trainer_class` whose train sampler is `make_sampler(trainer, dataset)`, or Trainer's own where
+    that returns None: Trainer chooses the sampler inside `_get_train_sampler`, and no argument or callback replaces it."""
+
+    class WithTrainSampler(trainer_class):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            sampler = make_sampler(self, dataset)
+            return super()._get_train_sampler(train_dataset) if sampler is None else sampler
+
+    return WithTrainSampler
+
+
+@touches("torch.optim.lr_scheduler:LRScheduler._last_lr")
+def set_scheduler_last_lr(lr_scheduler, lrs: list[float]) -> None:
+    """Make `lrs` what `lr_scheduler.get_last_lr()` returns (what Trainer logs as learning_rate) after its param
+    groups' lr were set by hand: torch's scheduler keeps the value of its last `step()` in `_last_lr` until the next."""
+    lr_scheduler._last_lr = list(lrs)
+
+
+@touches("transformers.hf_argparser:HfArgumentParser._add_dataclass_arguments", "argparse:ArgumentParser._actions",
+         "argparse:ArgumentParser._optionals", "argparse:_ArgumentGroup._group_actions")
+def parser_with_dataclass_groups(parser_class: type, group_of: Callable[[type], dict]) -> type:
+    """A subclass of `parser_class` (an HfArgumentParser) that lists each dataclass's options in --help under a group
+    of their own, `add_argument_group(**group_of(dtype))`: HfArgumentParser adds them in its private
+    `_add_dataclass_arguments`, to argparse's general options group, and argparse has no public way to move an action
+    from one group to another."""
+
+    class WithDataclassGroups(parser_class):
+        def _add_dataclass_arguments(self, dtype):
+            first = len(self._actions)
+            super()._add_dataclass_arguments(dtype)
+            group = self.add_argument_group(**group_of(dtype))
+            for action in self._actions[first:]:
+                if action in self._optionals._group_actions:
+                    self._optionals._group_actions.remove(action)
+                    group._group_actions.append(action)
+
+    return WithDataclassGroups
+
+
 # --- run: loading a checkpoint's state, the final save, Trainer's model card, TensorBoard's folder ---
 @touches("transformers.trainer:Trainer._load_from_checkpoint", "transformers.trainer:Trainer._load_optimizer_and_scheduler",
          "transformers.trainer:Trainer._load_scaler", "transformers.trainer:Trainer._load_rng_state",
