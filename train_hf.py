@@ -40,20 +40,20 @@ from __future__ import annotations
 
 from transformers import TrainingArguments
 
-from edugpt.config.arguments import DataArguments, ModelArguments, RunArguments, ScriptArguments
+from edugpt.config.arguments import DataArguments, ModelArguments, PretrainArguments, RunArguments
 from edugpt.config.cli import parse_config, run, setup_logging
 from edugpt.run.plan import dry_run_argv, show_pretraining_plan
 from edugpt.train.pretrain import pretrain
 
 
 def main(argv: list[str] | None = None) -> None:
-    model_args, data_args, script_args, run_args, training_args = parse_config(
-        [ModelArguments, DataArguments, ScriptArguments, RunArguments, TrainingArguments], dry_run_argv(argv)
+    model_args, data_args, pretrain_args, run_args, training_args = parse_config(
+        [ModelArguments, DataArguments, PretrainArguments, RunArguments, TrainingArguments], dry_run_argv(argv)
     )
     if run_args.dry_run:  # the plan, then exit: nothing written, no model built, no GPU used (edugpt.run.plan)
         return show_pretraining_plan(model_args, data_args, run_args, training_args, argv)
     setup_logging(training_args.process_index)
-    pretrain(model_args, data_args, script_args, run_args, training_args)
+    pretrain(model_args, data_args, pretrain_args, run_args, training_args)
 
 
 if __name__ == "__main__":

@@ -42,12 +42,12 @@ def build(data_dir: Path, output_dir: Path, overrides: list[str]):
     unlocked again (each measurement trains into a fresh temporary folder)."""
     from transformers import TrainingArguments
 
-    from edugpt.config.arguments import DataArguments, ModelArguments, RunArguments, ScriptArguments
+    from edugpt.config.arguments import DataArguments, ModelArguments, PretrainArguments, RunArguments
     from edugpt.config.cli import parse_config
     from edugpt.train.pretrain import start
 
     parsed = parse_config(
-        [ModelArguments, DataArguments, ScriptArguments, RunArguments, TrainingArguments],
+        [ModelArguments, DataArguments, PretrainArguments, RunArguments, TrainingArguments],
         ["--config", str(ROOT / "configs" / "gpt2_270m.yaml"), "--dataset_dir", str(data_dir),
          "--output_dir", str(output_dir), "--eval_strategy", "no", "--save_strategy", "no", "--sample_steps", "0",
          "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--hellaswag_steps", "0",

@@ -36,7 +36,7 @@ def make_dataset(path: Path, seq_len: int, blocks: int) -> Path:
     speed)."""
     import numpy as np
 
-    from edugpt.corpus.prepare import write_prepared
+    from edugpt.corpus.synthetic import write_prepared
     from edugpt.model.tokenizer import BUNDLED_GPT2_DIR, gpt2_tiktoken
 
     ids = gpt2_tiktoken().encode_ordinary((BUNDLED_GPT2_DIR / "merges.txt").read_text()[:2_000_000])
@@ -47,11 +47,11 @@ def make_dataset(path: Path, seq_len: int, blocks: int) -> Path:
 def parse(argv, data_dir: Path, output_dir: Path, steps: int):
     from transformers import TrainingArguments
 
-    from edugpt.config.arguments import DataArguments, ModelArguments, ScriptArguments
+    from edugpt.config.arguments import DataArguments, ModelArguments, PretrainArguments
     from edugpt.config.cli import parse_config
 
     return parse_config(
-        [ModelArguments, DataArguments, ScriptArguments, TrainingArguments],
+        [ModelArguments, DataArguments, PretrainArguments, TrainingArguments],
         ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"),
          "--dataset_dir", str(data_dir), "--output_dir", str(output_dir), "--max_steps", str(steps),
          "--eval_strategy", "no", "--save_strategy", "no", "--sample_steps", "0", "--hellaswag_steps", "0",

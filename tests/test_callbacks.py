@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, TrainerControl, TrainerState, Tra
 from edugpt.report.plots import plot_hellaswag, plot_losses
 from edugpt.run.rundir import MetricsLog
 from edugpt.train import callbacks as cb
+from edugpt.train import guards, samples
 
 
 def state_at(step, tokens=0):
@@ -129,7 +130,7 @@ def test_a_fresh_start_in_the_same_output_dir_does_not_append_to_old_records(arg
 
 def test_samples_do_not_disturb_rng_or_model_mode_and_fill_the_table(tiny_model, gpt2_tokenizer, args, tmp_path):
     metrics = MetricsLog(tmp_path / "metrics.jsonl")
-    callback = cb.SamplesCallback(gpt2_tokenizer, ["Once upon a time"], every_steps=5, max_new_tokens=6, top_k=50,
+    callback = samples.SamplesCallback(gpt2_tokenizer, ["Once upon a time"], every_steps=5, max_new_tokens=6, top_k=50,
                                   seed=7, samples_path=tmp_path / "samples.md", metrics=metrics)
     tiny_model.train()
     torch.manual_seed(123)
@@ -154,18 +155,18 @@ def test_samples_do_not_disturb_rng_or_model_mode_and_fill_the_table(tiny_model,
 
 def test_samples_on_resume_keep_earlier_rows_only(gpt2_tokenizer, args, tmp_path):
     path = tmp_path / "samples.md"
-    path.write_text(cb.SAMPLES_HEADER + "| 0 | a |\n| 5 | b |\n| 10 | c |\n")
-    callback = cb.SamplesCallback(gpt2_tokenizer, ["x"], 5, 4, 0, 0, path, MetricsLog(tmp_path / "m.jsonl"))
+    path.write_text(samples.SAMPLES_HEADER + "| 0 | a |\n| 5 | b |\n| 10 | c |\n")
+    callback = samples.SamplesCallback(gpt2_tokenizer, ["x"], 5, 4, 0, 0, path, MetricsLog(tmp_path / "m.jsonl"))
     callback.on_train_begin(args, state_at(5), TrainerControl(), model=None)
-    assert path.read_text() == cb.SAMPLES_HEADER + "| 0 | a |\n| 5 | b |\n"
+    assert path.read_text() == samples.SAMPLES_HEADER + "| 0 | a |\n| 5 | b |\n"
 
 
 def test_markdown_cell_keeps_the_table_intact():
-    assert cb.markdown_cell("a|b\nc  <|endoftext|>") == "a\\|b c &lt;\\|endoftext\\|&gt;"
+    assert samples.markdown_cell("a|b\nc  <|endoftext|>") == "a\\|b c &lt;\\|endoftext\\|&gt;"
 
 
 def test_non_finite_loss_or_grad_norm_stops_without_saving(args):
-    guard = cb.NonFiniteLossCallback()
+    guard = guards.NonFiniteLossCallback()
     control = TrainerControl(should_save=True)
     guard.on_log(args, state_at(3), control, logs={"loss": 2.0, "grad_norm": 1.0})
     assert guard.failure is None and not control.should_training_stop
@@ -175,7 +176,7 @@ def test_non_finite_loss_or_grad_norm_stops_without_saving(args):
 
 
 def test_non_finite_weights_are_never_checkpointed(tiny_model, args):
-    guard = cb.NonFiniteLossCallback()
+    guard = guards.NonFiniteLossCallback()
     control = TrainerControl(should_save=True)
     guard.on_step_end(args, state_at(2), control, model=tiny_model)
     assert guard.failure is None and control.should_save
@@ -186,7 +187,7 @@ def test_non_finite_weights_are_never_checkpointed(tiny_model, args):
 
 
 def test_sigterm_sets_save_and_stop_at_the_step_end_then_restores_the_handler(args):
-    callback = cb.SigtermCallback()
+    callback = guards.SigtermCallback()
     previous = signal.getsignal(signal.SIGTERM)
     callback.on_train_begin(args, state_at(0), TrainerControl())
     os.kill(os.getpid(), signal.SIGTERM)
@@ -253,8 +254,8 @@ def nan_train(model, tmp_path, poisoned_steps, max_steps, guard, **training):
 
 @pytest.mark.parametrize("optim", ["adamw_torch", "adamw_torch_fused"])  # foreach and fused AdamW
 def test_skip_mode_drops_exactly_the_non_finite_step_and_trains_on(tiny_model, tmp_path, caplog, optim):
-    guard = cb.NonFiniteLossCallback("skip", max_skipped_steps=2)
-    with caplog.at_level("WARNING", logger="edugpt.train.callbacks"):
+    guard = guards.NonFiniteLossCallback("skip", max_skipped_steps=2)
+    with caplog.at_level("WARNING", logger="edugpt.train.guards"):
         trainer, snapshots, records = nan_train(tiny_model, tmp_path, {3}, 6, guard, optim=optim, save_strategy="no")
     assert guard.failure is None and guard.skipped_steps == [3] and trainer.state.global_step == 6
     assert "non-finite gradients at step 3: skipped its update" in caplog.text
@@ -269,7 +270,7 @@ def test_skip_mode_drops_exactly_the_non_finite_step_and_trains_on(tiny_model, t
 
 
 def test_skip_mode_stops_after_too_many_skips_in_a_row_without_saving_that_step(tiny_model, tmp_path):
-    guard = cb.NonFiniteLossCallback("skip", max_skipped_steps=2)
+    guard = guards.NonFiniteLossCallback("skip", max_skipped_steps=2)
     trainer, _, _ = nan_train(tiny_model, tmp_path, set(range(2, 10)), 8, guard, save_steps=1)
     assert guard.failure == ("the gradients were non-finite on 3 optimizer steps in a row (more than "
                              "max_skipped_steps 2) up to step 4")
@@ -279,21 +280,21 @@ def test_skip_mode_stops_after_too_many_skips_in_a_row_without_saving_that_step(
 
 
 def test_a_non_finite_loss_of_a_step_that_was_not_skipped_still_stops(args):
-    guard = cb.NonFiniteLossCallback("skip")
+    guard = guards.NonFiniteLossCallback("skip")
     control = TrainerControl()
     guard.on_log(args, state_at(4), control, logs={"loss": float("inf"), "grad_norm": 1.0})
     assert "training loss became inf at step 4" in guard.failure and control.should_training_stop
 
 
 def test_nonfinite_loss_option_is_validated():
-    from edugpt.config.arguments import ScriptArguments
+    from edugpt.config.arguments import PretrainArguments
     from edugpt.errors import EduGPTError
 
-    assert ScriptArguments(nonfinite_loss="skip").max_skipped_steps == 10
+    assert PretrainArguments(nonfinite_loss="skip").max_skipped_steps == 10
     with pytest.raises(EduGPTError, match="nonfinite_loss must be 'stop' or 'skip', got 'ignore'"):
-        ScriptArguments(nonfinite_loss="ignore")
+        PretrainArguments(nonfinite_loss="ignore")
     with pytest.raises(EduGPTError, match="max_skipped_steps must be >= 0"):
-        ScriptArguments(max_skipped_steps=-1)
+        PretrainArguments(max_skipped_steps=-1)
 
 
 def _resumable_trainer(model_dir, output_dir, **settings):
@@ -370,7 +371,7 @@ def test_a_multi_line_sample_is_one_console_line_written_around_the_progress_bar
 
     from tqdm.auto import tqdm
 
-    class TwoLines(cb.SamplesCallback):
+    class TwoLines(samples.SamplesCallback):
         def generate(self, model, prompt):
             return f"{prompt}\nsecond line\n\nthird"
 
@@ -389,6 +390,6 @@ def test_a_multi_line_sample_is_one_console_line_written_around_the_progress_bar
         bar.close()
         root.handlers[:], root.level = saved
     err = capsys.readouterr().err
-    assert "\redugpt.train.callbacks: sample at step 0: Once upon a time ⏎ second line ⏎  ⏎ third\n" in err, repr(err)
+    assert "\redugpt.train.samples: sample at step 0: Once upon a time ⏎ second line ⏎  ⏎ third\n" in err, repr(err)
     assert "]edugpt" not in err  # not glued to the bar
     assert metrics.read()[0]["sample/text"] == "Once upon a time\nsecond line\n\nthird"

@@ -10,25 +10,24 @@ from dataclasses import dataclass
 import pytest
 import torch
 from transformers import TrainingArguments
-from trl import DPOConfig, ModelConfig, SFTConfig
-from trl import ScriptArguments as TrlScriptArguments
+from trl import DPOConfig, ModelConfig, ScriptArguments, SFTConfig
 
 from conftest import FAKE_TOKEN, ROOT, run_script
 from edugpt.config.arguments import (
     CardArguments,
     DataArguments,
     ModelArguments,
+    PretrainArguments,
     PublishArguments,
     RunArguments,
-    ScriptArguments,
 )
 from edugpt.config.cli import parse_config
 from edugpt.errors import EduGPTError
 
 # The dataclasses each entry point hands parse_config (train_hf.py, finetune/sft.py, finetune/dpo.py, eval_harness.py).
-TRAIN = [ModelArguments, DataArguments, ScriptArguments, RunArguments, TrainingArguments]
-SFT = [TrlScriptArguments, SFTConfig, ModelConfig, RunArguments]
-DPO = [TrlScriptArguments, DPOConfig, ModelConfig, RunArguments]
+TRAIN = [ModelArguments, DataArguments, PretrainArguments, RunArguments, TrainingArguments]
+SFT = [ScriptArguments, SFTConfig, ModelConfig, RunArguments]
+DPO = [ScriptArguments, DPOConfig, ModelConfig, RunArguments]
 CPU = [] if torch.cuda.is_available() else ["--bf16", "false", "--tf32", "false"]
 
 
@@ -168,9 +167,9 @@ def test_bf16_and_tf32_without_a_gpu_are_one_line_naming_the_fix():
 def test_sample_prompts_string_is_one_prompt(tmp_path):
     path = recipe(tmp_path, 'sample_prompts: "Once upon a time"\n')
     assert parse_config(TRAIN, ["--config", path, *CPU])[2].sample_prompts == ["Once upon a time"]
-    assert ScriptArguments(sample_prompts="In the beginning").sample_prompts == ["In the beginning"]
+    assert PretrainArguments(sample_prompts="In the beginning").sample_prompts == ["In the beginning"]
     with pytest.raises(EduGPTError, match="sample_prompts must be non-empty strings"):
-        ScriptArguments(sample_prompts=["fine", ""])
+        PretrainArguments(sample_prompts=["fine", ""])
 
 
 @pytest.mark.parametrize("classes", [TRAIN, SFT, DPO, [CardArguments]], ids=["train_hf", "sft", "dpo", "card"])

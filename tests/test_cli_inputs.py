@@ -67,7 +67,7 @@ def test_in_loop_hellaswag_from_an_offline_hub_is_refused_before_the_run_writes_
 
 
 def test_a_non_positive_hellaswag_limit_is_refused_while_parsing():
-    from edugpt.config.arguments import ScriptArguments
+    from edugpt.config.arguments import PretrainArguments
 
     with pytest.raises(EduGPTError, match="hellaswag_limit must be a positive number or null, got 0"):
-        ScriptArguments(hellaswag_limit=0)
+        PretrainArguments(hellaswag_limit=0)

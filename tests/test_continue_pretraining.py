@@ -41,11 +41,11 @@ def one_step_args(output_dir, **extra):
 
 
 def start_from(model_dir_or_id, data_dir, output_dir, **model):
-    from edugpt.config.arguments import DataArguments, ModelArguments, RunArguments, ScriptArguments
+    from edugpt.config.arguments import DataArguments, ModelArguments, PretrainArguments, RunArguments
     from edugpt.train.pretrain import start
 
     model_args = ModelArguments(model_name_or_path=str(model_dir_or_id), **model)
-    run, pretraining = start(model_args, DataArguments(dataset_dir=str(data_dir)), ScriptArguments(sample_steps=0),
+    run, pretraining = start(model_args, DataArguments(dataset_dir=str(data_dir)), PretrainArguments(sample_steps=0),
                              RunArguments(), one_step_args(output_dir))
     return model_args, run, pretraining
 
@@ -111,12 +111,12 @@ def test_a_recipe_shape_key_that_disagrees_with_the_model_is_one_error_naming_bo
 def test_model_arguments_that_cannot_work_are_one_error_at_parse_time(recipe, argv, message, tmp_path):
     from transformers import TrainingArguments
 
-    from edugpt.config.arguments import DataArguments, ModelArguments, RunArguments, ScriptArguments
+    from edugpt.config.arguments import DataArguments, ModelArguments, PretrainArguments, RunArguments
     from edugpt.config.cli import parse_config
 
     (tmp_path / "recipe.yaml").write_text(recipe)
     with pytest.raises(EduGPTError, match=message):
-        parse_config([ModelArguments, DataArguments, ScriptArguments, RunArguments, TrainingArguments],
+        parse_config([ModelArguments, DataArguments, PretrainArguments, RunArguments, TrainingArguments],
                      ["--config", str(tmp_path / "recipe.yaml"), *argv, "--use_cpu", "true"])
 
 

@@ -163,11 +163,11 @@ def test_a_measured_mfu_replaces_the_assumed_one(tmp_path):
 def recipe_plan(name: str, *extra: str) -> plan.Plan:
     from transformers import TrainingArguments
 
-    from edugpt.config.arguments import DataArguments, ModelArguments, RunArguments, ScriptArguments
+    from edugpt.config.arguments import DataArguments, ModelArguments, PretrainArguments, RunArguments
     from edugpt.config.cli import parse_config
 
     model_args, data_args, _, _, training_args = parse_config(
-        [ModelArguments, DataArguments, ScriptArguments, RunArguments, TrainingArguments],
+        [ModelArguments, DataArguments, PretrainArguments, RunArguments, TrainingArguments],
         plan.dry_run_argv(["--config", str(RECIPES / name), "--dry_run", *extra]))
     return plan.pretraining_plan(model_args, data_args, training_args, name)
 

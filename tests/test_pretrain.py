@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edugpt.config.arguments import ModelArguments
-from edugpt.corpus import prepare as data
+from edugpt.corpus import synthetic
 from edugpt.errors import EduGPTError
 from edugpt.model.gpt2 import gpt2_config
 from edugpt.train.pretrain import bound_eval_split, collate_blocks, load_prepared, read_manifest
@@ -19,11 +19,11 @@ CONFIG = gpt2_config(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=3
 
 def write_prepared(path, train_blocks=6, val_blocks=2, seq_len=SEQ, **manifest_overrides):
     """A directory in the data contract's format, written by prepare_data.py's own writer
-    (`edugpt.corpus.prepare.write_prepared`)."""
+    (`edugpt.corpus.synthetic.write_prepared`)."""
     tokens = np.arange((train_blocks + val_blocks) * seq_len, dtype=np.int64) % 50257
     tokens[seq_len - 1] = 50256  # an <|endoftext|> inside the first block
     blocks = tokens.astype(np.uint16).reshape(-1, seq_len)
-    return data.write_prepared(path, {"train": blocks[:train_blocks], "validation": blocks[train_blocks:]},
+    return synthetic.write_prepared(path, {"train": blocks[:train_blocks], "validation": blocks[train_blocks:]},
                                **manifest_overrides)
 
 
@@ -158,13 +158,13 @@ def test_an_impossible_or_contradicting_global_batch_is_a_user_error():
 def test_trainer_shuffles_with_the_compact_sampler(prepared, tmp_path):
     from transformers import TrainingArguments
 
-    from edugpt.config.arguments import DataArguments, RunArguments, ScriptArguments
+    from edugpt.config.arguments import DataArguments, PretrainArguments, RunArguments
     from edugpt.train.pretrain import CompactRandomSampler, start
 
     args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", eval_strategy="no",
                              per_device_train_batch_size=4, max_steps=2)
     run, pretraining = start(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32),
-                             DataArguments(dataset_dir=str(prepared)), ScriptArguments(), RunArguments(), args)
+                             DataArguments(dataset_dir=str(prepared)), PretrainArguments(), RunArguments(), args)
     run.lock.release()
     assert isinstance(pretraining.trainer._get_train_sampler(), CompactRandomSampler)
     batch = next(iter(pretraining.trainer.get_train_dataloader()))
@@ -175,12 +175,12 @@ def test_skip_mode_without_the_nan_filter_is_refused(prepared, tmp_path):
     """Without logging_nan_inf_filter, Trainer's running loss stays NaN after one skipped step: refuse the combination."""
     from transformers import TrainingArguments
 
-    from edugpt.config.arguments import DataArguments, RunArguments, ScriptArguments
+    from edugpt.config.arguments import DataArguments, PretrainArguments, RunArguments
     from edugpt.train.pretrain import start
 
     args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", eval_strategy="no",
                              logging_nan_inf_filter=False, max_steps=2)
     with pytest.raises(EduGPTError, match="nonfinite_loss 'skip' needs logging_nan_inf_filter"):
         start(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32), DataArguments(dataset_dir=str(prepared)),
-              ScriptArguments(nonfinite_loss="skip"), RunArguments(), args)
+              PretrainArguments(nonfinite_loss="skip"), RunArguments(), args)
     assert not (tmp_path / "run").exists()  # refused before anything was written

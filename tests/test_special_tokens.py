@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from edugpt.model.chat import add_chat_template, generate_reply
 from edugpt.model.tokenizer import GPT2_EOS_ID, encode_text, gpt2_tiktoken
 from edugpt.run.rundir import MetricsLog
-from edugpt.train.callbacks import SamplesCallback
+from edugpt.train.samples import SamplesCallback
 
 LITERAL_IDS = [27, 91, 437, 1659, 5239, 91, 29]
 TEXT = "A web page that quotes <|endoftext|> in its middle.<|endoftext|>And its end"

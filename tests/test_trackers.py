@@ -83,6 +83,6 @@ def test_tensorboard_files_hellaswag_under_eval_and_shows_the_samples_as_text(da
 
 
 def cb_cell(text: str) -> str:
-    from edugpt.train.callbacks import markdown_cell
+    from edugpt.train.samples import markdown_cell
 
     return markdown_cell(text)

@@ -32,11 +32,11 @@ pytestmark = pytest.mark.slow
 def test_pretraining_recipes_parse():
     from transformers import TrainingArguments
 
-    from edugpt.config.arguments import DataArguments, ModelArguments, ScriptArguments
+    from edugpt.config.arguments import DataArguments, ModelArguments, PretrainArguments
 
     for recipe in (ROOT / "configs" / "smoke.yaml", ROOT / "configs" / "gpt2_270m.yaml"):
         model, data, script, training = parse_config(
-            [ModelArguments, DataArguments, ScriptArguments, TrainingArguments],
+            [ModelArguments, DataArguments, PretrainArguments, TrainingArguments],
             ["--config", str(recipe), "--use_cpu", "true", "--bf16", "false", "--tf32", "false", "--torch_compile", "false",
              "--optim", "adamw_torch"],
         )
@@ -210,7 +210,7 @@ def _blocks_data(path, seed: int):
     """A prepared dataset of 16 train and 4 validation blocks of 64 random tokens: same counts for every seed."""
     import numpy as np
 
-    from edugpt.corpus.prepare import write_prepared
+    from edugpt.corpus.synthetic import write_prepared
 
     blocks = np.random.default_rng(seed).integers(0, 50256, size=(20, 64)).astype(np.uint16)
     return write_prepared(path, {"train": blocks[:16], "validation": blocks[16:]})

@@ -5,9 +5,9 @@ TRL's `SFTConfig` / `DPOConfig` / `ModelConfig` / `ScriptArguments`); what they 
 entry point parses its dataclasses with `edugpt.config.cli.parse_config` (YAML recipe + command-line overrides, loud on
 typos).
 
-- train_hf.py: ModelArguments, DataArguments, ScriptArguments, RunArguments + TrainingArguments
+- train_hf.py: ModelArguments, DataArguments, PretrainArguments, RunArguments + TrainingArguments
 - finetune/sft.py, finetune/dpo.py: RunArguments + TRL's ScriptArguments, SFTConfig/DPOConfig, ModelConfig
-- prepare_data.py: PrepareDataArguments + edugpt.corpus.datatrove's ExecutorArguments
+- prepare_data.py: PrepareDataArguments + ExecutorArguments
 - eval_harness.py: lm-eval's own parser (edugpt.eval.options)
 - publish.py: PublishArguments; python -m edugpt.report.card: CardArguments
 """
@@ -112,8 +112,9 @@ class DataArguments:
 
 
 @dataclass
-class ScriptArguments:
-    """What `train_hf.py` adds around Trainer: samples, in-loop HellaSwag, MFU, the non-finite loss policy."""
+class PretrainArguments:
+    """What `train_hf.py` adds around Trainer: samples, in-loop HellaSwag, MFU, the non-finite loss policy. (Not TRL's
+    `ScriptArguments`, which names the dataset of an SFT/DPO run.)"""
 
     tokenizer: str = field(default="gpt2", metadata={"help": "Tokenizer saved with every checkpoint (GPT-2's BPE)."})
     sample_steps: int = field(
@@ -276,6 +277,12 @@ class CardArguments:
     license: str = field(default=DEFAULT_LICENSE, metadata={"help": "License id for the card's metadata."})
 
 
+def global_batch_blocks(training_args) -> int:
+    """Rows per optimizer step over all processes (blocks when pretraining, examples or pairs when finetuning):
+    per-device batch x gradient accumulation x processes. The one definition of the global batch."""
+    return training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+
+
 # TrainingArguments accepts these values and Trainer fails on them only inside train() (torch's optimizer: "Invalid
 # learning rate"), after output_dir holds run_config.json; or it accepts them and quietly does nothing (save_steps 0).
 NON_NEGATIVE = ("learning_rate", "weight_decay", "adam_epsilon", "seed", "dataloader_num_workers")
@@ -338,7 +345,8 @@ _DETECTABLE_INTEGRATIONS = ("comet_ml", "dagshub", "dvclive", "mlflow", "neptune
 
 @dataclass
 class PrepareDataArguments:
-    """Arguments of `prepare_data.py` (also usable from Python: `prepare(PrepareDataArguments(...))`)."""
+    """Arguments of `prepare_data.py` (also usable from Python:
+    `edugpt.corpus.local.prepare_dataset(PrepareDataArguments(...))`)."""
 
     dataset: str = field(default=FINEWEB_EDU, metadata={
         "help": f"Hub dataset id, a local parquet/jsonl file or directory, or '{EMBEDDED}' (offline Python docs)."})
@@ -395,3 +403,48 @@ class PrepareDataArguments:
             elif value is not None and not isinstance(value, str):
                 raise EduGPTError(f"{name} takes one text value, got a {type(value).__name__} ({value!r:.80}); write "
                                   f"`{name}: VALUE`.")
+
+
+# How prepare_data.py can run: edugpt.corpus.local ("datasets"), or datatrove tasks (edugpt.corpus.datatrove).
+EXECUTORS = ("datasets", "local", "slurm", "ray")
+
+
+@dataclass
+class ExecutorArguments:
+    """How `prepare_data.py` runs: the single-machine `datasets.map` path, or datatrove tasks (local, Slurm, Ray)."""
+
+    executor: str = field(default="datasets", metadata={
+        "help": "datasets (default: one machine, datasets.map over --num_proc processes), or datatrove tasks: "
+                "local (this machine, --workers at a time), slurm (sbatch job arrays) or ray (a Ray cluster). "
+                "Tasks are resumable: re-run the same command after a crash to do only what is left."})
+    tasks: int | None = field(default=None, metadata={
+        "help": "Tasks (equal shares of the input's rows, in order); default: one per input file, at least "
+                "--workers. A re-run resumes only with the same number."})
+    workers: int | None = field(default=None, metadata={
+        "help": "Tasks running at once (local: default all cores; slurm/ray: default no limit)."})
+    cpus_per_task: int = field(default=1, metadata={
+        "help": "CPUs per task (slurm/ray reserve them; tokenizing uses that many threads)."})
+    mem_per_cpu_gb: float = field(default=2.0, metadata={"help": "Memory per CPU in GB (slurm/ray reservation)."})
+    slurm_partition: str | None = field(default=None, metadata={"help": "Slurm partition (required for slurm)."})
+    slurm_time: str = field(default="24:00:00", metadata={"help": "Slurm time limit per job array task."})
+    slurm_qos: str | None = field(default=None, metadata={"help": "Slurm QOS (default: the cluster's)."})
+    slurm_env_command: str | None = field(default=None, metadata={
+        "help": "Shell line each Slurm job runs to set up Python (default: source this venv's bin/activate)."})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "Ray cluster to join (default: $RAY_ADDRESS, else a new single-node Ray on this machine)."})
+
+    def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise EduGPTError(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}.")
+        for name in ("tasks", "workers", "cpus_per_task"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EduGPTError(f"--{name} must be at least 1, got {value}.")
+        if self.mem_per_cpu_gb <= 0:
+            raise EduGPTError(f"--mem_per_cpu_gb must be positive, got {self.mem_per_cpu_gb}.")
+        if self.executor == "datasets" and (self.tasks is not None or self.workers is not None):
+            raise EduGPTError("--tasks and --workers apply to datatrove tasks; add --executor local (or slurm, ray), "
+                              "or use --num_proc with the default executor.")
+        if self.executor == "slurm" and not self.slurm_partition:
+            raise EduGPTError("--executor slurm needs --slurm_partition (see `sinfo` for the cluster's partitions).")
+

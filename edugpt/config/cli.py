@@ -175,29 +175,23 @@ def _recipe_parser_class():
     closest valid option names, options grouped by dataclass in --help, and --config listed there."""
     from trl import TrlParser
 
-    class RecipeParser(TrlParser):
+    from edugpt.train.trainer_hooks import argparse_actions, parser_with_dataclass_groups
+
+    class RecipeParser(parser_with_dataclass_groups(TrlParser, _group)):
         def __init__(self, dataclass_types: list[type], config_path: str | None = None):
             # The default usage line would list all ~170 options. No prefix matching (argparse's allow_abbrev): an
             # abbreviation is a typo to report, not an option to guess (`--hub_to=...` would be taken as --hub_token).
             super().__init__(dataclass_types, usage="%(prog)s [--config YAML] [--OPTION VALUE ...]", allow_abbrev=False)
             self.config_path = config_path
-            # Shown in --help, never filled: TrlParser takes --config out of the arguments before argparse sees them.
-            self._optionals.add_argument("--config", metavar="YAML", default=argparse.SUPPRESS, help=CONFIG_HELP)
-
-        def _add_dataclass_arguments(self, dtype):
-            first = len(self._actions)
-            super()._add_dataclass_arguments(dtype)
-            group = self.add_argument_group(**_group(dtype))
-            for action in self._actions[first:]:
-                if action in self._optionals._group_actions:
-                    self._optionals._group_actions.remove(action)
-                    group._group_actions.append(action)
+            # Shown in --help (argparse's general options group), never filled: TrlParser takes --config out of the
+            # arguments before argparse sees them.
+            self.add_argument("--config", metavar="YAML", default=argparse.SUPPRESS, help=CONFIG_HELP)
 
         def error(self, message):  # argparse would print the whole usage (~170 options) and exit
             raise EduGPTError(f"{message}; see --help.")
 
         def suggestion(self, name: str, prefix: str = "") -> str:
-            options = {action.dest for action in self._actions} - {"help", "config"}
+            options = {action.dest for action in argparse_actions(self)} - {"help", "config"}
             close = difflib.get_close_matches(name.lstrip("-").replace("-", "_"), sorted(options), n=3)
             return f" (did you mean {' or '.join(prefix + option for option in close)}?)" if close else ""
 
@@ -208,7 +202,7 @@ def _recipe_parser_class():
             return EduGPTError(f"unknown option {flags[0]}{self.suggestion(flags[0], '--')}; see --help for the options.")
 
         def set_defaults_with_config(self, **config):
-            actions = {action.dest: action for action in self._actions}
+            actions = {action.dest: action for action in argparse_actions(self)}
             for key, value in config.items():
                 action = actions.get(key)
                 where = f"config file {self.config_path!r}{_key_line(self.config_path, key)}"

@@ -202,8 +202,9 @@ def _memory_pair(config, n_params, training_args, *, seq_len, sequences, param_b
 def pretraining_plan(model_args, data_args, training_args, command: str) -> Plan:
     """The plan of `train_hf.py` with these arguments: reads the prepared data's manifest (and checks the data as the
     run would) when dataset_dir exists; builds no model and writes nothing."""
+    from edugpt.config.arguments import global_batch_blocks
     from edugpt.model.gpt2 import flops_per_token, gpt2_config, parameter_count
-    from edugpt.train.pretrain import apply_tokens_per_step, global_batch_blocks, load_prepared
+    from edugpt.train.pretrain import apply_tokens_per_step, load_prepared
 
     config = gpt2_config(model_args)
     n_params = parameter_count(config)
@@ -258,9 +259,9 @@ def finetune_plan(stage: str, script_args, training_args, model_args, command: s
     that file only); the data is not loaded, so the number of steps is known only from max_steps."""
     from transformers import AutoConfig, GPT2Config
 
+    from edugpt.config.arguments import global_batch_blocks
     from edugpt.model.chat import resolve_model_dir
     from edugpt.model.gpt2 import flops_per_token, parameter_count
-    from edugpt.train.pretrain import global_batch_blocks
 
     model_path = resolve_model_dir(model_args.model_name_or_path)
     config = AutoConfig.from_pretrained(model_path, revision=model_args.model_revision)

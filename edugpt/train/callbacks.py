@@ -1,4 +1,7 @@
-"""Trainer callbacks of `train_hf.py`: throughput/MFU, metrics.jsonl, the samples table, plots, SIGTERM, NaN guard.
+"""Trainer callbacks of every training run (train_hf.py, finetune/sft.py, finetune/dpo.py): throughput/MFU,
+metrics.jsonl, plots, new hyperparameters after a changed resume, the trackers' names for in-loop scores, the Hub
+pushes of each save; and `install_callbacks`, which puts them (and edugpt.train.guards', edugpt.train.samples') in
+Trainer's order of calls.
 
 The training loop stays Trainer's; each concern here is a `TrainerCallback`. Order matters in one place:
 `ThroughputCallback` (and the skipped-step counter of `NonFiniteLossCallback` in "skip" mode) must run before the
@@ -9,31 +12,22 @@ reporting callbacks (console, tensorboard, wandb) so that the numbers they add t
 from __future__ import annotations
 
 import logging
-import math
-import os
-import signal
 import time
 from pathlib import Path
 
-from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import TrainerCallback
 
-from edugpt.errors import EduGPTError
-from edugpt.io.safefs import atomic_write_text
 from edugpt.model.gpt2 import mfu
-from edugpt.run.record import Record, note_written
 from edugpt.run.rundir import MetricsLog
+from edugpt.train.guards import NonFiniteLossCallback
+from edugpt.train.samples import SamplesCallback
+from edugpt.train.trainer_hooks import insert_trainer_callbacks, set_scheduler_last_lr, trainer_callbacks
 
 logger = logging.getLogger(__name__)
 
-SAMPLES_HEADER = "| Step | Output |\n|------|--------|\n"
 # What Trainer adds to every training record when it counts input tokens; ThroughputCallback's tokens_per_second
 # replaces them there.
 TRAINER_SPEED_KEYS = ("train_tokens_per_second", "train_runtime")
-
-
-def _is_main(state) -> bool:
-    return state.is_world_process_zero
 
 
 class ThroughputCallback(TrainerCallback):
@@ -102,7 +96,7 @@ class MetricsJsonlCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # Runs before the samples callback's step-0 record. A start from scratch (killed before its first
         # checkpoint, or its only checkpoint set aside as corrupt) must not append to the old attempt's records.
-        if not _is_main(state):
+        if not state.is_world_process_zero:
             return
         if state.global_step == 0:
             self.metrics.clear()
@@ -110,156 +104,9 @@ class MetricsJsonlCallback(TrainerCallback):
             self.metrics.truncate_after(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or not _is_main(state):
+        if not logs or not state.is_world_process_zero:
             return
         self.metrics.append({"step": state.global_step, "tokens": state.num_input_tokens_seen, **logs})
-
-
-class SamplesCallback(TrainerCallback):
-    """Continues each prompt at step 0, every `every_steps` and at the end; rows go to samples.md and metrics.jsonl.
-
-    Generation runs with a fixed seed inside `torch.random.fork_rng` and in eval mode, then restores the model's
-    mode: the training RNG stream and dropout are exactly as if no sample had been drawn (resume stays bit-exact).
-    """
-
-    def __init__(self, tokenizer, prompts, every_steps, max_new_tokens, top_k, seed, samples_path, metrics: MetricsLog):
-        self.tokenizer = tokenizer
-        self.prompts = list(prompts)
-        self.every_steps = every_steps
-        self.max_new_tokens = max_new_tokens
-        self.top_k = top_k
-        self.seed = seed
-        self.samples_path = Path(samples_path)
-        self.metrics = metrics
-        self._last_step = None
-        self.rows: list[list] = []  # [step, prompt, text] of every sample so far: the trackers' table
-        self.trackers: list = []  # Trainer's tracker callbacks (install_callbacks fills it)
-        self.args = None
-
-    def encode(self, prompt: str):
-        """The prompt's ids as ordinary text (a literal "<|endoftext|>" in it is text, not the end of a document)."""
-        from edugpt.model.tokenizer import encode_text
-
-        return encode_text(self.tokenizer, prompt, add_special_tokens=True, return_tensors="pt")
-
-    def generate(self, model, prompt: str) -> str:
-        import torch
-
-        device = next(model.parameters()).device
-        encoded = self.encode(prompt).to(device)
-        was_training = model.training
-        cuda_devices = [device.index or 0] if device.type == "cuda" else []
-        model.eval()
-        try:
-            with torch.random.fork_rng(devices=cuda_devices), torch.no_grad():
-                torch.manual_seed(self.seed)
-                output = model.generate(
-                    **encoded,
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=self.top_k > 0,
-                    top_k=self.top_k if self.top_k > 0 else None,
-                    pad_token_id=self.tokenizer.eos_token_id,
-                )
-        finally:
-            model.train(was_training)
-        return self.tokenizer.decode(output[0])
-
-    def sample(self, state, model) -> None:
-        if self._last_step == state.global_step:
-            return
-        self._last_step = state.global_step
-        for prompt in self.prompts:
-            text = self.generate(model, prompt)  # every rank generates: an FSDP-sharded model needs all of them
-            if not _is_main(state):
-                continue
-            with logging_redirect_tqdm():  # through tqdm.write: the progress bar stays whole
-                logger.info("sample at step %d: %s", state.global_step, one_line(text))
-            self.rows.append([state.global_step, prompt, text])
-            if not os.path.lexists(self.samples_path):
-                self.samples_path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(self.samples_path, SAMPLES_HEADER, role=None)
-                note_written(self.samples_path, appends=True)
-            with open(self.samples_path, "a") as f:
-                f.write(f"| {state.global_step} | {markdown_cell(text)} |\n")
-            self.metrics.append({"step": state.global_step, "tokens": state.num_input_tokens_seen,
-                                 "sample/prompt": prompt, "sample/text": text})
-        if _is_main(state):
-            send_samples_to_trackers(self.trackers, self.rows, self.args, state)
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.args = args
-        if state.global_step == 0:
-            if _is_main(state) and os.path.lexists(self.samples_path):
-                if Record.load(self.samples_path.parent).role(self.samples_path.name) is None:
-                    raise EduGPTError(f"{self.samples_path} was not written by this run (it is not in the run's "
-                                      "record); move it away, then run the same command again.")
-                self.samples_path.unlink()  # a fresh run starts a fresh table
-            self.sample(state, model)
-        elif _is_main(state) and self.samples_path.exists():
-            truncate_samples(self.samples_path, state.global_step)
-            self._last_step = state.global_step  # sampled when the checkpoint was written
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.every_steps and state.global_step % self.every_steps == 0:
-            self.sample(state, model)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step >= state.max_steps:  # finished, not preempted or stopped on a NaN
-            self.sample(state, model)
-
-
-def one_line(text: str) -> str:
-    """`text` on one console line: each line break shown as "⏎"."""
-    return " ⏎ ".join(line.strip() for line in text.strip().splitlines())
-
-
-def tracker_callbacks(trainer) -> list:
-    """Trainer's `report_to` callbacks (tensorboard, wandb, trackio, mlflow ...), in their order."""
-    return [callback for callback in trainer.callback_handler.callbacks
-            if type(callback).__module__.startswith("transformers.integrations")]
-
-
-def send_samples_to_trackers(trackers: list, rows: list[list], args, state) -> None:
-    """The samples so far as text where a tracker shows text: tensorboard's text plugin (a Markdown table per step),
-    a wandb Table, a trackio Table (both of every sample so far: a logged table replaces the one shown, as TRL's
-    LogCompletionsCallback does). Sent through each tracker callback's own `on_log`, so it lands in its run at this
-    step, under train/samples."""
-    from transformers.integrations import TensorBoardCallback, TrackioCallback, WandbCallback
-
-    columns = ["step", "prompt", "text"]
-    for tracker in trackers:
-        if isinstance(tracker, TensorBoardCallback):
-            now = [row for row in rows if row[0] == state.global_step]
-            value = "| prompt | text |\n|---|---|\n" + "".join(
-                f"| {markdown_cell(prompt)} | {markdown_cell(text)} |\n" for _, prompt, text in now)
-        elif isinstance(tracker, WandbCallback):
-            import wandb
-
-            value = wandb.Table(columns=columns, data=[list(row) for row in rows])
-        elif isinstance(tracker, TrackioCallback):
-            import trackio
-
-            value = trackio.Table(columns=columns, data=[list(row) for row in rows])
-        else:
-            continue  # mlflow, comet ... log numbers only
-        tracker.on_log(args, state, None, logs={"samples": value})
-
-
-def markdown_cell(text: str) -> str:
-    """`text` on one line of a Markdown table: newlines as spaces, pipes and angle brackets escaped."""
-    return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def truncate_samples(path: Path, step: int) -> None:
-    """Keep the samples.md rows of steps <= `step` (a resumed run writes the later ones again)."""
-    kept = []
-    for line in path.read_text().splitlines(keepends=True):
-        cells = line.split("|")
-        if len(cells) > 2 and cells[1].strip().isdigit() and int(cells[1]) > step:
-            continue
-        kept.append(line)
-    atomic_write_text(path, "".join(kept), role=None)
-    note_written(path, appends=True)
 
 
 class PlotCallback(TrainerCallback):
@@ -273,7 +120,7 @@ class PlotCallback(TrainerCallback):
     def draw(self, state) -> None:
         from edugpt.report.plots import draw_run_plots
 
-        if _is_main(state):
+        if state.is_world_process_zero:
             draw_run_plots(self.output_dir, self.metrics.read(), self.hellaswag_file)
 
     def on_evaluate(self, args, state, control, **kwargs):
@@ -285,181 +132,6 @@ class PlotCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.draw(state)
-
-
-def _any_rank(flag: bool, device) -> bool:
-    """True if `flag` is set on any process (every rank must take the same save/stop decision, or NCCL hangs)."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    tensor = torch.tensor(int(flag), device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
-
-
-class SigtermCallback(TrainerCallback):
-    """On SIGTERM (cloud preemption): finish the current step, save a checkpoint there, stop; the script exits 0.
-
-    The handler only sets a flag; the save happens at the step boundary through Trainer's own `should_save`. Under
-    several processes a signal to any one of them (a preempted node) stops all of them at the same step: the flags
-    are combined at every step end (`_any_rank`), so every process saves its part of the same checkpoint and leaves
-    the loop together, instead of the others waiting in a collective for one that has gone.
-    """
-
-    def __init__(self):
-        self.received = False
-        self.stopped_at = None
-        self._previous = None
-
-    def _handle(self, signum, frame):
-        self.received = True
-        print("SIGTERM received: saving a checkpoint at the end of this step, then exiting.", flush=True)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if _any_rank(self.received, args.device):
-            if self.stopped_at is None:
-                where = "received here" if self.received else "received by another process"
-                print(f"process {args.process_index}: stopping at step "
-                      f"{state.global_step} (SIGTERM {where}) after saving a checkpoint", flush=True)
-            self.received = True
-            self.stopped_at = state.global_step
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-
-class NonFiniteLossCallback(TrainerCallback):
-    """Guards training against a NaN/inf loss or gradient; `mode` is the script's `nonfinite_loss`.
-
-    "stop" (default): stops training when the loss or gradient norm turns NaN/inf, before a checkpoint of the broken
-    weights is saved. Checked at every log record (Trainer's `logging_nan_inf_filter` hides a NaN loss, but not a NaN
-    grad_norm) and, before every checkpoint, on the weights themselves. `failure` then holds the message for the
-    script to raise.
-
-    "skip": before every optimizer step (after clipping), gradients with any NaN/inf drop that step's update, so the
-    weights stay finite; the step still counts (global_step, LR schedule). `skipped_steps` lists the skipped steps,
-    and `counter`, which `install_callbacks` runs before the reporting callbacks, adds `skipped_nonfinite_steps` (how
-    many of the steps a train record covers were skipped) to every train log record. More than `max_skipped_steps`
-    in a row is a failure, as in "stop": a run that only produces NaNs must not go on. The log and weight checks of
-    "stop" still run, except that a NaN that a skipped step put in a log record does not stop the run. Needs
-    Trainer's `logging_nan_inf_filter` (on by default): without it one NaN loss keeps every later logged loss NaN
-    (Trainer resets its running loss by subtracting it from itself). With it, Trainer counts a NaN loss as a share of
-    the record's earlier losses, so a record holding a skipped step reads a little low (NaN if all its steps were).
-    """
-
-    def __init__(self, mode: str = "stop", max_skipped_steps: int = 10):
-        if mode not in ("stop", "skip"):
-            raise ValueError(f"mode must be 'stop' or 'skip', got {mode!r}")
-        self.mode = mode
-        self.max_skipped_steps = max_skipped_steps
-        self.failure = None
-        self.skipped_steps: list[int] = []
-        self.counter = SkippedStepsCounter(self)
-        self._in_a_row = 0
-        self._last_log_step = 0
-
-    def _stop(self, control, state, what):
-        self.failure = f"{what} at step {state.global_step}"
-        control.should_save = False
-        control.should_evaluate = False
-        control.should_training_stop = True
-        return control
-
-    def skipped_after(self, step: int) -> int:
-        """How many skipped steps came after `step`."""
-        return sum(skipped > step for skipped in self.skipped_steps)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._in_a_row = 0
-        self._last_log_step = state.global_step
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.mode != "skip" or self.failure:
-            return control
-        import torch
-
-        # Under FSDP2 gradients are DTensors: check this rank's shard; _any_rank combines the verdicts (under DDP the
-        # gradients are already all-reduced, so every rank sees the same ones). One host sync per optimizer step.
-        shards = [g.to_local() if hasattr(g, "to_local") else g for g in (p.grad for p in model.parameters())
-                  if g is not None]
-        broken = bool(shards) and not torch.stack([torch.isfinite(shard).all() for shard in shards]).all().item()
-        if not _any_rank(broken, args.device):
-            self._in_a_row = 0
-            return control
-        # torch's AdamW (single-tensor, foreach and fused alike) updates only parameters whose .grad is not None, so
-        # with every .grad gone optimizer.step() changes nothing: no weight decay, no moment update, no step count.
-        # Zeroed gradients would not do: the weights would still decay and move along the old momentum.
-        model.zero_grad(set_to_none=True)
-        step = state.global_step + 1  # the step being taken: the number its log record and checkpoint carry
-        self.skipped_steps.append(step)
-        self._in_a_row += 1
-        if self._in_a_row > self.max_skipped_steps:
-            self.failure = (f"the gradients were non-finite on {self._in_a_row} optimizer steps in a row (more than "
-                            f"max_skipped_steps {self.max_skipped_steps}) up to step {step}")
-            control.should_training_stop = True  # on_step_end cancels this step's save and evaluation
-        elif _is_main(state):
-            logger.warning("non-finite gradients at step %d: skipped its update (%d in a row, %d in all)",
-                           step, self._in_a_row, len(self.skipped_steps))
-        return control
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.failure or not logs or "loss" not in logs:
-            return control
-        # A skipped step leaves its NaN in the record: grad_norm is the logging step's own, the loss (unless
-        # logging_nan_inf_filter replaced it) spans every step since the previous record. The weights never saw it.
-        from_skipped_step = {"loss": self.skipped_after(self._last_log_step) > 0,
-                             "grad_norm": state.global_step in self.skipped_steps}
-        self._last_log_step = state.global_step
-        for key in ("loss", "grad_norm"):
-            value = logs.get(key)
-            if value is not None and not math.isfinite(value) and not from_skipped_step[key]:
-                return self._stop(control, state, f"the training {key.replace('_', ' ')} became {value}")
-        return control
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.failure:  # set before this step's optimizer step (too many skips): no checkpoint, no evaluation
-            control.should_save = False
-            control.should_evaluate = False
-        elif control.should_save:
-            import torch
-
-            # Under FSDP2 parameters are DTensors: check this rank's shard; _any_rank combines the verdicts.
-            shards = (p.to_local() if hasattr(p, "to_local") else p for p in model.parameters())
-            broken = any(not torch.isfinite(shard).all() for shard in shards)
-            if _any_rank(broken, args.device):
-                return self._stop(control, state, "the model weights became non-finite")
-        return control
-
-
-class SkippedStepsCounter(TrainerCallback):
-    """Adds `skipped_nonfinite_steps` to every train log record of a skipping `NonFiniteLossCallback`."""
-
-    def __init__(self, guard: NonFiniteLossCallback):
-        self.guard = guard
-        self._last_log_step = 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._last_log_step = state.global_step
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and "loss" in logs:
-            skipped = self.guard.skipped_after(self._last_log_step)
-            logs["skipped_nonfinite_steps"] = skipped
-            if skipped and skipped == state.global_step - self._last_log_step:
-                # logging_nan_inf_filter fills a NaN loss in from the record's earlier steps: 0.0 when there are none.
-                # No step of this record has a loss to show.
-                logs["loss"] = float("nan")
-            self._last_log_step = state.global_step
 
 
 class NewHyperparametersCallback(TrainerCallback):
@@ -505,7 +177,7 @@ class NewHyperparametersCallback(TrainerCallback):
             step = lr_scheduler.last_epoch
             for group, base, factor in zip(optimizer.param_groups, lr_scheduler.base_lrs, lr_scheduler.lr_lambdas):
                 group["lr"] = base * factor(step)
-            lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+            set_scheduler_last_lr(lr_scheduler, [group["lr"] for group in optimizer.param_groups])
 
 
 # Param-group values NewHyperparametersCallback sets itself: Trainer gives each group its own weight decay, and the
@@ -556,23 +228,27 @@ def install_callbacks(trainer, *callbacks) -> None:
             trainer.add_callback(callback)
             if isinstance(callback, NonFiniteLossCallback) and callback.mode == "skip":
                 front.append(callback.counter)
-    # CallbackHandler has no insert(): its list is the documented order of calls, so place them directly.
-    trainer.callback_handler.callbacks[0:0] = front
+    insert_trainer_callbacks(trainer, 0, *front)
     for callback in callbacks:
         if isinstance(callback, ThroughputCallback):
             trainer.add_callback(callback.clock)
     trackers = tracker_callbacks(trainer)
     if trackers:
-        order = trainer.callback_handler.callbacks
-        order.insert(order.index(trackers[-1]) + 1, TrackerEvalNames(restore=True))
-        order.insert(order.index(trackers[0]), TrackerEvalNames())
+        insert_trainer_callbacks(trainer, trainer_callbacks(trainer).index(trackers[-1]) + 1, TrackerEvalNames(restore=True))
+        insert_trainer_callbacks(trainer, trainer_callbacks(trainer).index(trackers[0]), TrackerEvalNames())
     for callback in callbacks:
         if isinstance(callback, SamplesCallback):
             callback.trackers = trackers
 
 
+def tracker_callbacks(trainer) -> list:
+    """Trainer's `report_to` callbacks (tensorboard, wandb, trackio, mlflow ...), in their order."""
+    return [callback for callback in trainer_callbacks(trainer)
+            if type(callback).__module__.startswith("transformers.integrations")]
+
+
 class HubPushCallback(TrainerCallback):
-    """With --push_to_hub: the pushes of each save (edugpt.hub.publish.TrainerPushes) — main as hub_strategy asks, and with
+    """With --push_to_hub: the pushes of each save (edugpt.hub.trainer_pushes) — main as hub_strategy asks, and with
     --hub_step_branches checkpoint-N to branch step-N — staged at once and uploaded in the background, so training
     never waits for the Hub and a run with save_total_limit still leaves every saved step on the Hub. Added after the
     lifecycle's callbacks: the checkpoint's completion marker is written first."""
@@ -581,5 +257,5 @@ class HubPushCallback(TrainerCallback):
         self.pushes = pushes
 
     def on_save(self, args, state, control, **kwargs):
-        if _is_main(state):
+        if state.is_world_process_zero:
             self.pushes.on_saved(state.global_step)

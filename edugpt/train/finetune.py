@@ -3,7 +3,8 @@ before anything loads, the data, the model and its tokenizer, the run's settings
 
     finetune("sft", SFTTrainer, script_args, training_args, model_args, run_args, dataset_args)   # sft.py's whole job
 
-    job = prepare("sft", script_args, training_args, model_args, run_args, dataset_args)   # checks, data, resume decision
+    # checks, data, resume decision:
+    job = prepare_finetune("sft", script_args, training_args, model_args, run_args, dataset_args)
     job.run.execute(lambda: SFTTrainer(model=load_model(job, model_args), args=training_args, ...))
 
 A finetune is a run like pretraining: trained in place in output_dir, resumed by running the same command again
@@ -32,7 +33,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass
 class FinetuneJob:
-    """What an SFT/DPO script needs after `prepare`: the run, the base model's path and tokenizer, the data."""
+    """What an SFT/DPO script needs after `prepare_finetune`: the run, the base model's path and tokenizer, the data."""
 
     run: TrainingRun
     model_path: str
@@ -41,7 +42,7 @@ class FinetuneJob:
     eval_dataset: object
 
 
-def prepare(stage: str, script_args, training_args, model_args, run_args, dataset_args=None) -> FinetuneJob:
+def prepare_finetune(stage: str, script_args, training_args, model_args, run_args, dataset_args=None) -> FinetuneJob:
     """Everything before the model loads, in the order that fails fastest: arguments, output_dir, the Hub (with
     --push_to_hub), the base model's folder and tokenizer (DPO: it must carry a chat template), the data and whether
     its rows fit max_length; then the lifecycle's decision (resume / already finished / start) and run_config.json."""
@@ -157,7 +158,7 @@ def finetune(stage: str, trainer_class, script_args, training_args, model_args, 
 
     setup_logging(training_args.process_index)
     packed_rows_have_no_padding()  # SFT rows are packed without padding; DPO passes attention masks
-    job = prepare(stage, script_args, training_args, model_args, run_args, dataset_args)
+    job = prepare_finetune(stage, script_args, training_args, model_args, run_args, dataset_args)
 
     def build_trainer():
         reference = {"ref_model": load_model(job, model_args)} if stage == "dpo" else {}

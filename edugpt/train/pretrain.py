@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edugpt.corpus.prepare import SPLITS, block_features, load_manifest, load_splits
+from edugpt.config.arguments import global_batch_blocks
+from edugpt.corpus.layout import block_features, load_splits
+from edugpt.corpus.manifest import load_manifest
+from edugpt.corpus.split import SPLITS
 from edugpt.errors import EduGPTError
 from edugpt.hub.datasets import local_dataset_dir
 from edugpt.io.net import looks_like_hub_id
@@ -169,11 +172,6 @@ class CompactRandomSampler:
             yield from order[start:start + 65536].tolist()
 
 
-def global_batch_blocks(training_args) -> int:
-    """Blocks per optimizer step over all processes."""
-    return training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
-
-
 def apply_tokens_per_step(tokens_per_step: int | None, training_args, seq_len: int) -> None:
     """Derive `gradient_accumulation_steps` from a global batch in tokens (DataArguments.tokens_per_step) and this
     launch's process count, and log the global batch in effect. Before the Trainer is built: it reads the value once.
@@ -204,24 +202,29 @@ def apply_tokens_per_step(tokens_per_step: int | None, training_args, seq_len: i
         args.gradient_accumulation_steps = steps
     logger.info(
         "global batch: %s tokens per optimizer step = %d process(es) x %d blocks x %d accumulation steps x %d tokens",
-        f"{per_micro_step * args.gradient_accumulation_steps:,}", args.world_size, args.per_device_train_batch_size,
+        f"{global_batch_blocks(args) * seq_len:,}", args.world_size, args.per_device_train_batch_size,
         args.gradient_accumulation_steps, seq_len,
     )
+
+
+def compact_train_sampler(trainer, dataset) -> CompactRandomSampler | None:
+    """The pretraining Trainer's train sampler: a CompactRandomSampler for a random order of a sized dataset, None
+    (Trainer's own sampler) for any other `train_sampling_strategy`."""
+    if trainer.args.train_sampling_strategy != "random" or not hasattr(dataset, "__len__"):
+        return None
+    seed = trainer.args.data_seed if trainer.args.data_seed is not None else trainer.args.seed
+    return CompactRandomSampler(len(dataset), seed, batch=global_batch_blocks(trainer.args))
 
 
 def _pretraining_trainer_class():
     from transformers import Trainer
 
-    class PretrainingTrainer(Trainer):
-        """Trainer with a constant-memory shuffle. Subclassed because the train sampler is chosen inside Trainer
-        (`_get_train_sampler`) and no argument or callback can replace RandomSampler's O(dataset) index list."""
+    from edugpt.train.trainer_hooks import trainer_with_train_sampler
 
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = self.train_dataset if train_dataset is None else train_dataset
-            if self.args.train_sampling_strategy != "random" or not hasattr(dataset, "__len__"):
-                return super()._get_train_sampler(train_dataset)
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return CompactRandomSampler(len(dataset), seed, batch=global_batch_blocks(self.args))
+    class PretrainingTrainer(trainer_with_train_sampler(Trainer, compact_train_sampler)):
+        """Trainer with a constant-memory shuffle. Subclassed because the train sampler is chosen inside Trainer
+        (`_get_train_sampler`, replaced through edugpt.train.trainer_hooks) and no argument or callback can replace
+        RandomSampler's O(dataset) index list."""
 
     return PretrainingTrainer
 
@@ -268,19 +271,19 @@ def base_model_settings(model_args) -> dict:
     return {"base_model": name, "base_model_revision": model_args.model_revision}
 
 
-def check_script_inputs(script_args, vocab_size: int) -> None:
+def check_pretrain_inputs(pretrain_args, vocab_size: int) -> None:
     """The --tokenizer and the HellaSwag source, checked before the run begins: found only when the Trainer is built,
     a bad one would leave run_config.json, data_manifest.json and the lock in an output_dir that held nothing."""
     from edugpt.io.net import hub_available
     from edugpt.model.tokenizer import load_tokenizer, require_gpt2_compatible
 
-    require_gpt2_compatible(load_tokenizer(script_args.tokenizer), vocab_size)
-    if script_args.hellaswag_steps == 0:
+    require_gpt2_compatible(load_tokenizer(pretrain_args.tokenizer), vocab_size)
+    if pretrain_args.hellaswag_steps == 0:
         return
-    if script_args.hellaswag_file is not None:
+    if pretrain_args.hellaswag_file is not None:
         from edugpt.eval.tasks.hellaswag_local import read_hellaswag_jsonl
 
-        read_hellaswag_jsonl(script_args.hellaswag_file, max_items=script_args.hellaswag_limit)
+        read_hellaswag_jsonl(pretrain_args.hellaswag_file, max_items=pretrain_args.hellaswag_limit)
     elif not hub_available():
         raise EduGPTError(
             "hellaswag_steps needs HellaSwag from the Hugging Face Hub, which is offline or unreachable; set "
@@ -305,7 +308,7 @@ def fsdp_launch_problem(environ) -> str | None:
             "configs/accelerate/fsdp_8gpu.yaml), or NO_WRAP to mean it")
 
 
-def build_trainer(run: TrainingRun, model_args, data_args, script_args, training_args, data: PreparedData) -> Pretraining:
+def build_trainer(run: TrainingRun, model_args, data_args, pretrain_args, training_args, data: PreparedData) -> Pretraining:
     """Build a from-scratch GPT-2 and a Trainer with the lifecycle's callbacks (run.attach) plus pretraining's own:
     throughput/MFU, plots, samples and (when asked) in-loop HellaSwag."""
     from transformers import set_seed
@@ -313,6 +316,7 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
     from edugpt.model.gpt2 import current_peak_flops, flops_per_token, gpt2_config, load_gpt2, parameter_count
     from edugpt.model.tokenizer import load_tokenizer, packed_rows_have_no_padding, ready_to_save, require_gpt2_compatible
     from edugpt.train import callbacks as cb
+    from edugpt.train.samples import SamplesCallback
 
     # Trainer settings the callbacks rely on, whatever the recipe says: tokens seen feed throughput, MFU and
     # metrics.jsonl; only the eval loss is kept (a batch of 50257-wide logits at seq 1024 would be ~200 MB a row).
@@ -320,7 +324,7 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
     training_args.prediction_loss_only = True
 
     config = gpt2_config(model_args)
-    tokenizer = load_tokenizer(script_args.tokenizer)
+    tokenizer = load_tokenizer(pretrain_args.tokenizer)
     require_gpt2_compatible(tokenizer, config.vocab_size)
     ready_to_save(tokenizer, config.n_positions)  # saved with every checkpoint: context length, pad token
 
@@ -362,28 +366,28 @@ def build_trainer(run: TrainingRun, model_args, data_args, script_args, training
     output_dir = Path(training_args.output_dir)
     metrics = MetricsLog(output_dir / METRICS, enabled=run.is_main)
     extras = [
-        cb.ThroughputCallback(flops_per_token(config, data.seq_len), current_peak_flops(script_args.mfu_peak_flops),
+        cb.ThroughputCallback(flops_per_token(config, data.seq_len), current_peak_flops(pretrain_args.mfu_peak_flops),
                               training_args.world_size),
-        cb.PlotCallback(output_dir, metrics, hellaswag_file=script_args.hellaswag_file),
+        cb.PlotCallback(output_dir, metrics, hellaswag_file=pretrain_args.hellaswag_file),
     ]
-    if script_args.sample_steps > 0:
-        extras.append(cb.SamplesCallback(
-            tokenizer, script_args.sample_prompts, script_args.sample_steps, script_args.sample_max_new_tokens,
-            script_args.sample_top_k, script_args.sample_seed, output_dir / SAMPLES, metrics,
+    if pretrain_args.sample_steps > 0:
+        extras.append(SamplesCallback(
+            tokenizer, pretrain_args.sample_prompts, pretrain_args.sample_steps, pretrain_args.sample_max_new_tokens,
+            pretrain_args.sample_top_k, pretrain_args.sample_seed, output_dir / SAMPLES, metrics,
         ))
-    if script_args.hellaswag_steps > 0:
+    if pretrain_args.hellaswag_steps > 0:
         from edugpt.eval.hellaswag import HellaSwagCallback  # imported only when used: it pulls in lm-eval
 
         extras.append(HellaSwagCallback(
-            trainer, every_steps=script_args.hellaswag_steps, limit=script_args.hellaswag_limit,
-            hellaswag_file=script_args.hellaswag_file, batch_size=script_args.hellaswag_batch_size,
+            trainer, every_steps=pretrain_args.hellaswag_steps, limit=pretrain_args.hellaswag_limit,
+            hellaswag_file=pretrain_args.hellaswag_file, batch_size=pretrain_args.hellaswag_batch_size,
         ))
-    run.attach(trainer, *extras, nonfinite_loss=script_args.nonfinite_loss,
-               max_skipped_steps=script_args.max_skipped_steps, metrics=metrics)
+    run.attach(trainer, *extras, nonfinite_loss=pretrain_args.nonfinite_loss,
+               max_skipped_steps=pretrain_args.max_skipped_steps, metrics=metrics)
     return Pretraining(trainer=trainer, config=config, data=data, metrics=metrics)
 
 
-def start(model_args, data_args, script_args, run_args, training_args) -> tuple[TrainingRun, Pretraining | None]:
+def start(model_args, data_args, pretrain_args, run_args, training_args) -> tuple[TrainingRun, Pretraining | None]:
     """Everything before `train()`: check the arguments, output_dir and data, decide resume/restart, build the Trainer
     (None when the run has no training left). Use the run as a context manager: it holds output_dir's lock."""
     from edugpt.hub.publish import require_push_ready
@@ -393,7 +397,7 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
     run.check_output_dir()
     if training_args.push_to_hub:  # before any data or model: offline or without a login this fails in a second
         training_args.hub_model_id = require_push_ready(training_args.hub_model_id)
-    if script_args.nonfinite_loss == "skip" and not training_args.logging_nan_inf_filter:
+    if pretrain_args.nonfinite_loss == "skip" and not training_args.logging_nan_inf_filter:
         raise EduGPTError(
             "nonfinite_loss 'skip' needs logging_nan_inf_filter true: without it Trainer logs every loss after a "
             "skipped step as NaN; drop logging_nan_inf_filter: false or use nonfinite_loss 'stop'."
@@ -411,12 +415,12 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
             f"the train split of {data_args.dataset_dir} has {len(data.train)} blocks, fewer than one optimizer step "
             f"({global_batch_blocks(training_args)} blocks); prepare more documents or lower the batch."
         )
-    check_script_inputs(script_args, config.vocab_size)
+    check_pretrain_inputs(pretrain_args, config.vocab_size)
     # The digest is a key of its own: a checkpoint of an older version, which has none, still resumes.
     digest = {"data_digest": digest} if (digest := data_digest(data.manifest)) else {}
     settings = training_settings(training_args, seq_len=data.seq_len, data=dataset_settings(data.manifest), **digest,
                                  **base_model_settings(model_args))
-    run_config = {"model": asdict(model_args), "data": asdict(data_args), "script": asdict(script_args),
+    run_config = {"model": asdict(model_args), "data": asdict(data_args), "script": asdict(pretrain_args),
                   "run": asdict(run_args), "training": training_args.to_dict()}
     run.begin(settings, run_config)
     try:
@@ -426,19 +430,19 @@ def start(model_args, data_args, script_args, run_args, training_args) -> tuple[
             return run, None
         if run.is_main:
             atomic_write_json(Path(training_args.output_dir) / DATA_MANIFEST, data.manifest)
-        return run, build_trainer(run, model_args, data_args, script_args, training_args, data)
+        return run, build_trainer(run, model_args, data_args, pretrain_args, training_args, data)
     except BaseException:
         run.abandon()
         raise
 
 
-def pretrain(model_args, data_args, script_args, run_args, training_args) -> None:
+def pretrain(model_args, data_args, pretrain_args, run_args, training_args) -> None:
     """train_hf.py's whole job: start (or resume, or find the run finished), train, finish."""
-    run, pretraining = start(model_args, data_args, script_args, run_args, training_args)
+    run, pretraining = start(model_args, data_args, pretrain_args, run_args, training_args)
     built = [pretraining.trainer] if pretraining is not None else []
 
     def trainer():  # start()'s; a fresh one if the lifecycle falls back from a checkpoint that did not load
         return built.pop() if built else build_trainer(
-            run, model_args, data_args, script_args, training_args, pretraining.data).trainer
+            run, model_args, data_args, pretrain_args, training_args, pretraining.data).trainer
 
     run.execute(trainer)
