@@ -24,15 +24,16 @@ and exit non-zero if anything is off:
     python prepare_data.py --verify runs/data
 
 Arguments may also come from a YAML recipe: `--config recipe.yaml` (CLI flags override it).
-Output layout and manifest keys: see `edugpt/corpus/prepare.py` and the data contract.
+Output layout and manifest keys: see `edugpt/corpus/layout.py` and `edugpt/corpus/manifest.py`.
 """
 
 from __future__ import annotations
 
-from edugpt.config.arguments import PrepareDataArguments
+from edugpt.config.arguments import ExecutorArguments, PrepareDataArguments
 from edugpt.config.cli import parse_config, run, setup_logging
-from edugpt.corpus.datatrove import ExecutorArguments, prepare_parallel
-from edugpt.corpus.prepare import prepare, verify
+from edugpt.corpus.datatrove import prepare_parallel
+from edugpt.corpus.local import prepare_dataset
+from edugpt.corpus.verify import verify
 
 
 def main(argv=None) -> None:
@@ -46,7 +47,7 @@ def main(argv=None) -> None:
             for name, s in splits.items()))
         return
     if executor.executor == "datasets":
-        prepare(args)
+        prepare_dataset(args)
     else:
         prepare_parallel(args, executor)
 

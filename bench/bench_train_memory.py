@@ -6,7 +6,7 @@
 Each size runs `train_hf.py --config configs/smoke.yaml` as a fresh process (20 training steps, one evaluation, one
 checkpoint, samples) and reads that process's own peak RSS from `os.wait4`, plus its anonymous and file-backed parts
 sampled from /proc. The baseline is the same run on the small set. Target: the large run's peak within 10% of the
-small run's. Both sets are saved with prepare_data.py's writer (`edugpt.corpus.prepare.save_blocks`), so their Arrow record
+small run's. Both sets are saved with prepare_data.py's writer (`edugpt.corpus.pack.save_blocks`), so their Arrow record
 batches are the size a prepared dataset has (`--plain_save_to_disk`: plain `save_to_disk`, 1,000-row batches, for
 comparison). Each size runs with the files as the writer left them in the page cache, then with their pages evicted
 first. File-backed RSS is clean page cache (shared libraries, the memory-mapped Arrow files) that the kernel can drop
@@ -32,12 +32,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 def grow(small: Path, large: Path, factor: int, plain: bool = False) -> None:
     """`large` = the small train split repeated `factor` times (same manifest otherwise), saved with prepare_data.py's
-    own writer (`edugpt.corpus.prepare.save_blocks`: the same layout and record batch size as a prepared dataset), or with
+    own writer (`edugpt.corpus.pack.save_blocks`: the same layout and record batch size as a prepared dataset), or with
     plain
     `save_to_disk` (`plain`: 1,000-row record batches)."""
     import datasets
 
-    from edugpt.corpus.prepare import save_blocks
+    from edugpt.corpus.pack import save_blocks
 
     splits = datasets.load_from_disk(str(small))
     manifest = json.loads((small / "manifest.json").read_text())

@@ -89,7 +89,7 @@ def parquet_bytes() -> bytes:
 
 def write_dataset(path: Path) -> Path:
     """A small prepared dataset (prepare_data.py's own writer): 24 train and 4 validation blocks of 64 tokens."""
-    from edugpt.corpus.prepare import write_prepared
+    from edugpt.corpus.synthetic import write_prepared
 
     rng = np.random.default_rng(0)
     return write_prepared(path, {"train": rng.integers(0, 50257, (24, 64), dtype=np.uint16),
@@ -103,8 +103,8 @@ def copy_model(src: Path, dest: Path) -> Path:
 
 def plan_for(dataset: Path, out: Path, tasks: int = 2) -> dict:
     """The plan.json a `--executor local --tasks N` run of `dataset` writes."""
-    from edugpt.config.arguments import PrepareDataArguments
-    from edugpt.corpus.datatrove import ExecutorArguments, make_plan
+    from edugpt.config.arguments import ExecutorArguments, PrepareDataArguments
+    from edugpt.corpus.datatrove_work import make_plan
     from edugpt.corpus.sources import resolve_source
 
     args = PrepareDataArguments(dataset=str(dataset), output_dir=str(out), seq_len=64, val_fraction=0.1, num_proc=1)

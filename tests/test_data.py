@@ -1,5 +1,5 @@
-"""edugpt.corpus.prepare / edugpt.corpus.sources: split rule, packer, and whole preparations of tiny local corpora
-(in-process)."""
+"""edugpt.corpus (split, tokens, pack, local, verify, sources): split rule, packer, and whole preparations of tiny
+local corpora (in-process)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from edugpt.corpus.prepare import (
-    DOC_IDS,
-    MADE,
-    MANIFEST,
-    PrepareDataArguments,
-    derive_id,
-    make_dir,
-    pack_blocks,
-    prepare,
-    record_batch_rows,
-    save_blocks,
-    split_of,
-    tokenize_batch,
-    verify,
-)
+from edugpt.config.arguments import PrepareDataArguments
+from edugpt.corpus.install import MADE, make_dir
+from edugpt.corpus.layout import DOC_IDS
+from edugpt.corpus.local import prepare_dataset
+from edugpt.corpus.manifest import MANIFEST
+from edugpt.corpus.pack import pack_blocks, record_batch_rows, save_blocks
 from edugpt.corpus.sources import EMBEDDED_CORPUS
+from edugpt.corpus.split import derive_id, split_of
+from edugpt.corpus.tokens import tokenize_batch
+from edugpt.corpus.verify import verify
 from edugpt.errors import EduGPTError
 from edugpt.model.tokenizer import GPT2_EOS_ID, gpt2_tiktoken
 
@@ -48,7 +42,7 @@ def corpus_rows(n=60, duplicates=10):
 def run_prepare(tmp_path, dataset, name="out", **kwargs):
     kwargs = {"val_fraction": 0.2, "seq_len": 32, "num_proc": 1, "cache_dir": str(tmp_path / "cache"), **kwargs}
     args = PrepareDataArguments(dataset=str(dataset), output_dir=str(tmp_path / name), **kwargs)
-    return prepare(args), tmp_path / name
+    return prepare_dataset(args), tmp_path / name
 
 
 def load_split_blocks(out):
@@ -96,7 +90,7 @@ def test_save_blocks_writes_few_large_record_batches(tmp_path):
     """Every record batch header is read (and ~64 KiB of the file faulted into RSS) when a split is memory-mapped."""
     import datasets
 
-    from edugpt.corpus.prepare import block_features
+    from edugpt.corpus.layout import block_features
 
     assert record_batch_rows(1024) == 8192 and record_batch_rows(128) == 65536
     blocks = np.arange(5000 * 8, dtype=np.uint16).reshape(5000, 8)
@@ -308,7 +302,7 @@ def test_a_dangling_symlink_among_the_input_files_is_refused_naming_it(tmp_path)
 
 
 def _damaged_copy(tmp_path, name, damage):
-    from edugpt.corpus.prepare import write_prepared
+    from edugpt.corpus.synthetic import write_prepared
 
     rng = np.random.default_rng(0)
     root = write_prepared(tmp_path / name, {"train": rng.integers(0, 50257, (6, 16), dtype=np.uint16),
@@ -406,7 +400,7 @@ def test_streamed_source_tokenizes_like_the_cached_map(tmp_path):
     """The Hub's big subsets arrive as an IterableDataset; the same local file streamed must give identical rows."""
     import datasets
 
-    from edugpt.corpus.prepare import tokenized_batches
+    from edugpt.corpus.local import tokenized_batches
     from edugpt.corpus.sources import require_text_column
 
     path = write_jsonl(tmp_path / "corpus.jsonl", corpus_rows() + [{"id": "n", "text": None}])

@@ -287,11 +287,11 @@ def test_weights_check_of_arbitrary_bytes(weights):
         assert problem is None or isinstance(problem, str)
 
 
-# --- prepared datasets: manifest, layout, --verify, the swap journal (edugpt.corpus.prepare)
+# --- prepared datasets: manifest, layout, --verify, the swap journal (edugpt.corpus.manifest, layout, verify, install)
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from edugpt.corpus.prepare import write_prepared
+    from edugpt.corpus.synthetic import write_prepared
 
     rng = np.random.default_rng(0)
     return write_prepared(tmp_path_factory.mktemp("prepared") / "data",
@@ -313,23 +313,25 @@ def _valid(prepared: Path, rel: str):
 @SLOW
 @given(data=st.data())
 def test_manifest_readers_and_verify_return_or_refuse(prepared, data):
-    from edugpt.corpus import prepare as prepared_data
+    from edugpt.corpus import install as prepared_data
+    from edugpt.corpus.manifest import load_manifest
+    from edugpt.corpus.verify import verify
 
     document = data.draw(json_documents(_valid(prepared, "manifest.json")))
     with scratch() as tmp:
         root = _with(prepared, tmp, "manifest.json", document)
-        normal_or_refused(lambda: prepared_data.load_manifest(root))
+        normal_or_refused(lambda: load_manifest(root))
         # What decides whether --overwrite may replace the folder (its name has changed over time).
         for name in ("is_prepared_dataset", "prepared_dataset_problem"):
             if hasattr(prepared_data, name):
                 normal_or_refused(lambda name=name: getattr(prepared_data, name)(root))
-        normal_or_refused(lambda: prepared_data.verify(root))
+        normal_or_refused(lambda: verify(root))
 
 
 @SLOW
 @given(data=st.data())
 def test_verify_of_any_state_json_or_dataset_dict_returns_or_refuses(prepared, data):
-    from edugpt.corpus.prepare import verify
+    from edugpt.corpus.verify import verify
 
     rel = data.draw(st.sampled_from(["train/state.json", "dataset_dict.json", "train/dataset_info.json"]))
     document = data.draw(json_documents(_valid(prepared, rel)))
@@ -340,7 +342,7 @@ def test_verify_of_any_state_json_or_dataset_dict_returns_or_refuses(prepared, d
 @SLOW
 @given(ids=raw_bytes)
 def test_verify_of_any_doc_ids_bytes_returns_or_refuses(prepared, ids):
-    from edugpt.corpus.prepare import verify
+    from edugpt.corpus.verify import verify
 
     with scratch() as tmp:
         normal_or_refused(lambda: verify(_with(prepared, tmp, "doc_ids.parquet", ids)))
@@ -351,7 +353,7 @@ def test_verify_of_any_doc_ids_bytes_returns_or_refuses(prepared, ids):
 def test_swap_journal_recovery_returns_or_refuses_and_never_touches_other_folders(data):
     """A journal holding anything: the swap is completed (only ever between our .tmp/.old and the output) or refused;
     a user's folder beside them is never moved or deleted."""
-    from edugpt.corpus.prepare import recover_swap
+    from edugpt.corpus.install import recover_swap
 
     with scratch() as tmp:
         out = tmp / "out"
@@ -366,7 +368,7 @@ def test_swap_journal_recovery_returns_or_refuses_and_never_touches_other_folder
         assert (tmp / "mine" / "thesis.txt").read_text() == "a user's work\n"
 
 
-# --- datatrove's plan.json and task records (edugpt.corpus.datatrove) -----------------------------------------------------
+# --- datatrove's plan.json and task records (edugpt.corpus.datatrove_work, datatrove_merge) -------------------------------
 
 @pytest.fixture(scope="module")
 def plan_doc(tmp_path_factory):
@@ -374,8 +376,8 @@ def plan_doc(tmp_path_factory):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from edugpt.config.arguments import PrepareDataArguments
-    from edugpt.corpus.datatrove import ExecutorArguments, make_plan
+    from edugpt.config.arguments import ExecutorArguments, PrepareDataArguments
+    from edugpt.corpus.datatrove_work import make_plan
     from edugpt.corpus.sources import resolve_source
 
     folder = tmp_path_factory.mktemp("corpus")
@@ -392,7 +394,7 @@ def plan_doc(tmp_path_factory):
 @FAST
 @given(data=st.data())
 def test_plan_reader_returns_a_plan_or_refuses(plan_doc, data):
-    from edugpt.corpus.datatrove import WorkDir
+    from edugpt.corpus.datatrove_work import WorkDir
 
     document = data.draw(json_documents(plan_doc))
     with scratch() as tmp:
@@ -415,13 +417,14 @@ TASK_RECORD = {"rank": 0, "rows": 5, "splits": {"train": {"documents": 4, "token
 @FAST
 @given(document=json_documents(TASK_RECORD))
 def test_task_record_reader_returns_or_refuses(document):
-    from edugpt.corpus import datatrove as prepare_parallel
+    from edugpt.corpus import datatrove_merge
+    from edugpt.corpus.datatrove_work import WorkDir
 
-    reader = getattr(prepare_parallel, "task_record", None)
+    reader = getattr(datatrove_merge, "task_record", None)
     if reader is None:
         pytest.skip("prepare_parallel has no task_record reader")
     with scratch() as tmp:
-        work = prepare_parallel.WorkDir(tmp / "out")
+        work = WorkDir(tmp / "out")
         work.records.mkdir(parents=True)
         work.ids.mkdir(parents=True)
         work.record(0).write_bytes(document)

@@ -21,7 +21,8 @@ import pytest
 
 from conftest import FAKE_TOKEN, ROOT, TINY, FakeHub, run_script
 from edugpt.config.cli import run
-from edugpt.corpus.prepare import MANIFEST, write_prepared
+from edugpt.corpus.manifest import MANIFEST
+from edugpt.corpus.synthetic import write_prepared
 from edugpt.errors import EduGPTError
 from edugpt.hub.datasets import fetch_verified, local_dataset_dir, publish_dataset
 

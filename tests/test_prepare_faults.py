@@ -19,21 +19,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, lock_held_in_another_pid_namespace, run_script
-from edugpt.config.arguments import PrepareDataArguments
-from edugpt.corpus.datatrove import ExecutorArguments, WorkDir, prepare_parallel
-from edugpt.corpus.prepare import (
-    MANIFEST,
-    SplitWriter,
-    make_dir,
-    move_into_place,
-    output_lock,
-    prepare,
-    recover_swap,
-    remove_leftovers,
-    verify,
-    write_prepared,
-)
+from edugpt.config.arguments import ExecutorArguments, PrepareDataArguments
+from edugpt.corpus.datatrove import prepare_parallel
+from edugpt.corpus.datatrove_work import WorkDir
+from edugpt.corpus.install import make_dir, move_into_place, output_lock, recover_swap, remove_leftovers
+from edugpt.corpus.local import prepare_dataset
+from edugpt.corpus.manifest import MANIFEST
+from edugpt.corpus.pack import SplitWriter
 from edugpt.corpus.sources import EMBEDDED_CORPUS
+from edugpt.corpus.synthetic import write_prepared
+from edugpt.corpus.verify import verify
 from edugpt.errors import EduGPTError
 
 PATHS = ["default", "tasks"]
@@ -61,7 +56,7 @@ def run(path: str, dataset, out: Path, **kwargs) -> dict:
     kwargs = {"val_fraction": 0.1, "seq_len": SEQ, "num_proc": 1, **kwargs}
     if path == "default":
         args = PrepareDataArguments(dataset=str(dataset), output_dir=str(out), cache_dir=str(CACHE[0]), **kwargs)
-        return prepare(args)
+        return prepare_dataset(args)
     args = PrepareDataArguments(dataset=str(dataset), output_dir=str(out), **kwargs)
     return prepare_parallel(args, ExecutorArguments(executor="local", tasks=2, workers=1))
 
@@ -134,7 +129,7 @@ def test_overwrite_refuses_a_dataset_holding_a_file_its_record_does_not_list(tmp
 def lock_held_elsewhere(out: Path):
     """The output's lock held by a process in another PID namespace (as on another host), or here if unshare is not
     permitted: either way the filesystem, not a pid, says it is held."""
-    with lock_held_in_another_pid_namespace("from edugpt.corpus.prepare import output_lock; "
+    with lock_held_in_another_pid_namespace("from edugpt.corpus.install import output_lock; "
                                             "output_lock(Path(sys.argv[1])).acquire()",
                                             out, lambda: output_lock(out)) as held:
         if held:
@@ -167,7 +162,7 @@ STEPS = ["journal written", "old moved aside", "new in place", "old removed"]
 
 @pytest.mark.parametrize("step", STEPS)
 def test_a_swap_stopped_at_any_step_is_completed_by_the_next_run(tmp_path, monkeypatch, step):
-    import edugpt.corpus.prepare
+    import edugpt.corpus.install
 
     rng = np.random.default_rng(0)
     out, new = tmp_path / "out", make_dir(tmp_path / ".out.tmp") / "dataset"
@@ -179,7 +174,7 @@ def test_a_swap_stopped_at_any_step_is_completed_by_the_next_run(tmp_path, monke
         if at == step:
             raise KeyboardInterrupt(at)
 
-    monkeypatch.setattr(edugpt.corpus.prepare, "_swap_step", killed)
+    monkeypatch.setattr(edugpt.corpus.install, "swap_step", killed)
     with pytest.raises(KeyboardInterrupt):
         move_into_place(new, out)
     monkeypatch.undo()
@@ -192,9 +187,9 @@ def test_a_swap_stopped_at_any_step_is_completed_by_the_next_run(tmp_path, monke
 
 
 def test_an_interrupted_swap_keeps_the_new_dataset_for_the_next_run(tmp_path, corpus, monkeypatch):
-    """Ctrl-C (or any exception) inside prepare()'s swap: the journalled new dataset is kept, not cleaned up with the
+    """Ctrl-C (or any exception) inside prepare_dataset()'s swap: the journalled new dataset is kept, not cleaned up with the
     rest, and the next run installs it."""
-    import edugpt.corpus.prepare
+    import edugpt.corpus.install
 
     out = tmp_path / "out"
     run("default", corpus, out)
@@ -203,7 +198,7 @@ def test_an_interrupted_swap_keeps_the_new_dataset_for_the_next_run(tmp_path, co
         if at == "old moved aside":
             raise KeyboardInterrupt(at)
 
-    monkeypatch.setattr(edugpt.corpus.prepare, "_swap_step", interrupted)
+    monkeypatch.setattr(edugpt.corpus.install, "swap_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run("default", corpus, out, overwrite=True, seq_len=SEQ // 2)
     monkeypatch.undo()
@@ -236,8 +231,8 @@ def test_a_real_kill_between_the_renames_loses_nothing(tmp_path, corpus, path):
     executor = "['--executor', 'local', '--tasks', '2', '--workers', '1']" if path == "tasks" else "[]"
     code = f"""
 import os, signal, sys
-import edugpt.corpus.prepare
-edugpt.corpus.prepare._swap_step = lambda at: at == "old moved aside" and os.kill(os.getpid(), signal.SIGKILL)
+import edugpt.corpus.install
+edugpt.corpus.install.swap_step = lambda at: at == "old moved aside" and os.kill(os.getpid(), signal.SIGKILL)
 sys.argv = ["prepare_data.py", "--dataset", {str(corpus)!r}, "--output_dir", {str(out)!r}, "--seq_len", "{SEQ}",
             "--val_fraction", "0.1", "--num_proc", "1", "--overwrite", "--cache_dir", {str(CACHE[0])!r},
             *{executor}]
@@ -452,7 +447,7 @@ def test_a_full_cache_disk_is_named_as_such_not_as_bad_input(tmp_path):
         args = PrepareDataArguments(dataset=str(corpus), output_dir=str(tmp_path / "out"), seq_len=SEQ, num_proc=1,
                                     cache_dir=str(tmp_path / "cache"))
         with pytest.raises(EduGPTError, match="^no space left on the device while writing") as error:
-            prepare(args)
+            prepare_dataset(args)
         assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
 
 
@@ -557,14 +552,14 @@ def test_a_cache_dir_that_is_in_or_holds_the_output_is_refused_before_anything_i
         args = PrepareDataArguments(dataset=str(corpus), output_dir=str(out), cache_dir=str(cache), overwrite=True,
                                     seq_len=SEQ, num_proc=1)
         with pytest.raises(EduGPTError, match=f"the datasets cache .* {relation} --output_dir"):
-            prepare(args)
+            prepare_dataset(args)
         assert snapshot(out) == before and beside(out) == []
 
 
 def test_a_journal_never_moves_or_deletes_a_folder_that_is_not_the_one_it_recorded(tmp_path, monkeypatch):
     """A kill after the old dataset was moved aside, then someone's folder put where it was (`.out.old`): the next run
     refuses in one line, and neither that folder nor the new dataset is touched."""
-    import edugpt.corpus.prepare
+    import edugpt.corpus.install
 
     rng = np.random.default_rng(1)
     out, new = tmp_path / "out", make_dir(tmp_path / ".out.tmp") / "dataset"
@@ -575,7 +570,7 @@ def test_a_journal_never_moves_or_deletes_a_folder_that_is_not_the_one_it_record
         if at == "old moved aside":
             raise KeyboardInterrupt(at)
 
-    monkeypatch.setattr(edugpt.corpus.prepare, "_swap_step", killed)
+    monkeypatch.setattr(edugpt.corpus.install, "swap_step", killed)
     with pytest.raises(KeyboardInterrupt):
         move_into_place(new, out)
     monkeypatch.undo()

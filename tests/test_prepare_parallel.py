@@ -1,4 +1,4 @@
-"""edugpt.corpus.datatrove: datatrove tasks (local, Ray, Slurm) give the single-machine path's dataset, resume after a
+"""edugpt.corpus.datatrove*: datatrove tasks (local, Ray, Slurm) give the single-machine path's dataset, resume after a
 kill, and refuse bad input without leaving anything behind."""
 
 from __future__ import annotations
@@ -21,9 +21,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, run_script
-from edugpt.corpus.datatrove import ExecutorArguments, WorkDir, prepare_parallel, task_pieces
-from edugpt.corpus.prepare import MADE, MANIFEST, PrepareDataArguments, derive_id, prepare, split_of, verify
+from edugpt.config.arguments import ExecutorArguments, PrepareDataArguments
+from edugpt.corpus.datatrove import prepare_parallel
+from edugpt.corpus.datatrove_work import WorkDir, task_pieces
+from edugpt.corpus.install import MADE
+from edugpt.corpus.local import prepare_dataset
+from edugpt.corpus.manifest import MANIFEST
 from edugpt.corpus.sources import EMBEDDED_CORPUS, open_parquet, parquet_batches
+from edugpt.corpus.split import derive_id, split_of
+from edugpt.corpus.verify import verify
 from edugpt.errors import EduGPTError
 from edugpt.model.tokenizer import GPT2_EOS_ID, gpt2_tiktoken
 
@@ -148,7 +154,7 @@ def single(tmp_path, dataset, name, **kwargs):
     kwargs = {"val_fraction": 0.05, "seq_len": 128, "num_proc": 1, **kwargs}
     args = PrepareDataArguments(dataset=str(dataset), output_dir=str(tmp_path / name),
                                 cache_dir=str(tmp_path / "cache"), **kwargs)
-    return prepare(args), tmp_path / name
+    return prepare_dataset(args), tmp_path / name
 
 
 # ------------------------------------------------------------------------------------------------ pure functions
@@ -327,8 +333,9 @@ def test_a_task_record_changed_after_the_task_wrote_it_is_never_merged(tmp_path,
     """The merge trusts a task's tails, counts and id part only as the task wrote them: its record's seal, the id
     part's digest and counts that add up are checked (a changed tail used to be merged and then pass --verify)."""
     import edugpt.corpus.datatrove as pp
+    from edugpt.corpus import datatrove_work
 
-    monkeypatch.setattr(pp, "finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(pp, "finish_merge", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         parallel(tmp_path, EMBEDDED_CORPUS, "out", tasks=2, workers=1)
     monkeypatch.undo()
@@ -344,7 +351,7 @@ def test_a_task_record_changed_after_the_task_wrote_it_is_never_merged(tmp_path,
     # Resealed by hand, but the tail no longer adds up with the counts.
     record["tails"]["train"] = record["tails"]["train"][1:]
     del record["sha256"]
-    work.record(1).write_text(json.dumps({**record, "sha256": pp.record_seal(record)}))
+    work.record(1).write_text(json.dumps({**record, "sha256": datatrove_work.record_seal(record)}))
     with pytest.raises(EduGPTError, match=r"\(its train counts and tail differs\)"):
         parallel(tmp_path, EMBEDDED_CORPUS, "out", tasks=2, workers=1)
     work.record(1).write_bytes(record_bytes)
@@ -359,12 +366,12 @@ def test_a_task_record_changed_after_the_task_wrote_it_is_never_merged(tmp_path,
 
 @pytest.mark.slow
 def test_a_merge_killed_before_the_move_is_redone(tmp_path, monkeypatch):
-    import edugpt.corpus.datatrove as pp
+    from edugpt.corpus import datatrove_merge
 
     def killed(tmp, out):
         raise KeyboardInterrupt  # as if the process died just before the dataset was moved into place
 
-    monkeypatch.setattr(pp, "move_into_place", killed)
+    monkeypatch.setattr(datatrove_merge, "move_into_place", killed)
     with pytest.raises(KeyboardInterrupt):
         parallel(tmp_path, EMBEDDED_CORPUS, "out", tasks=6, workers=1)
     monkeypatch.undo()
@@ -389,7 +396,7 @@ def test_a_merge_killed_before_the_move_is_redone(tmp_path, monkeypatch):
 def test_resuming_with_other_settings_is_refused_and_keeps_the_work(tmp_path, monkeypatch):
     import edugpt.corpus.datatrove as pp
 
-    monkeypatch.setattr(pp, "finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(pp, "finish_merge", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         parallel(tmp_path, EMBEDDED_CORPUS, "out", tasks=2, workers=1)
     monkeypatch.undo()
@@ -642,12 +649,13 @@ def test_slurm_resubmits_only_unfinished_tasks(tmp_path, fake_slurm):
     # As if tasks 1 and 3 had finished in an earlier job array: run them with the local executor on the same plan.
     parallel_args = PrepareDataArguments(dataset=str(corpus), output_dir=str(tmp_path / "out"), seq_len=128)
     import edugpt.corpus.datatrove as pp
+    from edugpt.corpus import datatrove_tasks
 
     with work.locked():
-        plan = pp._resume_or_plan(work, parallel_args, ExecutorArguments(executor="local", tasks=4), pp.resolve_source(
+        plan = pp.resume_or_plan(work, parallel_args, ExecutorArguments(executor="local", tasks=4), pp.resolve_source(
             str(corpus)))
     for rank in (1, 3):
-        pp.run_task(work.root, rank, 4)
+        datatrove_tasks.run_task(work.root, rank, 4)
         work.completion(rank).parent.mkdir(parents=True, exist_ok=True)
         work.completion(rank).touch()
     proc = run_script("prepare_data.py", *command, env=env, timeout=400)

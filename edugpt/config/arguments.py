@@ -448,3 +448,47 @@ class ExecutorArguments:
         if self.executor == "slurm" and not self.slurm_partition:
             raise EduGPTError("--executor slurm needs --slurm_partition (see `sinfo` for the cluster's partitions).")
 
+
+# How prepare_data.py can run: edugpt.corpus.local ("datasets"), or datatrove tasks (edugpt.corpus.datatrove).
+EXECUTORS = ("datasets", "local", "slurm", "ray")
+
+
+@dataclass
+class ExecutorArguments:
+    """How `prepare_data.py` runs: the single-machine `datasets.map` path, or datatrove tasks (local, Slurm, Ray)."""
+
+    executor: str = field(default="datasets", metadata={
+        "help": "datasets (default: one machine, datasets.map over --num_proc processes), or datatrove tasks: "
+                "local (this machine, --workers at a time), slurm (sbatch job arrays) or ray (a Ray cluster). "
+                "Tasks are resumable: re-run the same command after a crash to do only what is left."})
+    tasks: int | None = field(default=None, metadata={
+        "help": "Tasks (equal shares of the input's rows, in order); default: one per input file, at least "
+                "--workers. A re-run resumes only with the same number."})
+    workers: int | None = field(default=None, metadata={
+        "help": "Tasks running at once (local: default all cores; slurm/ray: default no limit)."})
+    cpus_per_task: int = field(default=1, metadata={
+        "help": "CPUs per task (slurm/ray reserve them; tokenizing uses that many threads)."})
+    mem_per_cpu_gb: float = field(default=2.0, metadata={"help": "Memory per CPU in GB (slurm/ray reservation)."})
+    slurm_partition: str | None = field(default=None, metadata={"help": "Slurm partition (required for slurm)."})
+    slurm_time: str = field(default="24:00:00", metadata={"help": "Slurm time limit per job array task."})
+    slurm_qos: str | None = field(default=None, metadata={"help": "Slurm QOS (default: the cluster's)."})
+    slurm_env_command: str | None = field(default=None, metadata={
+        "help": "Shell line each Slurm job runs to set up Python (default: source this venv's bin/activate)."})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "Ray cluster to join (default: $RAY_ADDRESS, else a new single-node Ray on this machine)."})
+
+    def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise EduGPTError(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}.")
+        for name in ("tasks", "workers", "cpus_per_task"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EduGPTError(f"--{name} must be at least 1, got {value}.")
+        if self.mem_per_cpu_gb <= 0:
+            raise EduGPTError(f"--mem_per_cpu_gb must be positive, got {self.mem_per_cpu_gb}.")
+        if self.executor == "datasets" and (self.tasks is not None or self.workers is not None):
+            raise EduGPTError("--tasks and --workers apply to datatrove tasks; add --executor local (or slurm, ray), "
+                              "or use --num_proc with the default executor.")
+        if self.executor == "slurm" and not self.slurm_partition:
+            raise EduGPTError("--executor slurm needs --slurm_partition (see `sinfo` for the cluster's partitions).")
+

@@ -1,1 +1,3 @@
-"""Prepared data: sources, the document-ID split, tokenize, pack, layout + manifest, install/swap, verify, executors."""
+"""Prepared data: sources (sources), the document-ID split (split), tokenize (tokens), pack (pack), layout + manifest
+(layout, manifest), install/swap (install), verify (verify), and the executors: one machine (local) or datatrove tasks
+(datatrove, datatrove_work, datatrove_tasks, datatrove_merge). Arrays straight to a prepared dataset: synthetic."""
