@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The browser of tests/test_app.py: Debian's chromium and its driver, only when missing (apt needs root, as CI is).
+# The browser of tests/integration/test_app_end_to_end.py: Debian's chromium and its driver, only when missing (apt needs root, as CI is).
 # Without apt (another distribution, no root) this says so and the browser test is skipped with that reason.
 browser:
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { command -v apt-get >/dev/null \
@@ -37,9 +37,10 @@ lint: install
 test: lint browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest $(PYTEST_ARGS)
 
-# The quick loop while editing: everything but the tests marked slow (real training runs and subprocesses).
+# The quick loop while editing: tests/unit (pure rules and small objects in this process: no subprocess, no
+# training run; about a minute). tests/integration runs the entry points, training runs and subprocesses.
 test-fast: lint
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
 
 bench: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash bench/run_all.sh

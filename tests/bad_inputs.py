@@ -1,4 +1,5 @@
-"""A corpus of bad inputs and the checks every refusal must pass (tests/test_bad_input.py, tests/test_fuzz_readers.py).
+"""A corpus of bad inputs and the checks every refusal must pass (tests/integration/test_bad_input.py,
+tests/integration/test_fuzz_readers.py).
 
 A refusal is: exit status 2, exactly one stderr line starting with `error:`, no "Traceback" anywhere in the output,
 and every folder the case touched byte-identical to before (`snapshot` / `tree_changes`), a new output absent.

@@ -1,4 +1,4 @@
-"""train_hf.py as tests/test_distributed.py launches it: `accelerate launch ... tests/distributed_run.py ARGS`.
+"""train_hf.py as tests/integration/test_distributed.py launches it: `accelerate launch ... tests/distributed_run.py ARGS`.
 
 Everything train_hf.py does, plus what a test needs and a user never does:
 

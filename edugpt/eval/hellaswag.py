@@ -3,9 +3,9 @@
 
     lm_eval --model hf --model_args pretrained=RUN/checkpoint-N --tasks hellaswag --limit L --batch_size B
 
-gives on the checkpoint saved at that step (tests/test_evaluation.py proves it on a tiny model). Use the same batch
-size on both sides for bit-identical log-likelihoods: a different batch pads differently, which can move the last
-float bits (not, in practice, acc).
+gives on the checkpoint saved at that step (tests/integration/test_evaluation.py proves it on a tiny model). Use the
+same batch size on both sides for bit-identical log-likelihoods: a different batch pads differently, which can move
+the last float bits (not, in practice, acc).
 
 Offline, HellaSwag comes from a local jsonl file in HellaSwag's schema through the `hellaswag_local` task in
 `edugpt/eval/tasks/` (lm-eval's hellaswag definition with a local data source; edugpt.eval.task_catalog).

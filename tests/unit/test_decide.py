@@ -1,6 +1,6 @@
 """edugpt.run.decide: every rule of resume / restore / already finished / start / start over / refuse, as a table of
 cases over fake folder views (no files, no training: milliseconds each). The same rules on real runs:
-tests/test_lifecycle.py, tests/test_faults.py."""
+tests/integration/test_lifecycle.py, tests/integration/test_faults.py."""
 
 from __future__ import annotations
 
