@@ -66,8 +66,9 @@ from edugpt.corpus.pack import EmptySplitError, UnusableInputError
 from edugpt.corpus.sources import Source, resolve_source
 from edugpt.corpus.tokens import check_tokenizer
 from edugpt.errors import EduGPTError
+from edugpt.io.atomic import no_space_error, no_space_reason
 from edugpt.io.net import hub_available
-from edugpt.io.safefs import ensure_dir, no_space_error, no_space_reason
+from edugpt.io.safefs import ensure_dir
 
 logger = logging.getLogger(__name__)
 

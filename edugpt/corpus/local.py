@@ -37,7 +37,8 @@ from edugpt.corpus.sources import ID_COLUMN, TEXT_COLUMN, Source, load_source, r
 from edugpt.corpus.split import SPLIT_SALT
 from edugpt.corpus.tokens import check_tokenizer, column_values, tokenize_batch, tokenized_features
 from edugpt.errors import EduGPTError
-from edugpt.io.safefs import ensure_dir, no_space_error, no_space_reason
+from edugpt.io.atomic import no_space_error, no_space_reason
+from edugpt.io.safefs import ensure_dir
 
 logger = logging.getLogger(__name__)
 

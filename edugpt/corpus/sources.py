@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
+from edugpt.io.atomic import no_space_error, no_space_reason
 from edugpt.io.net import hub_available
-from edugpt.io.safefs import no_space_error, no_space_reason
 
 logger = logging.getLogger(__name__)
 

@@ -146,7 +146,7 @@ def save_results(results: dict, evaluation_tracker) -> Path | None:
 
 
 def _save_failure(destination: Path, reason: str) -> str:
-    from edugpt.io.safefs import NO_SPACE_TEXT
+    from edugpt.io.atomic import NO_SPACE_TEXT
 
     if any(text.lower() in reason.lower() for text in NO_SPACE_TEXT):
         return (f"no space left on the device while lm-eval wrote its results into {destination} ({reason}); nothing "

@@ -34,7 +34,8 @@ from edugpt.hub.plan import (
     take_all,
 )
 from edugpt.hub.secrets import bytes_have_token, known_token_bytes, token_error
-from edugpt.io.safefs import ensure_dir, no_space_reason
+from edugpt.io.atomic import no_space_reason
+from edugpt.io.safefs import ensure_dir
 from edugpt.run import rundir
 from edugpt.run.record import Record, note_written, update
 

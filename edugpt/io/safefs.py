@@ -1,9 +1,10 @@
 """Files that are whole or absent, folders that are new or left alone, and a lock that holds across hosts.
 
 Every file the project writes for a reader (run_config.json, the model card, manifests, plots, markers) goes
-through `atomic_write_*`: written to a temporary file in the same folder, flushed to disk, then renamed over the
-target, so a reader or a re-run after a kill sees the old file or the new one, never half of one. A full disk
-becomes one `EduGPTError` naming the file, with nothing partial left behind.
+through `atomic_write_*`: written whole or not at all (edugpt.io.atomic.replace_whole: a temporary file in the same
+folder, flushed to disk, then renamed over the target, so a reader or a re-run after a kill sees the old file or the
+new one, never half of one; a full disk becomes one `EduGPTError` naming the file, with nothing partial left behind),
+then entered in the record of the run directory it lies in (edugpt.run.record).
 
 `DirLock` is the one lock of the project (training run directories, prepared datasets). It is an `flock` on a
 small file, granted by the filesystem's lock manager — the local kernel; on NFS, Linux turns it into a POSIX lock
@@ -22,60 +23,19 @@ import os
 import socket
 import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
+from edugpt.io.atomic import NO_SPACE, no_space_error, replace_whole
 
 logger = logging.getLogger(__name__)
-
-# errno values that mean "the device is full" (ENOSPC) or "your quota is" (EDQUOT).
-NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
-# The same, where the errno was lost on the way: pyarrow's and safetensors' (Rust) messages, a datatrove task's error
-# re-raised in the launcher.
-NO_SPACE_TEXT = ("No space left", "quota exceeded", "os error 28", "os error 122")
-
-
-def no_space_reason(err: BaseException) -> str | None:
-    """Why `err`, or an error it was raised from, is a full disk or quota (e.g. "No space left on device"); None when
-    it is not one."""
-    seen = err
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
-            return os.strerror(seen.errno)
-        if any(text in str(seen) for text in NO_SPACE_TEXT):
-            return "no space left on device"
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def no_space_error(path: str | os.PathLike, err: BaseException) -> EduGPTError:
-    """The one message for a full disk or quota while writing `path`."""
-    what = "disk quota exceeded" if getattr(err, "errno", None) == errno.EDQUOT else "no space left on the device"
-    return EduGPTError(f"{what} while writing {path}; free space there (or choose another folder) and run the same "
-                       "command again.")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, role: str | None = "record", mode: int = 0o644) -> Path:
     """Write `data` to `path` atomically (temp file in the same folder, fsync, rename); returns the path. A file
     written inside a run directory is entered in its record (edugpt.run.record) in `role`; None: not recorded."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes 0600 files; most of these are ordinary outputs
-        os.replace(tmp, path)
-    except OSError as err:
-        if err.errno in NO_SPACE:
-            raise no_space_error(path, err) from None
-        raise
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    path = replace_whole(path, data, mode=mode)
     if role is not None:
         from edugpt.run.record import note_written
 

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
-from edugpt.io.safefs import no_space_reason
+from edugpt.io.atomic import no_space_reason
 from edugpt.run.checkpoints import find_resume_checkpoint, read_marker, recorded_checkpoints, set_aside
 from edugpt.run.decide import resume_request, settings_changes
 from edugpt.run.ranks import on_main_then_shared

@@ -36,6 +36,8 @@ import stat
 import threading
 from pathlib import Path
 
+from edugpt.io.atomic import replace_whole
+
 logger = logging.getLogger(__name__)
 
 RECORD = ".edugpt-record.json"
@@ -98,13 +100,11 @@ class Record:
             return False
 
     def save(self) -> None:
-        from edugpt.io.safefs import atomic_write_bytes
-
         content = {"format": FORMAT, "entries": dict(sorted(self.entries.items()))}
         data = (json.dumps(content, indent=1) + "\n").encode()
         if _digest(self.path) == _sha256_bytes(data):
             return  # unchanged: the file (and its mtime) stays as it is
-        atomic_write_bytes(self.path, data, role=None, mode=0o600)
+        replace_whole(self.path, data, mode=0o600)  # the record itself is not an entry of it
 
     # ----------------------------------------------------------------------------------------------------- writing
     def rel(self, path: str | os.PathLike) -> str | None:
