@@ -14,7 +14,7 @@ from edugpt.errors import EduGPTError
 from edugpt.hub.plan import STAGING, BranchUpload, plan_branch, plan_main
 from edugpt.hub.pusher import HubPusher
 from edugpt.run import rundir
-from edugpt.train.trainer_hooks import route_trainer_pushes, save_final_model_without_push
+from edugpt.train.trainer_hooks import route_trainer_pushes, save_model_without_push
 
 
 class TrainerPushes:
@@ -94,7 +94,7 @@ class TrainerPushes:
                     revision: str | None = None, private: bool | None = None, **kwargs):
         """Trainer.push_to_hub's contract (save the model on every rank, push from rank 0), through the guarded path."""
         before = rundir.entries(self.output_dir) if self.pusher is not None else {}
-        save_final_model_without_push(self.trainer, self.trainer.args.output_dir)  # save_model()'s own default
+        save_model_without_push(self.trainer, self.trainer.args.output_dir)  # save_model()'s own default
         if self.pusher is None:
             return None
         rundir.record_saved_model(self.output_dir, before)

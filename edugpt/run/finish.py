@@ -13,7 +13,7 @@ from pathlib import Path
 from edugpt.run import record
 from edugpt.run.checkpoints import read_marker, write_marker
 from edugpt.run.rundir import CARD, MARKER, TRAINER_STATE, checkpoint_step, entries, record_saved_model, save_file_role
-from edugpt.train.trainer_hooks import replace_trainer_model_card, save_final_model_without_push
+from edugpt.train.trainer_hooks import replace_trainer_model_card, save_model_without_push
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def finish_training(run, trainer) -> None:
         trainer.evaluate()  # the final validation loss, for the card's table and the plot
     run.saving_final = True
     before = entries(output_dir)
-    save_final_model_without_push(trainer, str(output_dir))  # the push below is the one
+    save_model_without_push(trainer, str(output_dir))  # the push below is the one
     trainer.accelerator.wait_for_everyone()
     failures = {}
     if run.is_main:

@@ -111,13 +111,10 @@ def route_trainer_pushes(trainer, push_from_checkpoint: Callable[[str], None], p
 @touches("transformers.trainer:Trainer.save_model")
 def save_model_without_push(trainer, output_dir: str | None = None) -> None:
     """`trainer.save_model(output_dir)` without the push save_model itself makes with push_to_hub ("Model save"), as
-    Trainer.push_to_hub calls it: with the private keyword `_internal_call=True`. The unit test resolves save_model
-    only, not the keyword; save_model takes no **kwargs, so a release without `_internal_call` fails here with a
-    TypeError rather than pushing twice."""
-    if output_dir is None:
-        trainer.save_model(_internal_call=True)
-    else:
-        trainer.save_model(output_dir, _internal_call=True)
+    Trainer.push_to_hub calls it: with the private keyword `_internal_call=True` (edugpt.hub.trainer_pushes and
+    edugpt.run.finish push the run themselves). The unit test resolves save_model only, not the keyword; save_model
+    takes no **kwargs, so a release without `_internal_call` fails here with a TypeError rather than pushing twice."""
+    trainer.save_model(output_dir, _internal_call=True)
 
 
 # --- train: Trainer's callback order, its train sampler, the LR scheduler's last lr; the recipe parser's groups ---
@@ -176,7 +173,7 @@ def parser_with_dataclass_groups(parser_class: type, group_of: Callable[[type], 
     return WithDataclassGroups
 
 
-# --- run: loading a checkpoint's state, the final save, Trainer's model card, TensorBoard's folder ---
+# --- run: loading a checkpoint's state, Trainer's model card, TensorBoard's folder ---
 @touches("transformers.trainer:Trainer._load_from_checkpoint", "transformers.trainer:Trainer._load_optimizer_and_scheduler",
          "transformers.trainer:Trainer._load_scaler", "transformers.trainer:Trainer._load_rng_state",
          "transformers.trainer:Trainer._load_callback_state")
@@ -201,13 +198,6 @@ def raise_checkpoint_load_errors_as(trainer, error_class: type[Exception]) -> No
                 raise error_class(err) from err
 
         setattr(trainer, name, loading)
-
-
-@touches("transformers.trainer:Trainer.save_model")
-def save_final_model_without_push(trainer, output_dir: str) -> None:
-    """`trainer.save_model(output_dir)` without Trainer's own push: with push_to_hub, Trainer.save_model also pushes
-    ("Model save") unless its private `_internal_call=True` is passed; edugpt.run.finish pushes the run itself."""
-    trainer.save_model(output_dir, _internal_call=True)
 
 
 @touches("transformers.trainer:Trainer.create_model_card")
