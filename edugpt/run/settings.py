@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edugpt.config.arguments import global_batch_blocks
 from edugpt.run.checkpoints import read_marker
 
 # Compared between a checkpoint and the run that resumes it: what the optimizer, the schedule and the data order
@@ -25,7 +26,7 @@ def training_settings(training_args, **data) -> dict:
     settings = {key: getattr(args, key) for key in OPTIMIZER_KEYS + SCHEDULE_KEYS}
     if args.max_steps > 0:
         settings.pop("num_train_epochs")
-    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    global_batch = global_batch_blocks(args)
     if data.get("seq_len"):  # fixed-length blocks (pretraining): the global batch in tokens, whatever the layout
         settings["tokens_per_step"] = global_batch * data["seq_len"]
     else:
