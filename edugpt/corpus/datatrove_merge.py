@@ -18,7 +18,7 @@ import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
 from edugpt.config.arguments import PrepareDataArguments
-from edugpt.corpus.datatrove_work import WorkDir, file_sha256, incomplete_ranks, record_seal, work_dir_output
+from edugpt.corpus.datatrove_work import WorkDir, incomplete_ranks, record_seal, work_dir_output
 from edugpt.corpus.install import MADE, check_dataset_output, move_into_place
 from edugpt.corpus.layout import DOC_IDS, write_layout
 from edugpt.corpus.manifest import build_manifest, content_section, print_summary, write_manifest
@@ -28,6 +28,7 @@ from edugpt.corpus.split import SPLITS
 from edugpt.corpus.tokens import SKIP_REASONS, check_tokenizer
 from edugpt.corpus.verify import verify
 from edugpt.errors import EduGPTError
+from edugpt.io.safefs import file_sha256
 
 logger = logging.getLogger(__name__)
 

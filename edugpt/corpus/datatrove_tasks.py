@@ -16,7 +16,7 @@ from pathlib import Path
 
 from datatrove.pipeline.base import PipelineStep
 
-from edugpt.corpus.datatrove_work import WorkDir, file_sha256, record_seal, task_pieces, work_dir_output
+from edugpt.corpus.datatrove_work import WorkDir, record_seal, task_pieces, work_dir_output
 from edugpt.corpus.install import make_dir, remove_made
 from edugpt.corpus.layout import DOC_IDS, write_json
 from edugpt.corpus.pack import SplitStats, SplitsWriter, UnusableInputError
@@ -31,6 +31,7 @@ from edugpt.corpus.sources import (
 from edugpt.corpus.split import SPLITS
 from edugpt.corpus.tokens import SKIP_REASONS, column_values, tokenize_batch, tokenized_features
 from edugpt.errors import EduGPTError
+from edugpt.io.safefs import file_sha256
 
 # Set while a local run forks its workers: each process forked then (datatrove's multiprocess Manager, forked from
 # the launcher with its lock's descriptor, and the pool workers forked by the forkserver) is killed when its parent dies.

@@ -237,14 +237,6 @@ def record_seal(record: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def work_dir_output(work_root: Path) -> Path:
     """The output dir a work dir `.NAME.prepare` belongs to."""
     return work_root.parent / work_root.name[1:-len(".prepare")]

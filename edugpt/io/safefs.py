@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -50,6 +51,12 @@ def atomic_write_text(path: str | os.PathLike, text: str, **kwargs) -> Path:
 def atomic_write_json(path: str | os.PathLike, content, *, indent: int | None = 2, **kwargs) -> Path:
     """JSON with a trailing newline; values JSON cannot hold (paths, enums) are written as their str()."""
     return atomic_write_text(path, json.dumps(content, indent=indent, default=str) + "\n", **kwargs)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 (hex) of the whole file at `path`: checkpoint markers and datatrove's task records."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_json(path: str | os.PathLike, *, what: str = "file", follow_symlinks: bool = True):

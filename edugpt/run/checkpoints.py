@@ -17,23 +17,17 @@ Hashing costs about a second per GB on one core (bench/RESULTS.md), paid once pe
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from edugpt.io.safefs import atomic_write_json, read_json
+from edugpt.io.safefs import atomic_write_json, file_sha256, read_json
 from edugpt.run import record
 from edugpt.run.rundir import MARKER, list_checkpoints
 
 logger = logging.getLogger(__name__)
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _saved_files(folder: Path) -> list[Path]:

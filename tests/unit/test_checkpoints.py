@@ -9,8 +9,9 @@ import shutil
 
 import pytest
 
+from edugpt.io.safefs import file_sha256
 from edugpt.run import record
-from edugpt.run.checkpoints import checkpoint_problem, file_sha256, find_resume_checkpoint, write_marker
+from edugpt.run.checkpoints import checkpoint_problem, find_resume_checkpoint, write_marker
 from edugpt.run.rundir import MARKER, list_checkpoints
 
 
