@@ -9,12 +9,12 @@ too: a finetune's card quotes its local base run's. Tables are edugpt.report.row
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edugpt.errors import EduGPTError
+from edugpt.io.net import looks_like_hub_id
 from edugpt.io.safefs import read_json
 from edugpt.model.gpt2 import saved_parameter_counts
 from edugpt.report.numbers import final_tokens, human
@@ -173,9 +173,10 @@ def base_model_facts(base_model: str | None) -> tuple[str | None, str | None]:
 
 
 def is_hub_id(name: str | None) -> bool:
-    """A Hub repo id ('owner/name'), not a local path: only those belong in `datasets:` / `base_model:` metadata."""
-    return (isinstance(name, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
-            and Path(name).suffix not in (".json", ".jsonl", ".parquet", ".csv", ".txt"))
+    """A Hub repo id ('owner/name'), not a local path: only those belong in `datasets:` / `base_model:` metadata.
+    What a repo id looks like is edugpt.io.net's rule; here it must also name its owner (a bare legacy name such as
+    "gpt2", or a bare lm-eval dataset_path, stays out of the metadata) and not be a path that exists here."""
+    return isinstance(name, str) and "/" in name and looks_like_hub_id(name) and not Path(name).exists()
 
 
 
