@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
+from edugpt.eval.tasks import LOCAL_HELLASWAG_TASK
 from edugpt.io.net import hub_available
 from edugpt.train.trainer_hooks import load_lm_eval_task_yaml
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-LOCAL_HELLASWAG_TASK = "hellaswag_local"
 LOCAL_HELLASWAG_YAML = TASKS_DIR / f"{LOCAL_HELLASWAG_TASK}.yaml"
 HELLASWAG = "hellaswag"
 

@@ -25,11 +25,11 @@ from pathlib import Path
 
 from edugpt.config.arguments import DEFAULT_LICENSE, CardArguments
 from edugpt.errors import EduGPTError
+from edugpt.eval.tasks import LOCAL_HELLASWAG_TASK
 from edugpt.io.safefs import atomic_write_text
 from edugpt.report.facts import RunFacts, collect_run_facts, is_hub_id, model_sentence
 from edugpt.report.numbers import thin_rows
 from edugpt.report.rows import (
-    LOCAL_HELLASWAG_TASK,
     architecture,
     data_facts,
     finetune_rows,

@@ -10,6 +10,7 @@ import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from edugpt.eval.tasks import LOCAL_HELLASWAG_TASK
 from edugpt.report.facts import RunFacts, dataset_phrase
 from edugpt.report.numbers import argument_text, final_tokens, human, last_record, median_value, number_text
 from edugpt.run import rundir
@@ -26,9 +27,6 @@ FINETUNE_METRICS = (
     "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected",
     "mean_token_accuracy", "entropy", "num_tokens",
 )
-# edugpt's offline stand-in (edugpt/eval/tasks/hellaswag_local.yaml): HellaSwag's scoring over a local jsonl file. Its
-# numbers are never presented as HellaSwag's nor put in the model-index.
-LOCAL_HELLASWAG_TASK = "hellaswag_local"
 # (label, distribution) listed under "Framework versions", as TRL's own cards list them; TRL only for finetunes.
 FRAMEWORKS = (("edugpt", "edugpt"), ("TRL", "trl"), ("Transformers", "transformers"), ("Pytorch", "torch"),
               ("Datasets", "datasets"), ("Tokenizers", "tokenizers"))
