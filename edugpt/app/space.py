@@ -44,8 +44,8 @@ REQUIREMENTS = "requirements.txt"
 # The libraries the page runs on in a Space besides gradio (the Space's sdk): torch and transformers for the model,
 # tokenizers and safetensors under them, jinja2 for the chat template, huggingface_hub for the model repo.
 SPACE_LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "huggingface_hub", "jinja2")
-# read by edugpt.model.chat / edugpt.report.card
-SPACE_DATA = ("templates/chat_template.jinja", "templates/model_card.md.jinja")
+# read by edugpt.model.chat (the page's chat); the model card's template is not: the page never writes a card
+SPACE_DATA = ("templates/chat_template.jinja",)
 
 
 @dataclass
@@ -112,7 +112,7 @@ def _planned(path: Path) -> PlannedFile:
 
 def plan_space(space_id: str, model_id: str, source: Path, *, license: str = "mit") -> SpacePlan:
     """The Space's upload: app.py and requirements.txt written into `source` (a new folder of the caller's), the
-    package's modules and templates as they are, and the README. Nothing else is ever in it."""
+    package's modules and chat template as they are, and the README. Nothing else is ever in it."""
     (source / APP_FILE).write_text(app_source(model_id), encoding="utf-8")
     (source / REQUIREMENTS).write_text(requirements(), encoding="utf-8")
     files = {APP_FILE: _planned(source / APP_FILE), REQUIREMENTS: _planned(source / REQUIREMENTS)}
