@@ -321,10 +321,9 @@ def test_manifest_readers_and_verify_return_or_refuse(prepared, data):
     with scratch() as tmp:
         root = _with(prepared, tmp, "manifest.json", document)
         normal_or_refused(lambda: load_manifest(root))
-        # What decides whether --overwrite may replace the folder (its name has changed over time).
-        for name in ("is_prepared_dataset", "prepared_dataset_problem"):
-            if hasattr(prepared_data, name):
-                normal_or_refused(lambda name=name: getattr(prepared_data, name)(root))
+        # What decides whether --overwrite may replace the folder: a reason (str) or None, never a crash.
+        refusal = normal_or_refused(lambda: prepared_data.replace_refusal(root))
+        assert refusal is None or isinstance(refusal, str)
         normal_or_refused(lambda: verify(root))
 
 
