@@ -5,8 +5,9 @@ The memory model counts what eager PyTorch keeps alive at the peak of a training
 by tensor (`block_saved_bytes`): the fp32 weights, their gradients and optimizer state, the bf16 copies autocast
 makes of the matmul weights, every tensor a block saves for backward (or, with activation checkpointing, only the
 block inputs plus one block recomputed), and the cross-entropy over the vocabulary at the start of backward. A test
-(tests/test_plan.py) checks it against the peak RSS of real Trainer steps on the CPU in fp32. torch_compile fuses
-the element-wise chains (GELU, casts) and usually saves less: for a compiled run the figure is an upper bound.
+(tests/integration/test_plan_end_to_end.py) checks it against the peak RSS of real Trainer steps on the CPU in
+fp32. torch_compile fuses the element-wise chains (GELU, casts) and usually saves less: for a compiled run the
+figure is an upper bound.
 
 Pure functions over numbers and a GPT2Config: no torch at import.
 """
@@ -35,7 +36,7 @@ MEMORY_CLASSES = (
 # the caching allocator's slack (it reserves more than it hands out; 5-15% on training loops).
 CUDA_OVERHEAD = 1 * GiB
 ALLOCATOR_SLACK = 0.10
-# A recipe is sized to leave at least this share of its card class free (tests/test_plan.py holds the recipes to it).
+# A recipe is sized to leave at least this share of its card class free (tests/unit/test_plan.py holds the recipes to it).
 HEADROOM = 0.20
 
 # GPUs the time table names: (name as edugpt.model.gpt2.peak_flops matches it, label, assumed on-demand $ per GPU-hour in
