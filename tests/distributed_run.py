@@ -50,6 +50,7 @@ def with_test_hooks(build_trainer):
     from transformers import TrainerCallback
 
     from edugpt.eval.hellaswag import HellaSwagCallback
+    from edugpt.train.trainer_hooks import trainer_callbacks
 
     sigterm, nan = rank_and_step("EDUGPT_TEST_SIGTERM"), rank_and_step("EDUGPT_TEST_NAN")
     items_path = os.environ.get("EDUGPT_TEST_HELLASWAG_ITEMS")
@@ -58,7 +59,7 @@ def with_test_hooks(build_trainer):
         pretraining = build_trainer(run, *args, **kwargs)
         trainer = pretraining.trainer
         rank = trainer.args.process_index
-        hellaswag = next((c for c in trainer.callback_handler.callbacks if isinstance(c, HellaSwagCallback)), None)
+        hellaswag = next((c for c in trainer_callbacks(trainer) if isinstance(c, HellaSwagCallback)), None)
         poisoned = {"on": False}
 
         def poison(module, inputs, output):
