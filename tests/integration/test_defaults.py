@@ -148,7 +148,10 @@ def test_accelerate_launch_cpu_num_processes_2_warns_that_it_runs_one_process(tm
         port = str(probe.getsockname()[1])
     torchrun = accelerate_launch("--config_file", "configs/accelerate/cpu_ddp_2proc.yaml", "--main_process_port", port,
                                  tmp_path=tmp_path)
-    assert errors(torchrun) == 2, torchrun.stderr[-3000:]  # two processes ran
+    # Two processes ran: both printed the error, or torchrun stopped rank 1 (SIGTERM, named in its failure report)
+    # when rank 0 exited first.
+    assert errors(torchrun) == 2 or (errors(torchrun) == 1 and "local_rank: 1" in torchrun.stderr), \
+        torchrun.stderr[-3000:]
     assert "started only this one" not in torchrun.stderr
 
 
