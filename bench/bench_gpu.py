@@ -5,7 +5,7 @@ and the largest micro-batch that fits. One command on a machine with one CUDA GP
     python bench/bench_gpu.py --dataset_dir data/prepared/edu10B --steps 40
     python bench/bench_gpu.py --tiny                    # CPU sanity check of this script (tiny model, no MFU)
 
-The runs are built by `edugpt.train.pretrain.start` exactly as train_hf.py builds them (same callbacks; tokens/s
+The runs are built by `edugpt.train.pretrain.start_pretraining` exactly as train_hf.py builds them (same callbacks; tokens/s
 and MFU are the numbers train_hf.py logs, MFU = tokens/s x 6N+12LdT FLOPs/token / peak bf16 FLOP/s of the GPU).
 Evaluation, checkpoints and samples are off; the global batch is cut to `--grad_accum` micro-batches per step so a
 step is short (throughput per token does not depend on it). The first `--warmup` steps (compilation, cache warm-up)
@@ -44,7 +44,7 @@ def build(data_dir: Path, output_dir: Path, overrides: list[str]):
 
     from edugpt.config.arguments import DataArguments, ModelArguments, PretrainArguments, RunArguments
     from edugpt.config.cli import parse_config
-    from edugpt.train.pretrain import start
+    from edugpt.train.pretrain import start_pretraining
 
     parsed = parse_config(
         [ModelArguments, DataArguments, PretrainArguments, RunArguments, TrainingArguments],
@@ -53,7 +53,7 @@ def build(data_dir: Path, output_dir: Path, overrides: list[str]):
          "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--hellaswag_steps", "0",
          *overrides],
     )
-    run, pretraining = start(*parsed)
+    run, pretraining = start_pretraining(*parsed)
     run.lock.release()
     return pretraining
 

@@ -5,9 +5,9 @@
 
 Both sides train the same from-scratch GPT-2 (same seed, so the same initial weights) on the same prepared blocks
 with the same collator, AdamW settings, LR schedule and gradient clipping. The Trainer side is built by
-`edugpt.train.pretrain.start`, exactly as train_hf.py builds it (all callbacks installed: throughput, metrics.jsonl,
-checkpoint markers, SIGTERM, non-finite guard, plots; logging every 10 steps); evaluation, checkpoints and samples
-are switched off because they are not step time. Short rounds alternate raw / Trainer so that load from other
+`edugpt.train.pretrain.start_pretraining`, exactly as train_hf.py builds it (all callbacks installed: throughput,
+metrics.jsonl, checkpoint markers, SIGTERM, non-finite guard, plots; logging every 10 steps); evaluation, checkpoints
+and samples are switched off because they are not step time. Short rounds alternate raw / Trainer so that load from other
 processes on the machine hits both sides alike; every step after `--warmup` is timed (wall clock and this process's
 CPU time). On a shared machine the best round and the fast percentiles are the steady-state cost; the median shows
 the noise. Target: Trainer >= 0.95x raw.
@@ -69,7 +69,7 @@ def trainer_round(argv, data_dir: Path, steps: int, warmup: int) -> list[tuple[f
     from transformers import TrainerCallback
 
     from edugpt.config.arguments import RunArguments
-    from edugpt.train.pretrain import start
+    from edugpt.train.pretrain import start_pretraining
 
     marks = []
 
@@ -79,7 +79,7 @@ def trainer_round(argv, data_dir: Path, steps: int, warmup: int) -> list[tuple[f
 
     with tempfile.TemporaryDirectory() as out:
         model_args, data_args, script_args, training_args = parse(argv, data_dir, Path(out), steps)
-        run, pretraining = start(model_args, data_args, script_args, RunArguments(), training_args)
+        run, pretraining = start_pretraining(model_args, data_args, script_args, RunArguments(), training_args)
         run.lock.release()
         trainer = pretraining.trainer
         trainer.add_callback(StepTimes())

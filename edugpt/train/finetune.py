@@ -5,7 +5,7 @@ before anything loads, the data, the model and its tokenizer, the run's settings
 
     # checks, data, resume decision:
     job = prepare_finetune("sft", script_args, training_args, model_args, run_args, dataset_args)
-    job.run.execute(lambda: SFTTrainer(model=load_model(job, model_args), args=training_args, ...))
+    job.run.execute(lambda: SFTTrainer(model=load_base_model(job, model_args), args=training_args, ...))
 
 A finetune is a run like pretraining: trained in place in output_dir, resumed by running the same command again
 (from the newest valid checkpoint), finished runs left alone, SIGTERM saving a checkpoint, a NaN stopping it.
@@ -129,7 +129,7 @@ def _use_recipe_template(training_args, tokenizer) -> None:
                           "edugpt/templates/chat_template.jinja, or leave it out to keep the model's own template.")
 
 
-def load_model(job: FinetuneJob, model_args):
+def load_base_model(job: FinetuneJob, model_args):
     """The base model with the dtype, attention and revision of TRL's ModelConfig, ready to chat-finetune: pad = eos,
     the generation settings of a chat model (edugpt.model.chat.add_chat_template) and its loss named so that Trainer counts
     the predicted tokens right (edugpt.model.gpt2.name_causal_lm_loss)."""
@@ -161,8 +161,8 @@ def finetune(stage: str, trainer_class, script_args, training_args, model_args, 
     job = prepare_finetune(stage, script_args, training_args, model_args, run_args, dataset_args)
 
     def build_trainer():
-        reference = {"ref_model": load_model(job, model_args)} if stage == "dpo" else {}
-        trainer = trainer_class(model=load_model(job, model_args), args=training_args, train_dataset=job.train_dataset,
+        reference = {"ref_model": load_base_model(job, model_args)} if stage == "dpo" else {}
+        trainer = trainer_class(model=load_base_model(job, model_args), args=training_args, train_dataset=job.train_dataset,
                                 eval_dataset=job.eval_dataset, processing_class=job.tokenizer, **reference)
         # tokens_per_second in every training record, as in pretraining (no MFU: DPO's reference forward and the two
         # sequences per pair make pretraining's FLOPs-per-token formula wrong here).

@@ -1,7 +1,7 @@
 """Pretraining from scratch: load and check the prepared dataset, collate its blocks, bound the eval set, build the
 GPT-2 and its Trainer with the project's callbacks, and run it through the shared lifecycle (edugpt.run.lifecycle).
 
-`pretrain(...)` is train_hf.py's whole job; `start(...)` is everything before `train()`, for benchmarks that time
+`pretrain(...)` is train_hf.py's whole job; `start_pretraining(...)` is everything before `train()`, for benchmarks that time
 the same Trainer train_hf.py builds (bench/bench_train_cpu.py, bench/bench_gpu.py).
 
 The data directory is `prepare_data.py`'s output (see the data contract): a `DatasetDict` saved with
@@ -387,7 +387,8 @@ def build_trainer(run: TrainingRun, model_args, data_args, pretrain_args, traini
     return Pretraining(trainer=trainer, config=config, data=data, metrics=metrics)
 
 
-def start(model_args, data_args, pretrain_args, run_args, training_args) -> tuple[TrainingRun, Pretraining | None]:
+def start_pretraining(model_args, data_args, pretrain_args, run_args,
+                      training_args) -> tuple[TrainingRun, Pretraining | None]:
     """Everything before `train()`: check the arguments, output_dir and data, decide resume/restart, build the Trainer
     (None when the run has no training left). Use the run as a context manager: it holds output_dir's lock."""
     from edugpt.hub.publish import require_push_ready
@@ -438,10 +439,10 @@ def start(model_args, data_args, pretrain_args, run_args, training_args) -> tupl
 
 def pretrain(model_args, data_args, pretrain_args, run_args, training_args) -> None:
     """train_hf.py's whole job: start (or resume, or find the run finished), train, finish."""
-    run, pretraining = start(model_args, data_args, pretrain_args, run_args, training_args)
+    run, pretraining = start_pretraining(model_args, data_args, pretrain_args, run_args, training_args)
     built = [pretraining.trainer] if pretraining is not None else []
 
-    def trainer():  # start()'s; a fresh one if the lifecycle falls back from a checkpoint that did not load
+    def trainer():  # start_pretraining()'s; a fresh one if the lifecycle falls back from a checkpoint that did not load
         return built.pop() if built else build_trainer(
             run, model_args, data_args, pretrain_args, training_args, pretraining.data).trainer
 

@@ -42,11 +42,11 @@ def one_step_args(output_dir, **extra):
 
 def start_from(model_dir_or_id, data_dir, output_dir, **model):
     from edugpt.config.arguments import DataArguments, ModelArguments, PretrainArguments, RunArguments
-    from edugpt.train.pretrain import start
+    from edugpt.train.pretrain import start_pretraining
 
     model_args = ModelArguments(model_name_or_path=str(model_dir_or_id), **model)
-    run, pretraining = start(model_args, DataArguments(dataset_dir=str(data_dir)), PretrainArguments(sample_steps=0),
-                             RunArguments(), one_step_args(output_dir))
+    run, pretraining = start_pretraining(model_args, DataArguments(dataset_dir=str(data_dir)),
+                                         PretrainArguments(sample_steps=0), RunArguments(), one_step_args(output_dir))
     return model_args, run, pretraining
 
 

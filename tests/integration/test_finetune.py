@@ -187,13 +187,13 @@ def test_sft_logged_loss_is_the_mean_over_predicted_tokens(tiny_model_dir, tmp_p
     from transformers import AutoTokenizer
     from trl import ModelConfig, SFTConfig, SFTTrainer
 
-    from edugpt.train.finetune import FinetuneJob, load_model
+    from edugpt.train.finetune import FinetuneJob, load_base_model
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     add_chat_template(tokenizer)
     job = FinetuneJob(run=None, model_path=str(tiny_model_dir), tokenizer=tokenizer, train_dataset=None,
                       eval_dataset=None)
-    model = load_model(job, ModelConfig(model_name_or_path=str(tiny_model_dir)))
+    model = load_base_model(job, ModelConfig(model_name_or_path=str(tiny_model_dir)))
     for module in model.modules():  # the stand-in checkpoint has GPT-2's dropout; the recomputation has none
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0

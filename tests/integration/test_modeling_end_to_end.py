@@ -25,14 +25,15 @@ def test_logged_losses_are_the_mean_cross_entropy_per_predicted_token(data_dir, 
     from transformers import TrainingArguments
 
     from edugpt.config.arguments import DataArguments, PretrainArguments, RunArguments
-    from edugpt.train.pretrain import CompactRandomSampler, start
+    from edugpt.train.pretrain import CompactRandomSampler, start_pretraining
 
     args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", max_steps=1,
                              per_device_train_batch_size=2, per_device_eval_batch_size=2, logging_steps=1,
                              eval_strategy="steps", eval_steps=1, save_strategy="no", learning_rate=1e-3, seed=7)
-    run, pretraining = start(ModelArguments(n_layer=2, n_head=2, n_embd=32, n_positions=64),
-                             DataArguments(dataset_dir=str(data_dir), eval_max_batches=2, tokens_per_step=4 * 64),
-                             PretrainArguments(sample_steps=0), RunArguments(), args)
+    run, pretraining = start_pretraining(ModelArguments(n_layer=2, n_head=2, n_embd=32, n_positions=64),
+                                         DataArguments(dataset_dir=str(data_dir), eval_max_batches=2,
+                                                       tokens_per_step=4 * 64),
+                                         PretrainArguments(sample_steps=0), RunArguments(), args)
     with run:
         trainer, data = pretraining.trainer, pretraining.data
         assert args.gradient_accumulation_steps == 2  # 256 tokens per step from micro-batches of 2 x 64

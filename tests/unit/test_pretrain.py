@@ -159,12 +159,13 @@ def test_trainer_shuffles_with_the_compact_sampler(prepared, tmp_path):
     from transformers import TrainingArguments
 
     from edugpt.config.arguments import DataArguments, PretrainArguments, RunArguments
-    from edugpt.train.pretrain import CompactRandomSampler, start
+    from edugpt.train.pretrain import CompactRandomSampler, start_pretraining
 
     args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", eval_strategy="no",
                              per_device_train_batch_size=4, max_steps=2)
-    run, pretraining = start(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32),
-                             DataArguments(dataset_dir=str(prepared)), PretrainArguments(), RunArguments(), args)
+    run, pretraining = start_pretraining(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32),
+                                         DataArguments(dataset_dir=str(prepared)), PretrainArguments(), RunArguments(),
+                                         args)
     run.lock.release()
     assert isinstance(pretraining.trainer._get_train_sampler(), CompactRandomSampler)
     batch = next(iter(pretraining.trainer.get_train_dataloader()))
@@ -176,11 +177,12 @@ def test_skip_mode_without_the_nan_filter_is_refused(prepared, tmp_path):
     from transformers import TrainingArguments
 
     from edugpt.config.arguments import DataArguments, PretrainArguments, RunArguments
-    from edugpt.train.pretrain import start
+    from edugpt.train.pretrain import start_pretraining
 
     args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", eval_strategy="no",
                              logging_nan_inf_filter=False, max_steps=2)
     with pytest.raises(EduGPTError, match="nonfinite_loss 'skip' needs logging_nan_inf_filter"):
-        start(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32), DataArguments(dataset_dir=str(prepared)),
-              PretrainArguments(nonfinite_loss="skip"), RunArguments(), args)
+        start_pretraining(ModelArguments(n_layer=1, n_head=1, n_embd=8, n_positions=32),
+                          DataArguments(dataset_dir=str(prepared)), PretrainArguments(nonfinite_loss="skip"),
+                          RunArguments(), args)
     assert not (tmp_path / "run").exists()  # refused before anything was written
