@@ -34,8 +34,13 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Two pytest-xdist workers, a file's tests on one worker (its fixtures built once): the suite in about half the time
+# on two cores. `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= 2
+
 test: lint browser
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PYTHON) -m pytest \
+	  -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The quick loop while editing: tests/unit (pure rules and small objects in this process: no subprocess, no
 # training run; about a minute). tests/integration runs the entry points, training runs and subprocesses.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import pytest
 from factories import make_run_dir, run_script, tiny_args
@@ -11,6 +12,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest-xdist workers on a machine of two cores: one thread each for torch's OpenMP/MKL (and
+    # the processes they start), or the workers' threads spin against each other for the same cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
@@ -77,3 +83,13 @@ def tiny_model_dir(tmp_path_factory, gpt2_tokenizer):
 @pytest.fixture
 def run_dir(tmp_path, tiny_model_dir):
     return make_run_dir(tmp_path, tiny_model_dir)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Under pytest-xdist (`make test`: `--dist loadfile`, a file's tests on one worker) the files go to the workers in
+    collection order: the files with the most slow tests first, so that no worker ends alone on a long file while
+    the other idles. The order within a file stays as written."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
