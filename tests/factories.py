@@ -168,6 +168,7 @@ def make_run_dir(root: Path, model_dir: Path, *, steps=(2, 4), lm_eval: bool = T
         "| Step | Output |\n|------|--------|\n| 0 | Once upon a time zebra |\n| 4 | Once upon a time, the cell |\n"
     )
     (run / "run_config.json").write_text(json.dumps({
+        "edugpt": {"kind": "pretrain", "version": "0.1.0"},
         "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "seq_len": 128},
         "data": {"dataset_dir": "data/prepared/embedded"},
         "script": {"sample_steps": 2, "hellaswag_steps": 2},
@@ -176,7 +177,7 @@ def make_run_dir(root: Path, model_dir: Path, *, steps=(2, 4), lm_eval: bool = T
                      "warmup_steps": 1, "seed": 1337, "hub_token": "<HUB_TOKEN>"},
     }))
     (run / "data_manifest.json").write_text(json.dumps({
-        "format": "edugpt-prepared-v1", "created_by": "prepare_data.py",
+        "format": "edugpt-prepared-v2", "created_by": "prepare_data.py",
         "source": {"dataset": "HuggingFaceFW/fineweb-edu", "subset": "sample-10BT", "max_docs": 500},
         "tokenizer": {"name": "gpt2", "vocab_size": 50257, "eos_token_id": 50256},
         "seq_len": 128,

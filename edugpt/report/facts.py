@@ -52,8 +52,9 @@ class RunFacts:
 
 
 def inferred_run_kind(run_config: dict | None, records: list[dict], from_trainer_state: bool) -> str:
-    """"pretrain", "sft" or "dpo". A finetune that run_config.json names (rundir.run_kind) is one; otherwise the logged
-    metrics and the training arguments decide, as for run_configs written before the finetunes recorded their kind."""
+    """"pretrain", "sft" or "dpo". A finetune that run_config.json names (rundir.run_kind) is one; otherwise (a folder
+    without an edugpt run_config.json: a checkpoint-N, a TRL output dir) the logged metrics and the training arguments
+    decide."""
     if (kind := rundir.run_kind(run_config)) in ("sft", "dpo"):
         return kind
     if any(key.startswith(("rewards/", "eval_rewards/")) for r in records for key in r):

@@ -227,7 +227,7 @@ def read_log_history(run_dir: str | os.PathLike) -> list[dict]:
 # --------------------------------------------------------------------------------------------------------- run config
 # run_config.json's sections and the JSON types their readers take (None: the section may be absent or null).
 RUN_CONFIG_SECTIONS = {"edugpt": (dict,), "model": (dict,), "data": (dict,), "training": (dict,),
-                       "script": (dict, str)}  # script: a string ("sft", "dpo") in run_configs before "edugpt"
+                       "script": (dict, str)}  # script: the finetunes write their stage ("sft", "dpo")
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict | None:
@@ -253,19 +253,14 @@ def write_run_config(run_dir: str | os.PathLike, run_config: dict) -> Path:
 
 
 def run_kind(run_config: dict | None) -> str | None:
-    """"pretrain", "sft" or "dpo" for a run_config.json of this project (also one written before the "edugpt" key
-    existed), else None."""
+    """"pretrain", "sft" or "dpo": the kind a run_config.json of this project names in its "edugpt" stamp (every one
+    edugpt writes has it), else None."""
     if not isinstance(run_config, dict):
         return None
     stamp = run_config.get("edugpt")
     if isinstance(stamp, dict) and isinstance(stamp.get("kind"), str) and stamp["kind"] in KINDS:
         return stamp["kind"]
-    script, training = run_config.get("script"), run_config.get("training")
-    if not isinstance(training, dict):
-        return None
-    if isinstance(script, str) and script in ("sft", "dpo"):
-        return script
-    return "pretrain" if isinstance(script, dict) and isinstance(run_config.get("model"), dict) else None
+    return None
 
 
 def require_own_run_dir(output_dir: str | os.PathLike, kind: str) -> bool:
@@ -288,7 +283,11 @@ def require_own_run_dir(output_dir: str | os.PathLike, kind: str) -> bool:
     if os.path.lexists(config) and not config.is_file() or config.is_symlink():
         raise EduGPTError(f"output_dir {str(path)!r} holds a {RUN_CONFIG} that is not a regular file (a folder or a "
                           "symlink): it is not an edugpt run; nothing was written there: pass a new folder.")
-    found = run_kind(read_run_config(path))
+    found = run_kind(run_config := read_run_config(path))
+    if found is None and run_config is not None:
+        raise EduGPTError(f"output_dir {str(path)!r} holds a {RUN_CONFIG} that names no edugpt run kind (its 'edugpt' "
+                          "stamp), so this version of edugpt did not write it; nothing was written there: pass a new "
+                          "folder.")
     if found is None:
         shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
         raise EduGPTError(

@@ -182,6 +182,7 @@ def test_sft_card_reads_root_trainer_state_and_recipe(tmp_path, tiny_model_dir):
         {"step": 10, "loss": 1.875, "mean_token_accuracy": 0.52, "num_tokens": 6977.0},
     ]}))
     (run / "run_config.json").write_text(json.dumps({
+        "edugpt": {"kind": "sft", "version": "0.1.0"},
         "script": {"dataset_name": "HuggingFaceTB/smol-smoltalk", "dataset_train_split": "train"},
         "model": {"model_name_or_path": "someone/edugpt-base"},
         "training": {"assistant_only_loss": True, "packing": True, "max_length": 1024},
@@ -217,7 +218,7 @@ def _finetune_of(base: Path, root: Path, tiny_model_dir: Path, kind: str = "sft"
     shutil.copytree(tiny_model_dir, run)
     training = {"assistant_only_loss": True} if kind == "sft" else {"beta": 0.1, "loss_type": ["sigmoid"]}
     (run / "run_config.json").write_text(json.dumps({
-        "script": kind, "model": {"model_name_or_path": str(base)},
+        "edugpt": {"kind": kind, "version": "0.1.0"}, "script": kind, "model": {"model_name_or_path": str(base)},
         "data": {"dataset_name": "edugpt/assets/finetune/sft_smoke.jsonl"}, "training": {"max_steps": 2, **training},
     }))
     (run / "metrics.jsonl").write_text(json.dumps({"step": 2, "tokens": 512, "loss": 2.5}) + "\n")

@@ -62,8 +62,13 @@ def test_someone_elses_folder_is_refused_and_left_as_it_was(data_dir, tmp_path):
 def test_a_run_of_another_kind_and_a_file_are_refused(data_dir, tmp_path):
     sft = tmp_path / "sft"
     sft.mkdir()
-    (sft / "run_config.json").write_text(json.dumps({"script": "sft", "training": {}}))
+    (sft / "run_config.json").write_text(json.dumps({"edugpt": {"kind": "sft", "version": "0.1.0"}, "script": "sft",
+                                                     "training": {}}))
     with pytest.raises(EduGPTError, match="holds a sft run .*not a pretrain run"):
+        load_train_main()(tiny_args(data_dir, sft))
+    # A run_config.json without the "edugpt" stamp every edugpt run writes is not ours: refused in one line.
+    (sft / "run_config.json").write_text(json.dumps({"script": "sft", "training": {}}))
+    with pytest.raises(EduGPTError, match="holds a run_config.json that names no edugpt run kind .*pass a new folder"):
         load_train_main()(tiny_args(data_dir, sft))
     (tmp_path / "file").write_text("x")
     with pytest.raises(EduGPTError, match="is a file"):

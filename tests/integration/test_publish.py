@@ -303,7 +303,8 @@ def test_successful_push_records_the_repo_that_a_finetune_card_names_as_base(run
     assert (record["repo_id"], record["branches"]) == ("someone/x", ["main", "step-2", "step-4"])
     sft = tmp_path / "sft"
     shutil.copytree(tiny_model_dir, sft)
-    (sft / "run_config.json").write_text(json.dumps({"script": "sft", "model": {"model_name_or_path": str(run_dir)},
+    (sft / "run_config.json").write_text(json.dumps({"edugpt": {"kind": "sft", "version": "0.1.0"}, "script": "sft",
+                                                     "model": {"model_name_or_path": str(run_dir)},
                                                      "training": {"assistant_only_loss": True}}))
     assert build_model_card(sft).data.base_model == "someone/x"
 
