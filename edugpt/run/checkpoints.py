@@ -4,8 +4,9 @@ from the newest valid checkpoint.
 Trainer writes `checkpoint-N/` in place, file by file, and `get_last_checkpoint` only looks at folder names, so a
 crash mid-save, a truncated file or a few flipped bytes leave a checkpoint that looks newest and then crashes the
 resume inside safetensors — or, worse, loads garbage optimizer state and diverges. Here every finished checkpoint gets
-`edugpt-complete.json` — the size and SHA-256 of every file in it, plus the run settings it was trained with — written
-after Trainer's last file (`on_save`). The final model at the root of output_dir gets the same marker over its files.
+`edugpt-complete.json` — its format (MARKER_FORMAT), the size and SHA-256 of every file in it, plus the run settings it
+was trained with — written after Trainer's last file (`on_save`). The final model at the root of output_dir gets the
+same marker over its files.
 
 A folder is valid when the marker exists, every listed file still has its size and hash, and its safetensors files
 open (`safetensors.safe_open` checks that the header covers the file exactly). Invalid checkpoints are renamed
@@ -29,6 +30,10 @@ from edugpt.run.rundir import MARKER, list_checkpoints
 
 logger = logging.getLogger(__name__)
 
+# The marker's format: every file's size and SHA-256, and the run settings with the process layout (`settings.layout`).
+# A marker of another format (or of none) is not taken as whole: that checkpoint was not written by this version.
+MARKER_FORMAT = 1
+
 
 def _saved_files(folder: Path) -> list[Path]:
     """Every regular file of a checkpoint folder Trainer just wrote (a link is not a file of it)."""
@@ -47,7 +52,7 @@ def write_marker(folder: str | os.PathLike, settings: dict | None = None, *, fil
     root = Path(folder)
     paths = _saved_files(root) if files is None else [root / name for name in sorted(files)]
     marked = {p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths}
-    content = {"files": marked}
+    content = {"format": MARKER_FORMAT, "files": marked}
     if settings is not None:
         content["settings"] = settings
     atomic_write_json(root / MARKER, content, indent=1, role=role if files is None else "state")
@@ -59,13 +64,25 @@ def read_marker(folder: str | os.PathLike) -> dict | None:
         marker = read_json(Path(folder) / MARKER, follow_symlinks=False)  # a link is not a marker we wrote
     except Exception:
         return None
-    if not (isinstance(marker, dict) and isinstance(marker.get("files"), dict)):
+    if not (isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT and isinstance(marker.get("files"), dict)):
         return None
     files = marker["files"]
     if not all(isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
                and record.safe_rel(k) for k, v in files.items()):
         return None  # not a marker this version wrote: a checkpoint with it is not taken as whole
     return marker
+
+
+def _other_format(folder: Path) -> str | None:
+    """Why the marker in `folder` is of another format than MARKER_FORMAT (one without `format` included), or None
+    (it is of this format, or not a marker at all: damaged)."""
+    try:
+        marker = read_json(folder / MARKER, follow_symlinks=False)
+    except Exception:
+        return None
+    if not isinstance(marker, dict) or marker.get("format") == MARKER_FORMAT or not {"format", "files"} & marker.keys():
+        return None
+    return f"{MARKER} has format {marker.get('format')!r}, not {MARKER_FORMAT}: written by another version of edugpt"
 
 
 def weights_problem(path: Path) -> str | None:
@@ -86,7 +103,7 @@ def checkpoint_problem(folder: str | os.PathLike, *, require_trainer_state: bool
         return f"no {MARKER} (the save did not finish)"
     marker = read_marker(root)
     if marker is None:
-        return f"unreadable {MARKER}"
+        return _other_format(root) or f"unreadable {MARKER}"
     for name, recorded in marker["files"].items():
         path = root / name
         if path.is_symlink() or not path.is_file():

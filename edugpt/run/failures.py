@@ -37,7 +37,7 @@ class CheckpointLoadError(Exception):
 
 def fall_back(run, err: CheckpointLoadError) -> None:
     """A checkpoint can be whole by its marker and still fail to load in Trainer (state files from another torch
-    version, a marker of an older edugpt that recorded sizes only). Set it aside as a corrupt one and resume `run`
+    version). Set it aside as a corrupt one and resume `run`
     from the previous valid checkpoint (or from the start), as `find_resume_checkpoint` does for corrupt ones: the
     caller retries with a fresh Trainer. A checkpoint named by --resume_from_checkpoint is not replaced: an error."""
     checkpoint, reason = run.decision.checkpoint, err.reason

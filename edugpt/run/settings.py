@@ -2,7 +2,7 @@
 order depend on (`training_settings`, recorded in every completion marker), how two sets of them differ, and the
 process layout (number of processes, FSDP or not) a checkpoint was written with and whether another layout can
 continue it (`layout_problem`). Pure functions, but `training_layout` (reads a Trainer) and `checkpoint_layout` (reads a
-checkpoint's marker or file names)."""
+checkpoint's marker)."""
 
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ def training_settings(training_args, **data) -> dict:
 
 
 def settings_differences(saved: dict, new: dict) -> dict:
-    """{key: (saved value, new value)} for every key whose value differs (a key absent on one side is not compared:
-    checkpoints of older versions record fewer settings). The layout is checked on its own (`layout_problem`)."""
+    """{key: (saved value, new value)} for every key whose value differs. A key absent on one side is not compared:
+    num_train_epochs is recorded only without max_steps (whose change is reported), base_model only for a run that
+    continues a model. The layout is checked on its own (`layout_problem`)."""
     keys = sorted((saved.keys() & new.keys()) - {LAYOUT})
     return {key: (saved[key], new[key]) for key in keys if saved[key] != new[key]}
 
@@ -51,23 +52,15 @@ def training_layout(trainer) -> dict:
 
 
 def checkpoint_layout(checkpoint: Path) -> dict | None:
-    """The layout recorded in `checkpoint`'s marker, else the one its files show (Trainer writes FSDP model state as
-    pytorch_model_fsdp*, and one rng_state_N.pth per process when there are several); None if unknown."""
+    """The layout recorded in `checkpoint`'s marker (every marker of this format records one); None without one."""
     recorded = ((read_marker(checkpoint) or {}).get("settings") or {}).get(LAYOUT)
-    if isinstance(recorded, dict):
-        return recorded
-    try:
-        names = [p.name for p in checkpoint.iterdir()]
-    except OSError:
-        return None
-    fsdp = any(name.startswith("pytorch_model_fsdp") for name in names)
-    return {"processes": max(1, sum(name.startswith("rng_state_") for name in names)), "fsdp": "unknown" if fsdp else None}
+    return recorded if isinstance(recorded, dict) else None
 
 
 def describe_layout(layout: dict) -> str:
     processes = f"{layout['processes']} process{'es' if layout['processes'] != 1 else ''}"
     fsdp = layout.get("fsdp")
-    return f"{processes} under FSDP{'' if fsdp == 'unknown' else fsdp}" if fsdp else f"{processes} without FSDP"
+    return f"{processes} under FSDP{fsdp}" if fsdp else f"{processes} without FSDP"
 
 
 def layout_problem(saved: dict | None, now: dict) -> str | None:
@@ -82,6 +75,6 @@ def layout_problem(saved: dict | None, now: dict) -> str | None:
     if not saved:
         return None
     was, now_fsdp = saved.get("fsdp"), now.get("fsdp")
-    if bool(was) != bool(now_fsdp) or was not in ("unknown", now_fsdp):
+    if was != now_fsdp:
         return f"it was written by {describe_layout(saved)} and this run has {describe_layout(now)}"
     return None

@@ -676,7 +676,7 @@ def _(ctx, name):
             marker.unlink()
         else:
             if variant == "files_wrong_type":
-                variant = json.dumps({"files": {"model.safetensors": "big", "config.json": [1]}}).encode()
+                variant = json.dumps({"format": 1, "files": {"model.safetensors": "big", "config.json": [1]}}).encode()
             ctx.bad(marker.relative_to(ctx.root).as_posix(), variant, valid)
     else:
         target = ckpt / ("config.json" if "config" in name else "model.safetensors")

@@ -287,7 +287,6 @@ def test_the_slurm_script_starts_one_accelerate_launch_per_node_and_requeues_a_s
     ({"processes": 2, "fsdp": 2}, {"processes": 2, "fsdp": None}, True),
     ({"processes": 2, "fsdp": None}, {"processes": 2, "fsdp": 2}, True),
     ({"processes": 8, "fsdp": 1}, {"processes": 8, "fsdp": 2}, True),
-    ({"processes": 2, "fsdp": "unknown"}, {"processes": 2, "fsdp": 2}, False),  # read from an older checkpoint's files
     (None, {"processes": 1, "fsdp": None}, False),
 ])
 def test_which_layout_changes_a_resume_accepts(saved, now, refused):
@@ -299,11 +298,12 @@ def test_which_layout_changes_a_resume_accepts(saved, now, refused):
         assert problem.startswith(f"it was written by {saved['processes']} processes")
 
 
-def test_a_checkpoint_without_a_recorded_layout_shows_it_by_its_files(tmp_path):
+def test_a_checkpoint_without_a_marker_of_this_format_has_no_layout(tmp_path):
+    """The layout is read from the marker only (every marker of this format records it), never guessed from file
+    names: a checkpoint without such a marker is not whole, so it is never resumed from."""
     from edugpt.run.settings import checkpoint_layout
 
     for name in ("model.safetensors", "rng_state_0.pth", "rng_state_1.pth", "pytorch_model_fsdp.bin"):
         (tmp_path / name).write_bytes(b"")
-    assert checkpoint_layout(tmp_path) == {"processes": 2, "fsdp": "unknown"}
-    (tmp_path / "pytorch_model_fsdp.bin").unlink()
-    assert checkpoint_layout(tmp_path) == {"processes": 2, "fsdp": None}
+    (tmp_path / MARKER).write_text(json.dumps({"files": {}, "settings": {"layout": {"processes": 2, "fsdp": 2}}}))
+    assert checkpoint_layout(tmp_path) is None and "has format None" in checkpoint_problem(tmp_path)

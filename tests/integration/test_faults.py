@@ -36,7 +36,7 @@ def error_line(proc) -> str:
 
 def unloadable(checkpoint: Path) -> None:
     """Replace optimizer.pt with bytes torch cannot load and re-mark the checkpoint, so the marker's hashes match: what a
-    checkpoint written by another torch version, or marked by an older edugpt with sizes only, looks like."""
+    checkpoint written by another torch version looks like."""
     settings = read_marker(checkpoint)["settings"]
     (checkpoint / "optimizer.pt").write_bytes(b"an optimizer state this torch cannot unpickle\n" * 100)
     write_marker(checkpoint, settings)

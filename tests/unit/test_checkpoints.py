@@ -61,10 +61,20 @@ def test_same_size_corruption_is_detected_by_the_hash(run_dir):
 
 
 def test_a_marker_this_version_did_not_write_makes_no_checkpoint_whole(run_dir):
+    from edugpt.run.checkpoints import MARKER_FORMAT
+    from edugpt.run.settings import checkpoint_layout
+
     path = run_dir / "checkpoint-6"
     marker = json.loads((path / MARKER).read_text())
-    (path / MARKER).write_text(json.dumps({"files": {k: v["bytes"] for k, v in marker["files"].items()}}))
+    assert marker["format"] == MARKER_FORMAT
+    sizes_only = {k: v["bytes"] for k, v in marker["files"].items()}
+    (path / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "files": sizes_only}))  # damaged
     assert checkpoint_problem(path) == f"unreadable {MARKER}"
+    for other in ({"files": marker["files"], "settings": marker.get("settings")}, {**marker, "format": 0}):
+        (path / MARKER).write_text(json.dumps(other))  # another format, or none: a marker this version did not write
+        assert checkpoint_problem(path) == (f"{MARKER} has format {other.get('format')!r}, not {MARKER_FORMAT}: "
+                                            "written by another version of edugpt")
+        assert checkpoint_layout(path) is None
 
 
 def test_a_checkpoint_the_run_did_not_write_is_never_resumed_from(run_dir, tiny_model_dir):
