@@ -280,9 +280,9 @@ def recover_swap(out: Path) -> None:
 
 def remove_leftovers(out: Path) -> None:
     """Delete what a killed run left beside the output: `.NAME.tmp` when it is the folder a run made (`made_here`).
-    Anything else named like a leftover (`.NAME.old` without a journal, `.NAME.tmp-PID` of older versions) is left
-    alone with a warning. Only a job holding the output's lock calls this (after `recover_swap`)."""
-    mine = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)(-\d+)?")
+    Anything else named like a leftover (`.NAME.old` without a journal, a `.NAME.tmp` nothing records as ours) is
+    left alone with a warning. Only a job holding the output's lock calls this (after `recover_swap`)."""
+    mine = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)")
     for path in sorted(p for p in out.parent.iterdir() if mine.fullmatch(p.name)):
         if path.name == f".{out.name}.tmp" and made_here(path):
             logger.info("removing %s, left by an interrupted run", path)

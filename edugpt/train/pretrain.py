@@ -251,13 +251,11 @@ def dataset_settings(manifest: dict) -> dict:
     }
 
 
-def data_digest(manifest: dict) -> dict | None:
-    """The prepared blocks' content digest per split (the manifest's `content`), None for a manifest from before
-    digests. A resume compares it: data re-prepared under the same dataset_dir with the same counts is other data."""
-    content = manifest.get("content")
-    if not isinstance(content, dict):
-        return None
-    return {name: (content.get(name) or {}).get("sha256") for name in SPLITS}
+def data_digest(manifest: dict) -> dict:
+    """The prepared blocks' content digest per split (the manifest's `content`, which every manifest of this format
+    holds: edugpt.corpus.manifest.check_manifest). A resume compares it: data re-prepared under the same dataset_dir
+    with the same counts is other data."""
+    return {name: (manifest["content"].get(name) or {}).get("sha256") for name in SPLITS}
 
 
 def base_model_settings(model_args) -> dict:
@@ -417,10 +415,8 @@ def start_pretraining(model_args, data_args, pretrain_args, run_args,
             f"({global_batch_blocks(training_args)} blocks); prepare more documents or lower the batch."
         )
     check_pretrain_inputs(pretrain_args, config.vocab_size)
-    # The digest is a key of its own: a checkpoint of an older version, which has none, still resumes.
-    digest = {"data_digest": digest} if (digest := data_digest(data.manifest)) else {}
-    settings = training_settings(training_args, seq_len=data.seq_len, data=dataset_settings(data.manifest), **digest,
-                                 **base_model_settings(model_args))
+    settings = training_settings(training_args, seq_len=data.seq_len, data=dataset_settings(data.manifest),
+                                 data_digest=data_digest(data.manifest), **base_model_settings(model_args))
     run_config = {"model": asdict(model_args), "data": asdict(data_args), "script": asdict(pretrain_args),
                   "run": asdict(run_args), "training": training_args.to_dict()}
     run.begin(settings, run_config)

@@ -142,7 +142,7 @@ def lock_held_elsewhere(out: Path):
 @pytest.mark.parametrize("path", PATHS)
 def test_a_job_holding_the_lock_is_never_raced_or_cleaned_up(tmp_path, corpus, path):
     out = tmp_path / "out"
-    # Another job's work in progress, named as an older version would have (with a pid that means nothing here).
+    # Another job's work in progress beside the output (a folder no record names as this run's).
     (tmp_path / ".out.tmp-4194999" / "train").mkdir(parents=True)
     (tmp_path / ".out.tmp-4194999" / "train" / "data-00000.arrow").write_bytes(b"being written")
     with lock_held_elsewhere(out):

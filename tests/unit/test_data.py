@@ -226,8 +226,9 @@ def test_verify_catches_a_tampered_id_list(tmp_path):
 
 def test_only_leftovers_a_record_proves_ours_are_deleted(tmp_path, caplog):
     """A killed run's `.NAME.tmp` (made by make_dir, which records its identity in it) is removed by the next run
-    holding the output's lock; folders merely named like leftovers (`.NAME.tmp-PID`, `.NAME.old`, a `.NAME.tmp`
-    someone made, or ours moved elsewhere and replaced) are left alone, and one in the way is refused in one line."""
+    holding the output's lock; folders merely named like leftovers (`.NAME.old`, a `.NAME.tmp` someone made, or ours
+    moved elsewhere and replaced) are left alone, and one in the way is refused in one line; other names are never
+    touched."""
     make_dir(tmp_path / ".out.tmp")
     (tmp_path / ".out.tmp" / "dataset" / "train").mkdir(parents=True)
     (tmp_path / ".out.tmp-12345" / "train").mkdir(parents=True)
@@ -238,7 +239,7 @@ def test_only_leftovers_a_record_proves_ours_are_deleted(tmp_path, caplog):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", ".out.old", ".out.tmp-12345",
                                                           ".out.tmpfile-of-someone", "cache", "out"]
     assert (tmp_path / ".out.tmp-12345" / "train" / "mine.arrow").read_text() == "someone's"
-    assert "left" in caplog.text and ".out.tmp-12345 alone" in caplog.text
+    assert "left" in caplog.text and ".out.old alone" in caplog.text and ".out.tmp-12345" not in caplog.text
 
     # A `.out.tmp` whose record names another folder (ours, renamed, and a new one made in its place): not ours.
     make_dir(tmp_path / ".other.tmp")
