@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from factories import make_run_dir, run_script, tiny_args
@@ -37,25 +40,51 @@ def _no_logging_into_closed_streams():
 # --- tiny pretraining runs (train_hf.py) ---------------------------------------------------------------------------
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(folder)` run once for the whole session, also across pytest-xdist workers (they share the parent of
+    their base temporary folders; a file lock makes one build while the others wait): the folder it built."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """The embedded corpus prepared at seq 64 (40 documents): the data of every tiny pretraining run."""
-    path = tmp_path_factory.mktemp("prepared") / "data"
-    run_script("prepare_data.py", "--dataset", "embedded", "--output_dir", path, "--seq_len", "64",
-               "--max_docs", "40", "--val_fraction", "0.1", check=True, timeout=300)
-    return path
+
+    def prepare(folder):
+        run_script("prepare_data.py", "--dataset", "embedded", "--output_dir", folder / "data", "--seq_len", "64",
+                   "--max_docs", "40", "--val_fraction", "0.1", check=True, timeout=300)
+
+    return built_once(tmp_path_factory, "prepared", prepare) / "data"
 
 
 @pytest.fixture(scope="session")
 def baseline(data_dir, tmp_path_factory):
     """One uninterrupted 8-step run: the reference for outputs, resume and fallback tests (copy it before changing)."""
-    output_dir = tmp_path_factory.mktemp("baseline") / "run"
     # In-loop HellaSwag on here only: the resume tests compare runs without it, so their equal losses also show that
     # scoring leaves the weights, optimizer state and data order alone.
     hellaswag = ["--hellaswag_steps", "4", "--hellaswag_limit", "12",
                  "--hellaswag_file", "edugpt/assets/eval/python_docs_hellaswag_format_smoke.jsonl"]
-    proc = run_script("train_hf.py", *tiny_args(data_dir, output_dir, *hellaswag), check=True, timeout=300)
-    return output_dir, proc
+
+    def train(folder):
+        proc = run_script("train_hf.py", *tiny_args(data_dir, folder / "run", *hellaswag), check=True, timeout=300)
+        (folder / "stdout").write_text(proc.stdout)
+        (folder / "stderr").write_text(proc.stderr)
+
+    folder = built_once(tmp_path_factory, "baseline", train)
+    proc = subprocess.CompletedProcess("train_hf.py", 0, (folder / "stdout").read_text(), (folder / "stderr").read_text())
+    return folder / "run", proc
 
 
 @pytest.fixture(scope="session")
