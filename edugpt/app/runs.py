@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
+from edugpt.model.saved import is_saved_model
 from edugpt.run import rundir
 
 
@@ -52,7 +53,7 @@ def model_dir(run_dir: str | os.PathLike) -> Path | None:
     """The model a run answers with: its final model, else (while it trains) its newest whole checkpoint; None before
     the first save."""
     run_dir = Path(run_dir)
-    if rundir.is_saved_model(run_dir):
+    if is_saved_model(run_dir):
         return run_dir
     from edugpt.run.checkpoints import checkpoint_problem
 
@@ -117,7 +118,7 @@ def card_numbers(run_dir: str | os.PathLike) -> list[list[str]]:
     from edugpt.report.facts import collect_run_facts
     from edugpt.report.rows import lm_eval_scores, results_rows
 
-    if not (Path(run_dir) / "config.json").is_file():
+    if not is_saved_model(run_dir):
         return []
     facts = collect_run_facts(run_dir)
     return results_rows(facts, lm_eval_scores(facts.lm_eval))

@@ -21,7 +21,7 @@ from edugpt.io.net import hub_available
 def check_model_source(model: str) -> None:
     """Fail early and clearly unless `model` is a saved causal LM directory or a Hub id we can reach."""
     from edugpt.io.net import looks_like_hub_id, missing_local_path
-    from edugpt.model.chat import require_saved_model
+    from edugpt.model.saved import require_saved_model
 
     path = Path(model).expanduser()
     if not path.exists():

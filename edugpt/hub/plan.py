@@ -29,6 +29,7 @@ from edugpt.config.arguments import DEFAULT_LICENSE
 from edugpt.errors import EduGPTError
 from edugpt.hub.secrets import has_token, token_error
 from edugpt.io.net import require_repo_id
+from edugpt.model.saved import WEIGHT_FILES
 from edugpt.run import rundir
 from edugpt.run.record import RECORD, Record, find_root
 
@@ -249,7 +250,7 @@ def _real_parent(path: str | os.PathLike) -> Path:
 
 
 def _has_model(files: dict) -> bool:
-    return "config.json" in files and any(name in files for name in rundir.WEIGHT_FILES)
+    return "config.json" in files and any(name in files for name in WEIGHT_FILES)
 
 
 def _card(files: dict[str, PlannedFile], *, hub_model_id: str, revision: str | None, eval_results: Path | None,

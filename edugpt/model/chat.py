@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from edugpt.errors import EduGPTError
+from edugpt.model.saved import require_saved_model
 
 logger = logging.getLogger(__name__)
 
@@ -78,76 +79,6 @@ def resolve_model_dir(model_name_or_path: str | None, flag: str = "--model_name_
         f"{missing_local_path(model_name_or_path, 'model path')}; pass {flag} with the folder a previous stage wrote "
         "(train_hf.py's output_dir for SFT, sft.py's output_dir for DPO)."
     )
-
-
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
-# The JSON files of a saved model and tokenizer that transformers parses on load: each must be a whole JSON object.
-MODEL_JSON_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
-                    "tokenizer_config.json", "special_tokens_map.json", "vocab.json")
-
-
-def require_saved_model(folder: Path, name: str, fix: str) -> None:
-    """Raise unless `folder` holds a whole saved causal LM: a config.json that parses as one, weights whose
-    safetensors headers cover their files exactly, tokenizer files, and every JSON file of it whole. A truncated copy
-    fails here, before a run writes anything, instead of inside transformers after it has begun. Reads the weights'
-    headers only: milliseconds, also for a GB. `fix` ends the message: what to pass instead."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    from edugpt.run.checkpoints import weights_problem
-    from edugpt.run.rundir import WEIGHT_FILES
-
-    if not (folder / "config.json").is_file():
-        raise EduGPTError(f"{name!r} has no config.json, so it is not a saved model; {fix}")
-    saved = {file: _json_object(folder / file, fix) for file in MODEL_JSON_FILES if (folder / file).is_file()}
-    if "model_type" not in saved["config.json"]:
-        raise EduGPTError(f"{str(folder / 'config.json')!r} has no model_type, so it is no transformers model "
-                          f"config; {fix}")
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except Exception as err:  # e.g. a field of the wrong type
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise EduGPTError(f"{str(folder / 'config.json')!r} could not be read ({reason}); {fix}") from None
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise EduGPTError(f"{name!r} holds a {config.model_type!r} model, not a causal language model such as our "
-                          f"GPT-2 checkpoints; {fix}")
-    if not any((folder / weights).is_file() for weights in WEIGHT_FILES):
-        raise EduGPTError(f"{name!r} has a config.json but no weights ({WEIGHT_FILES[0]}), so the save did not "
-                          f"finish; {fix}")
-    if not any((folder / tokenizer).is_file() for tokenizer in TOKENIZER_FILES):
-        raise EduGPTError(f"{name!r} has no tokenizer files; save the tokenizer with the model (train_hf.py does), or "
-                          f"{fix}")
-    template = folder / "chat_template.jinja"
-    if template.is_file():
-        try:
-            template.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise EduGPTError(f"{template} is not UTF-8 text ({err.reason} at byte {err.start}); save the tokenizer "
-                              "with its chat template again (finetune/sft.py does).") from None
-    weight_map = saved.get("model.safetensors.index.json", {}).get("weight_map", {})
-    shards = sorted(folder.glob("*.safetensors"))
-    shards += [folder / str(shard) for shard in sorted(set(weight_map.values()))] if isinstance(weight_map, dict) else []
-    for weights in dict.fromkeys(shards):
-        if not weights.is_file():
-            raise EduGPTError(f"{weights} is missing (model.safetensors.index.json lists it); copy or save the model "
-                              "again.")
-        if problem := weights_problem(weights):
-            raise EduGPTError(f"{weights} is damaged ({problem}), e.g. truncated by an interrupted copy; copy or save "
-                              "the model again.")
-
-
-def _json_object(path: Path, fix: str) -> dict:
-    import json
-
-    try:
-        content = json.loads(path.read_bytes())
-    except ValueError as err:  # UnicodeDecodeError is one too
-        raise EduGPTError(f"{str(path)!r} is not valid JSON ({err}), e.g. cut short by an interrupted copy; "
-                          f"{fix}") from None
-    if not isinstance(content, dict):
-        raise EduGPTError(f"{str(path)!r} holds a JSON {type(content).__name__}, not the object transformers saves; "
-                          f"{fix}")
-    return content
 
 
 def context_length(config) -> int | None:

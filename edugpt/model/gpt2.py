@@ -62,14 +62,14 @@ def gpt2_config(model_args):
 
 def base_model_config(model_args):
     """The config of the GPT-2 to continue pretraining (`model_args.model_name_or_path` at `model_revision`): a local
-    folder checked whole first (edugpt.model.chat.require_saved_model), or a Hub model (the HF cache when the Hub is
+    folder checked whole first (edugpt.model.saved.require_saved_model), or a Hub model (the HF cache when the Hub is
     offline).
     The recipe's shape keys must agree with it; those left unset take its values, written into `model_args` so that
     run_config.json records the shape trained. The recipe's dropout and attention implementation apply."""
     from transformers import AutoConfig
 
     from edugpt.io.net import hub_available, looks_like_hub_id, missing_local_path
-    from edugpt.model.chat import require_saved_model
+    from edugpt.model.saved import require_saved_model
 
     name, revision = model_args.model_name_or_path, model_args.model_revision
     fix = "pass a run folder of train_hf.py, one of its checkpoint-N folders or a Hub model id."

@@ -17,6 +17,7 @@ from edugpt.errors import EduGPTError
 from edugpt.io.net import looks_like_hub_id
 from edugpt.io.safefs import read_json
 from edugpt.model.gpt2 import saved_parameter_counts
+from edugpt.model.saved import is_saved_model
 from edugpt.report.numbers import final_tokens, human
 from edugpt.run import rundir
 
@@ -168,7 +169,7 @@ def base_model_facts(base_model: str | None) -> tuple[str | None, str | None]:
     base_dir = Path(base_model)
     if is_hub_id(repo_id := rundir.published_repo_id(base_dir)):
         return repo_id, None
-    if rundir.run_kind(rundir.read_run_config(base_dir)) is None or not (base_dir / "config.json").is_file():
+    if rundir.run_kind(rundir.read_run_config(base_dir)) is None or not is_saved_model(base_dir):
         return None, None
     return None, model_sentence(collect_run_facts(base_dir, summary_only=True))
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from edugpt.io.safefs import atomic_write_json, file_sha256, read_json
+from edugpt.model.saved import weights_problem
 from edugpt.run import record
 from edugpt.run.rundir import MARKER, list_checkpoints
 
@@ -83,17 +84,6 @@ def _other_format(folder: Path) -> str | None:
     if not isinstance(marker, dict) or marker.get("format") == MARKER_FORMAT or not {"format", "files"} & marker.keys():
         return None
     return f"{MARKER} has format {marker.get('format')!r}, not {MARKER_FORMAT}: written by another version of edugpt"
-
-
-def weights_problem(path: Path) -> str | None:
-    """Why `path` is not a whole safetensors file, or None (its header parses and covers the file exactly)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="np"):
-            return None
-    except (SafetensorError, OSError) as err:
-        return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def checkpoint_problem(folder: str | os.PathLike, *, require_trainer_state: bool = True) -> str | None:

@@ -114,8 +114,8 @@ def guard_pushes(trainer, run):
     Trainer's card out of output_dir: TRL calls `create_model_card` at every checkpoint save, which would write
     Trainer's generic card over edugpt's. Replaced on this instance rather than by subclassing, because the same
     trainer classes are TRL's SFTTrainer and DPOTrainer too. Returns the TrainerPushes, None without push_to_hub."""
+    from edugpt.model.saved import is_saved_model
     from edugpt.report.card import write_model_card
-    from edugpt.run.rundir import is_saved_model
 
     def create_model_card(*args, **kwargs):
         if trainer.is_world_process_zero() and is_saved_model(run.output_dir):

@@ -47,8 +47,6 @@ STAGING = ".edugpt-upload"  # edugpt.hub.stage stages each upload here (hardlink
 # Written last into every finished checkpoint and final model: the size and SHA-256 of each file (edugpt.run.checkpoints).
 MARKER = "edugpt-complete.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")  # transformers.trainer_utils' PREFIX_CHECKPOINT_DIR + "-N"
-# What a saved model needs to load: a config plus one of these weight files.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 # Of the files Trainer writes into a save (a checkpoint, or the final model), those of the model itself: what
 # from_pretrained and AutoTokenizer read (and a PEFT adapter's). Every other file of a save is resume state (optimizer,
 # scheduler, RNG, trainer state, training_args.bin, FSDP/DeepSpeed shards, the completion marker). This sorts files the
@@ -205,13 +203,6 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 def checkpoint_step(checkpoint_dir: str | os.PathLike) -> int:
     return int(CHECKPOINT_RE.match(Path(checkpoint_dir).name).group(1))
-
-
-def is_saved_model(folder: str | os.PathLike) -> bool:
-    """Does `folder` hold a saved HF model (config.json plus weights)? Says nothing about whether the files are whole:
-    edugpt.run.checkpoints.checkpoint_problem does."""
-    folder = Path(folder)
-    return (folder / "config.json").is_file() and any((folder / name).is_file() for name in WEIGHT_FILES)
 
 
 def read_log_history(run_dir: str | os.PathLike) -> list[dict]:

@@ -279,7 +279,7 @@ def test_marker_readers_return_or_refuse(marked_checkpoint, data):
 @FAST
 @given(weights=raw_bytes)
 def test_weights_check_of_arbitrary_bytes(weights):
-    from edugpt.run.checkpoints import weights_problem
+    from edugpt.model.saved import weights_problem
 
     with scratch() as tmp:
         (tmp / "model.safetensors").write_bytes(weights)
