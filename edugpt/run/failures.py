@@ -11,7 +11,7 @@ from pathlib import Path
 from edugpt.errors import EduGPTError
 from edugpt.io.atomic import no_space_reason
 from edugpt.run.checkpoints import find_resume_checkpoint, read_marker, recorded_checkpoints, set_aside
-from edugpt.run.decide import resume_request, settings_changes
+from edugpt.run.decide import settings_changes
 from edugpt.run.ranks import on_main_then_shared
 from edugpt.run.rundir import MARKER, read_run_config, write_run_config
 
@@ -41,7 +41,7 @@ def fall_back(run, err: CheckpointLoadError) -> None:
     from the previous valid checkpoint (or from the start), as `find_resume_checkpoint` does for corrupt ones: the
     caller retries with a fresh Trainer. A checkpoint named by --resume_from_checkpoint is not replaced: an error."""
     checkpoint, reason = run.decision.checkpoint, err.reason
-    explicit = resume_request(run.args.resume_from_checkpoint)
+    explicit = run.resume
     if explicit.path is not None:
         raise EduGPTError(f"--resume_from_checkpoint {str(explicit.value)!r} could not be loaded ({reason}); pass "
                           "another checkpoint-N folder.") from None

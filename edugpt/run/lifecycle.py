@@ -78,6 +78,7 @@ class TrainingRun:
         self.args = training_args
         self.run_args = run_args
         self.output_dir = Path(training_args.output_dir)
+        self.resume = resume_request(training_args.resume_from_checkpoint)  # read once: decide, checks, fallback
         self.is_main = training_args.process_index == 0
         self.settings: dict = {}
         self.decision = Decision()
@@ -106,9 +107,8 @@ class TrainingRun:
             raise EduGPTError("max_steps is 0, so this run would train nothing and save an untrained model; set "
                               "max_steps to the number of optimizer steps to train.")
         require_own_run_dir(self.output_dir, self.kind)
-        resume = resume_request(self.args.resume_from_checkpoint)
-        if resume.path is not None and not resume.path.is_dir():
-            raise EduGPTError(f"--resume_from_checkpoint {resume.value!r} is not a folder; pass a checkpoint-N folder, "
+        if self.resume.path is not None and not self.resume.path.is_dir():
+            raise EduGPTError(f"--resume_from_checkpoint {self.resume.value!r} is not a folder; pass a checkpoint-N folder, "
                               "or leave it out to resume from the newest valid checkpoint in output_dir.")
 
     def begin(self, settings: dict, run_config: dict) -> TrainingRun:
@@ -193,7 +193,7 @@ class TrainingRun:
         holds_run = require_own_run_dir(self.output_dir, self.kind)
         if self._fresh or holds_run:
             record.start(self.output_dir)
-        request = resume_request(self.args.resume_from_checkpoint)
+        request = self.resume
         base_model = self.settings.get("base_model")
         if starts_over(survey(self.output_dir, holds_run, request, base_model, scan=False), request,
                        self.run_args.overwrite_output_dir):
